@@ -1,0 +1,3 @@
+"""idhub: federated identity and access management."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,241 @@
+"""Register clients and resolve them (with a short in-process cache for the token hot path)."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from idhub.crypto.jwt import SIGNING_ALGS
+from idhub.crypto.secrets import SecretHasher, random_token
+from idhub.errors import Conflict, Invalid
+from idhub.storage.models import Client
+
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+DEFAULT_SCOPE = "openid profile email offline_access"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Immutable snapshot of a client registration, shared between requests."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    client_id: str
+    name: str
+    secret_hash: str | None
+    token_endpoint_auth_method: str
+    application_type: str
+    redirect_uris: tuple[str, ...]
+    post_logout_redirect_uris: tuple[str, ...]
+    grant_types: frozenset[str]
+    scopes: frozenset[str]
+    resources: tuple[str, ...]
+    access_token_alg: str | None
+    id_token_alg: str
+    jwks: dict[str, Any] | None
+    first_party: bool
+    backchannel_logout_uri: str | None
+    enabled: bool
+
+    @property
+    def is_public(self) -> bool:
+        """Public clients cannot keep a secret (RFC 6749 §2.1)."""
+        return self.token_endpoint_auth_method == "none"
+
+    @classmethod
+    def from_row(cls, row: Client) -> ClientInfo:
+        """Snapshot a database row."""
+        return cls(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            client_id=row.client_id,
+            name=row.name,
+            secret_hash=row.secret_hash,
+            token_endpoint_auth_method=row.token_endpoint_auth_method,
+            application_type=row.application_type,
+            redirect_uris=tuple(row.redirect_uris or ()),
+            post_logout_redirect_uris=tuple(row.post_logout_redirect_uris or ()),
+            grant_types=frozenset(row.grant_types or ()),
+            scopes=frozenset((row.scope or "").split()),
+            resources=tuple(row.resources or ()),
+            access_token_alg=row.access_token_alg,
+            id_token_alg=row.id_token_alg,
+            jwks=row.jwks,
+            first_party=row.first_party,
+            backchannel_logout_uri=row.backchannel_logout_uri,
+            enabled=row.enabled,
+        )
+
+
+def is_loopback_redirect(uri: str) -> bool:
+    """Tell whether ``uri`` is an http loopback IP literal redirect (RFC 8252 §7.3)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def redirect_uri_matches(client: ClientInfo, uri: str) -> bool:
+    """Match a requested redirect URI exactly against the registered ones.
+
+    Exact string comparison (RFC 9700 §4.1.3); the only relaxation is the port of a loopback
+    IP-literal redirect for native clients (RFC 8252 §7.3).
+    """
+    if uri in client.redirect_uris:
+        return True
+    if client.application_type != "native" or not is_loopback_redirect(uri):
+        return False
+    requested = urlsplit(uri)
+    for registered in client.redirect_uris:
+        if not is_loopback_redirect(registered):
+            continue
+        reg = urlsplit(registered)
+        if (reg.scheme, reg.hostname, reg.path, reg.query) == (
+            requested.scheme,
+            requested.hostname,
+            requested.path,
+            requested.query,
+        ) and not requested.fragment:
+            return True
+    return False
+
+
+def _check_redirect_uri(uri: str) -> None:
+    parts = urlsplit(uri)
+    if not parts.scheme or parts.fragment or len(uri) > 2000:
+        raise Invalid(f"redirect URI {uri!r} must be absolute and carry no fragment (RFC 6749 §3.1.2)")
+    if parts.scheme in ("http", "https") and not parts.netloc:
+        raise Invalid(f"redirect URI {uri!r} has no host")
+    if parts.scheme in ("javascript", "data", "file", "vbscript"):
+        raise Invalid(f"redirect URI scheme {parts.scheme!r} is not allowed")
+
+
+async def create_client(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    name: str,
+    hasher: SecretHasher,
+    redirect_uris: list[str] | None = None,
+    grant_types: list[str] | None = None,
+    scope: str | None = None,
+    public: bool = False,
+    token_endpoint_auth_method: str | None = None,
+    post_logout_redirect_uris: list[str] | None = None,
+    backchannel_logout_uri: str | None = None,
+    resources: list[str] | None = None,
+    access_token_alg: str | None = None,
+    jwks: dict[str, Any] | None = None,
+    first_party: bool = False,
+    application_type: str | None = None,
+    client_id: str | None = None,
+) -> tuple[Client, str | None]:
+    """Register a client; return it and its secret (shown once, stored only as a keyed hash)."""
+    redirect_uris = list(redirect_uris or [])
+    if not name.strip() or len(name) > 200:
+        raise Invalid("client name must be 1-200 characters")
+    for uri in [*redirect_uris, *(post_logout_redirect_uris or [])]:
+        _check_redirect_uri(uri)
+    if grant_types is None:
+        grant_types = ["authorization_code", "refresh_token"] if redirect_uris else ["client_credentials"]
+    for grant in grant_types:
+        if grant not in GRANT_TYPES:
+            raise Invalid(f"unsupported grant type {grant!r}")
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise Invalid("the authorization_code grant needs at least one redirect URI")
+    method = token_endpoint_auth_method or ("none" if public else "client_secret_basic")
+    if method not in AUTH_METHODS:
+        raise Invalid(f"unsupported token_endpoint_auth_method {method!r}")
+    if public and method != "none":
+        raise Invalid("a public client authenticates with 'none'")
+    if method == "none" and "client_credentials" in grant_types:
+        raise Invalid("a public client cannot use client_credentials")
+    if method == "private_key_jwt" and not jwks:
+        raise Invalid("private_key_jwt needs the client's public keys (jwks)")
+    if access_token_alg is not None and access_token_alg not in SIGNING_ALGS:
+        raise Invalid(f"access_token_alg must be one of {', '.join(SIGNING_ALGS)}")
+    if application_type is None:
+        application_type = (
+            "native" if method == "none" and any(is_loopback_redirect(u) for u in redirect_uris) else "web"
+        )
+    if application_type not in ("web", "native"):
+        raise Invalid("application_type must be web or native")
+    secret = random_token(32) if method in ("client_secret_basic", "client_secret_post") else None
+    client = Client(
+        tenant_id=tenant_id,
+        client_id=client_id or random_token(16),
+        name=name.strip(),
+        secret_hash=hasher.hash(secret) if secret else None,
+        token_endpoint_auth_method=method,
+        application_type=application_type,
+        redirect_uris=redirect_uris,
+        post_logout_redirect_uris=list(post_logout_redirect_uris or []),
+        grant_types=list(grant_types),
+        scope=" ".join(dict.fromkeys((scope if scope is not None else DEFAULT_SCOPE).split())),
+        resources=list(resources or []),
+        access_token_alg=access_token_alg,
+        jwks=jwks,
+        first_party=first_party,
+        backchannel_logout_uri=backchannel_logout_uri,
+    )
+    session.add(client)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        raise Conflict("client_id already exists") from exc
+    return client, secret
+
+
+class ClientCache:
+    """Resolve ``(tenant, client_id)`` to a :class:`ClientInfo`, cached for ``ttl`` seconds.
+
+    The token endpoint authenticates a client on every call; a short cache keeps that off the
+    database. Changes made in this process invalidate at once; other processes see them within ``ttl``.
+    """
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], ttl: float = 5.0):
+        self._sessionmaker = sessionmaker
+        self._ttl = ttl
+        self._cache: dict[tuple[uuid.UUID, str], tuple[float, ClientInfo | None]] = {}
+
+    def invalidate(self, tenant_id: uuid.UUID | None = None, client_id: str | None = None) -> None:
+        """Forget one client, a tenant's clients, or everything."""
+        if tenant_id is None:
+            self._cache.clear()
+        elif client_id is None:
+            for key in [k for k in self._cache if k[0] == tenant_id]:
+                del self._cache[key]
+        else:
+            self._cache.pop((tenant_id, client_id), None)
+
+    async def get(self, tenant_id: uuid.UUID, client_id: str) -> ClientInfo | None:
+        """Return the enabled client or ``None``."""
+        key = (tenant_id, client_id)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        if not client_id or len(client_id) > 64:
+            return None
+        async with self._sessionmaker() as session:
+            row = await session.scalar(
+                select(Client).where(Client.tenant_id == tenant_id, Client.client_id == client_id)
+            )
+        info = ClientInfo.from_row(row) if row is not None and row.enabled else None
+        if len(self._cache) > 50000:
+            self._cache.clear()
+        self._cache[key] = (now, info)
+        return info

@@ -1,0 +1,1 @@
+"""Cryptography: secrets, encryption at rest, signing keys and JWTs."""

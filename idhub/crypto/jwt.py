@@ -1,0 +1,96 @@
+"""Sign and verify JWTs with joserfc, the one JOSE library of idhub (Authlib brings it too).
+
+Only the algorithms in :data:`SIGNING_ALGS` are accepted anywhere; ``none`` and HMAC algorithms are
+never in an allow-list, so an unsigned or re-signed token fails verification.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet, RSAKey
+from joserfc.jws import JWSRegistry
+from joserfc.util import urlsafe_b64encode
+
+SIGNING_ALGS: tuple[str, ...] = ("ES256", "RS256")
+# Algorithms accepted from clients for private_key_jwt (RFC 7523).
+CLIENT_ASSERTION_ALGS: tuple[str, ...] = ("ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "EdDSA")
+
+SigningKeyType = ECKey | RSAKey
+
+
+class InvalidJWT(Exception):
+    """The token is malformed, unsigned, signed with a wrong key or algorithm, or of a wrong type."""
+
+
+_header_cache: dict[tuple[str, str, str], bytes] = {}
+
+
+def _header_segment(alg: str, kid: str, typ: str) -> bytes:
+    key = (alg, kid, typ)
+    segment = _header_cache.get(key)
+    if segment is None:
+        header = json.dumps({"alg": alg, "kid": kid, "typ": typ}, separators=(",", ":")).encode()
+        segment = urlsafe_b64encode(header)
+        if len(_header_cache) < 1024:
+            _header_cache[key] = segment
+    return segment
+
+
+def sign(claims: dict[str, Any], key: SigningKeyType, *, alg: str, kid: str, typ: str = "JWT") -> str:
+    """Return a compact JWS of ``claims``.
+
+    The signature is computed by joserfc's algorithm implementation; only the compact form
+    (``b64(header).b64(payload).b64(sig)``, RFC 7515 §7.1) is assembled here, with the header segment
+    cached, because this runs once per issued token on the token endpoint's hot path.
+    """
+    if alg not in SIGNING_ALGS:
+        raise ValueError(f"signing algorithm {alg} is not allowed")
+    payload = urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = _header_segment(alg, kid, typ) + b"." + payload
+    signature = JWSRegistry.algorithms[alg].sign(signing_input, key)
+    return (signing_input + b"." + urlsafe_b64encode(signature)).decode()
+
+
+def peek_header(token: str) -> dict[str, Any]:
+    """Return the protected header without verifying anything (used only to pick a key)."""
+    try:
+        obj = jws.extract_compact(token.encode())
+    except (JoseError, ValueError, TypeError) as exc:
+        raise InvalidJWT("malformed token") from exc
+    return dict(obj.protected)
+
+
+def verify(
+    token: str,
+    keys: KeySet,
+    *,
+    algorithms: tuple[str, ...] = SIGNING_ALGS,
+    typ: str | None = None,
+) -> dict[str, Any]:
+    """Verify the signature of ``token`` against ``keys`` and return its claims.
+
+    The key is chosen by ``kid`` (or tried in turn when absent); ``typ``, when given, must match
+    (RFC 8725 §3.11, explicit typing). Time-based claims are checked by the caller.
+    """
+    if len(token) > 16384:
+        raise InvalidJWT("token too large")
+    try:
+        obj = jws.deserialize_compact(token, keys, algorithms=list(algorithms))
+    except (JoseError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidJWT("signature or format invalid") from exc
+    header = obj.protected
+    if header.get("alg") not in algorithms:
+        raise InvalidJWT("algorithm not allowed")
+    if typ is not None and str(header.get("typ", "")).lower() not in {typ.lower(), "application/" + typ.lower()}:
+        raise InvalidJWT("unexpected token type")
+    try:
+        claims = json.loads(obj.payload)
+    except ValueError as exc:
+        raise InvalidJWT("payload is not JSON") from exc
+    if not isinstance(claims, dict):
+        raise InvalidJWT("payload is not a JSON object")
+    return claims

@@ -1,0 +1,175 @@
+"""Per-tenant signing keys: generation, encryption at rest, rotation, JWKS, in-process cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from joserfc.jwk import ECKey, KeySet, RSAKey
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from idhub.crypto.encryption import Sealer
+from idhub.crypto.jwt import SigningKeyType
+from idhub.crypto.secrets import random_token
+from idhub.storage.base import utcnow
+from idhub.storage.models import SigningKey
+
+ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")
+STATE_NEXT, STATE_ACTIVE, STATE_RETIRED = "next", "active", "retired"
+
+
+def _generate(alg: str) -> SigningKeyType:
+    if alg == "ES256":
+        return ECKey.generate_key("P-256", private=True)
+    if alg == "RS256":
+        return RSAKey.generate_key(2048, private=True)
+    raise ValueError(f"unsupported signing algorithm {alg}")
+
+
+def _new_row(*, tenant_id: uuid.UUID, alg: str, state: str, sealer: Sealer, now: datetime) -> SigningKey:
+    key = _generate(alg)
+    kid = random_token(12)
+    public = key.as_dict(private=False)
+    public.update(kid=kid, alg=alg, use="sig")
+    pem = key.as_pem(private=True)
+    return SigningKey(
+        tenant_id=tenant_id,
+        kid=kid,
+        alg=alg,
+        state=state,
+        public_jwk=public,
+        private_key_encrypted=sealer.seal(pem, context=f"signing-key:{kid}"),
+        created_at=now,
+        activated_at=now if state == STATE_ACTIVE else None,
+    )
+
+
+async def create_initial_keys(session: AsyncSession, *, tenant_id: uuid.UUID, sealer: Sealer) -> None:
+    """Give a new tenant an active and a next key for every algorithm."""
+    now = utcnow()
+    for alg in ALGORITHMS:
+        session.add(_new_row(tenant_id=tenant_id, alg=alg, state=STATE_ACTIVE, sealer=sealer, now=now))
+        session.add(_new_row(tenant_id=tenant_id, alg=alg, state=STATE_NEXT, sealer=sealer, now=now))
+    await session.flush()
+
+
+async def rotate_keys(
+    session: AsyncSession, *, tenant_id: uuid.UUID, sealer: Sealer, max_token_lifetime: timedelta
+) -> list[str]:
+    """Move next -> active -> retired for every algorithm and create a new next key.
+
+    A retired key stays published until every token it may have signed has expired. Returns the kids
+    that became active.
+    """
+    now = utcnow()
+    rows = (
+        await session.scalars(
+            select(SigningKey)
+            .where(SigningKey.tenant_id == tenant_id, SigningKey.state.in_([STATE_NEXT, STATE_ACTIVE]))
+            .with_for_update()
+        )
+    ).all()
+    activated: list[str] = []
+    for alg in ALGORITHMS:
+        for row in rows:
+            if row.alg != alg:
+                continue
+            if row.state == STATE_ACTIVE:
+                row.state = STATE_RETIRED
+                row.retired_at = now
+                row.publish_until = now + max_token_lifetime
+            elif row.state == STATE_NEXT:
+                row.state = STATE_ACTIVE
+                row.activated_at = now
+                activated.append(row.kid)
+        session.add(_new_row(tenant_id=tenant_id, alg=alg, state=STATE_NEXT, sealer=sealer, now=now))
+    await session.flush()
+    return activated
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedKey:
+    """A decrypted signing key ready for use."""
+
+    kid: str
+    alg: str
+    state: str
+    key: SigningKeyType
+    public_jwk: dict[str, Any]
+
+
+@dataclass(slots=True)
+class TenantKeys:
+    """The keys of one tenant as loaded at ``loaded_at``."""
+
+    keys: list[LoadedKey]
+    loaded_at: float
+    jwks: dict[str, Any] = field(default_factory=dict)
+    verify_set: KeySet = field(default_factory=lambda: KeySet([]))
+
+    def active(self, alg: str) -> LoadedKey | None:
+        """Return the active key for ``alg``."""
+        for key in self.keys:
+            if key.state == STATE_ACTIVE and key.alg == alg:
+                return key
+        return None
+
+
+class KeyStore:
+    """Load tenants' keys from the database and keep them decrypted in memory for a short while.
+
+    Keys are never generated here: a tenant without keys is an operator's problem to fix with
+    ``idhub keys rotate``/``idhub init``, not something to paper over on restart.
+    """
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], sealer: Sealer, ttl: float = 30.0):
+        self._sessionmaker = sessionmaker
+        self._sealer = sealer
+        self._ttl = ttl
+        self._cache: dict[uuid.UUID, TenantKeys] = {}
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+
+    def invalidate(self, tenant_id: uuid.UUID | None = None) -> None:
+        """Forget cached keys (after a rotation in this process)."""
+        if tenant_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(tenant_id, None)
+
+    async def get(self, tenant_id: uuid.UUID, *, max_age: float | None = None) -> TenantKeys:
+        """Return the tenant's keys, reloading when older than the cache lifetime."""
+        ttl = self._ttl if max_age is None else max_age
+        cached = self._cache.get(tenant_id)
+        if cached is not None and time.monotonic() - cached.loaded_at < ttl:
+            return cached
+        lock = self._locks.setdefault(tenant_id, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(tenant_id)
+            if cached is not None and time.monotonic() - cached.loaded_at < ttl:
+                return cached
+            loaded = await self._load(tenant_id)
+            self._cache[tenant_id] = loaded
+            return loaded
+
+    async def _load(self, tenant_id: uuid.UUID) -> TenantKeys:
+        now = utcnow()
+        async with self._sessionmaker() as session:
+            rows = (await session.scalars(select(SigningKey).where(SigningKey.tenant_id == tenant_id))).all()
+        keys: list[LoadedKey] = []
+        for row in rows:
+            if row.state == STATE_RETIRED and (row.publish_until is None or row.publish_until <= now):
+                continue
+            pem = self._sealer.open(row.private_key_encrypted, context=f"signing-key:{row.kid}")
+            key: SigningKeyType
+            key = ECKey.import_key(pem) if row.alg == "ES256" else RSAKey.import_key(pem)
+            keys.append(LoadedKey(kid=row.kid, alg=row.alg, state=row.state, key=key, public_jwk=row.public_jwk))
+        order = {STATE_ACTIVE: 0, STATE_NEXT: 1, STATE_RETIRED: 2}
+        keys.sort(key=lambda k: (order.get(k.state, 3), k.alg))
+        public_keys = [k.public_jwk for k in keys]
+        verify_set = KeySet.import_key_set({"keys": public_keys}) if public_keys else KeySet([])
+        return TenantKeys(keys=keys, loaded_at=time.monotonic(), jwks={"keys": public_keys}, verify_set=verify_set)

@@ -1,0 +1,1 @@
+"""OpenID Connect provider / OAuth 2.0 authorization server."""

@@ -1,0 +1,7 @@
+"""Placeholder: the revocation endpoint router (being built)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["oidc"])

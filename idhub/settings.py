@@ -1,0 +1,136 @@
+"""Service settings, read from ``IDHUB_*`` environment variables."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = Path("idhub-data")
+
+
+class TokenSettings(BaseModel):
+    """Lifetimes of the tokens idhub issues, in seconds."""
+
+    access_token_ttl: int = Field(default=600, ge=30, le=86400)
+    id_token_ttl: int = Field(default=600, ge=30, le=86400)
+    authorization_code_ttl: int = Field(default=60, ge=10, le=600)
+    refresh_token_ttl: int = Field(default=30 * 86400, ge=300)
+    refresh_token_idle_ttl: int = Field(default=14 * 86400, ge=300)
+    client_assertion_max_age: int = Field(default=300, ge=30, le=3600)
+
+
+class SessionSettings(BaseModel):
+    """SSO session lifetimes (seconds) and interaction limits."""
+
+    idle_ttl: int = Field(default=30 * 60, ge=60)
+    absolute_ttl: int = Field(default=10 * 3600, ge=300)
+    interaction_ttl: int = Field(default=15 * 60, ge=60)
+    cookie_name: str = "idhub_session"
+
+
+class ThrottleSettings(BaseModel):
+    """Brute-force defence: failures allowed per window before requests are refused."""
+
+    window_seconds: int = Field(default=15 * 60, ge=1)
+    max_failures_per_account: int = Field(default=5, ge=1)
+    max_failures_per_address: int = Field(default=50, ge=1)
+
+
+class PasswordSettings(BaseModel):
+    """Argon2id parameters; defaults are OWASP's minimum (m=19 MiB, t=2, p=1)."""
+
+    memory_cost_kib: int = Field(default=19456, ge=19456)
+    time_cost: int = Field(default=2, ge=2)
+    parallelism: int = Field(default=1, ge=1)
+
+
+class Settings(BaseSettings):
+    """All settings of one idhub process. Build with ``Settings()``; nothing reads them at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="IDHUB_", env_nested_delimiter="__", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str = ""
+    public_url: str = "http://127.0.0.1:8000"
+    master_key: SecretStr | None = None
+    redis_url: str | None = None
+    log_level: str = "INFO"
+    auto_migrate: bool | None = None
+    trusted_proxies: list[str] = Field(default_factory=list)
+    revocation_poll_seconds: float = Field(default=1.0, gt=0)
+    client_cache_ttl: float = Field(default=5.0, ge=0)
+
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
+    passwords: PasswordSettings = Field(default_factory=PasswordSettings)
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("IDHUB_PUBLIC_URL must be an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_and_checks(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'idhub.db'}"
+        if self.master_key is not None:
+            decode_master_key(self.master_key.get_secret_value())
+        if self.environment == "production":
+            if self.master_key is None:
+                raise ValueError("IDHUB_MASTER_KEY is required in production")
+            if not self.public_url.startswith("https://"):
+                raise ValueError("IDHUB_PUBLIC_URL must be https in production")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Tell whether the database is SQLite."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Mark cookies Secure when served over https."""
+        return self.public_url.startswith("https://")
+
+    def master_key_bytes(self) -> bytes:
+        """Return the 32-byte master key, generating one into the data folder in development."""
+        if self.master_key is not None:
+            return decode_master_key(self.master_key.get_secret_value())
+        path = self.data_dir / "master.key"
+        if path.exists():
+            return decode_master_key(path.read_text().strip())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        encoded = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(encoded + "\n")
+        log.warning("IDHUB_MASTER_KEY is not set: generated one into %s; back it up", path)
+        return decode_master_key(encoded)
+
+
+def decode_master_key(value: str) -> bytes:
+    """Decode and check a urlsafe-base64 master key of exactly 32 bytes."""
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("IDHUB_MASTER_KEY must be urlsafe base64") from exc
+    if len(raw) != 32:
+        raise ValueError("IDHUB_MASTER_KEY must encode exactly 32 random bytes")
+    if len(set(raw)) < 16:
+        raise ValueError("IDHUB_MASTER_KEY is too weak (not random)")
+    return raw

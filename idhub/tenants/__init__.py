@@ -1,0 +1,1 @@
+"""Tenants and their per-tenant settings."""

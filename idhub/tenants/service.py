@@ -1,0 +1,106 @@
+"""Create and look up tenants."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from idhub.crypto.encryption import Sealer
+from idhub.crypto.keys import create_initial_keys
+from idhub.errors import Invalid
+from idhub.storage.models import Tenant
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+TENANT_SETTING_DEFAULTS: dict[str, Any] = {"access_token_alg": "ES256"}
+
+
+@dataclass(frozen=True, slots=True)
+class TenantInfo:
+    """An immutable snapshot of a tenant, safe to cache and share between requests."""
+
+    id: uuid.UUID
+    slug: str
+    name: str
+    issuer: str
+    settings: dict[str, Any]
+
+    @property
+    def access_token_alg(self) -> str:
+        """Return the tenant's default access-token signing algorithm."""
+        return str(self.settings.get("access_token_alg", "ES256"))
+
+
+def issuer_for(public_url: str, slug: str) -> str:
+    """Return the issuer identifier of tenant ``slug``."""
+    return f"{public_url}/tenants/{slug}"
+
+
+async def get_or_create_tenant(
+    session: AsyncSession, *, slug: str, sealer: Sealer, name: str | None = None
+) -> tuple[Tenant, bool]:
+    """Return the tenant ``slug``, creating it (with its first signing keys) if missing."""
+    if not SLUG_RE.fullmatch(slug):
+        raise Invalid("tenant slug must be 1-63 lowercase letters, digits or hyphens")
+    tenant = await session.scalar(select(Tenant).where(Tenant.slug == slug))
+    if tenant is not None:
+        return tenant, False
+    tenant = Tenant(slug=slug, name=name or slug, settings=dict(TENANT_SETTING_DEFAULTS))
+    session.add(tenant)
+    await session.flush()
+    await create_initial_keys(session, tenant_id=tenant.id, sealer=sealer)
+    return tenant, True
+
+
+async def require_tenant(session: AsyncSession, slug: str) -> Tenant:
+    """Return tenant ``slug`` or raise :class:`Invalid`."""
+    tenant = await session.scalar(select(Tenant).where(Tenant.slug == slug))
+    if tenant is None:
+        raise Invalid(f"unknown tenant {slug!r}")
+    return tenant
+
+
+class TenantCache:
+    """Resolve tenant slugs to snapshots with a short in-process cache."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], public_url: str, ttl: float = 5.0):
+        self._sessionmaker = sessionmaker
+        self._public_url = public_url
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, TenantInfo | None]] = {}
+
+    def invalidate(self, slug: str | None = None) -> None:
+        """Forget cached tenants."""
+        if slug is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(slug, None)
+
+    async def get(self, slug: str) -> TenantInfo | None:
+        """Return the tenant ``slug`` or ``None`` when it does not exist."""
+        hit = self._cache.get(slug)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        if not SLUG_RE.fullmatch(slug):
+            return None
+        async with self._sessionmaker() as session:
+            row = await session.scalar(select(Tenant).where(Tenant.slug == slug))
+        info = None
+        if row is not None:
+            info = TenantInfo(
+                id=row.id,
+                slug=row.slug,
+                name=row.name,
+                issuer=issuer_for(self._public_url, row.slug),
+                settings={**TENANT_SETTING_DEFAULTS, **(row.settings or {})},
+            )
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[slug] = (now, info)
+        return info

@@ -1,0 +1,1 @@
+"""Issuing and validating tokens; revocation state."""

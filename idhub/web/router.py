@@ -1,0 +1,7 @@
+"""Placeholder: interaction pages router (being built)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["interaction"])

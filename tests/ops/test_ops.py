@@ -1,0 +1,26 @@
+"""Operational endpoints."""
+
+from tests.conftest import Env
+
+
+def test_healthz_process_up_ok(env: Env) -> None:
+    assert env.client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_database_reachable_ok(env: Env) -> None:
+    response = env.client.get("/readyz")
+    assert response.status_code == 200
+
+
+def test_metrics_after_requests_counts_routes(env: Env) -> None:
+    env.client.get("/healthz")
+    body = env.client.get("/metrics").text
+    assert 'idhub_http_requests_total{method="GET",route="/healthz",status="200"}' in body
+    assert "idhub_http_request_duration_seconds_bucket" in body
+
+
+def test_any_response_security_headers_present(env: Env) -> None:
+    response = env.client.get("/healthz")
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
