@@ -10,8 +10,8 @@ import asyncio
 import base64
 import os
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +101,13 @@ class Env:
     client: TestClient
     ctx: AppContext
     backend: str
-    created: list[Any] = field(default_factory=list)
+    runner: Callable[..., Any] | None = None
+    base_url: str = PUBLIC_URL
 
     def run(self, coro_fn: Any, *args: Any) -> Any:
         """Run an async callable on the app's event loop."""
+        if self.runner is not None:
+            return self.runner(coro_fn, *args)
         return self.client.portal.call(coro_fn, *args)  # type: ignore[union-attr]
 
     def tenant(self, slug: str | None = None) -> TenantInfo:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 14:34:46.241372
+Create Date: 2026-11-28 14:41:06.498945
 """
 
 from __future__ import annotations
@@ -106,6 +106,18 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], name=op.f('fk_user_tenant_id_tenant'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_user')),
     sa.UniqueConstraint('tenant_id', 'username', name=op.f('uq_user_tenant_id_username'))
+    )
+    op.create_table('consent',
+    sa.Column('tenant_id', sa.Uuid(), nullable=False),
+    sa.Column('user_id', sa.Uuid(), nullable=False),
+    sa.Column('client_id', sa.Uuid(), nullable=False),
+    sa.Column('scope', sa.String(length=2000), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['client_id'], ['client.id'], name=op.f('fk_consent_client_id_client'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], name=op.f('fk_consent_tenant_id_tenant'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['user_id'], ['user.id'], name=op.f('fk_consent_user_id_user'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('user_id', 'client_id', name=op.f('pk_consent'))
     )
     op.create_table('grant',
     sa.Column('id', sa.String(length=64), nullable=False),
@@ -217,6 +229,7 @@ def downgrade() -> None:
     op.drop_table('interaction')
     op.drop_index('ix_grant_subject', table_name='grant')
     op.drop_table('grant')
+    op.drop_table('consent')
     op.drop_table('user')
     op.drop_table('used_jti')
     op.drop_index('ix_signing_key_tenant_state', table_name='signing_key')

@@ -1,6 +1,7 @@
 """All tables; importing this package registers them on ``Base.metadata``."""
 
 from idhub.storage.models.client import Client
+from idhub.storage.models.consent import Consent
 from idhub.storage.models.grant import AuthorizationCode, Grant, RefreshToken
 from idhub.storage.models.interaction import Interaction
 from idhub.storage.models.key import SigningKey
@@ -12,6 +13,7 @@ from idhub.storage.models.user import User
 __all__ = [
     "AuthorizationCode",
     "Client",
+    "Consent",
     "Grant",
     "Interaction",
     "RefreshToken",
