@@ -23,7 +23,7 @@ class PasswordHasher:
 
     def hash(self, password: str) -> str:
         """Return an argon2id hash of ``password``."""
-        return self._context.hash(password)
+        return str(self._context.hash(password))
 
     def verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
         """Verify ``password``; return ``(ok, new_hash)`` where ``new_hash`` is set when parameters changed."""
