@@ -89,6 +89,8 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "data_dir": data_dir,
         "auto_migrate": True,
         "revocation_poll_seconds": 0.2,
+        # Every TestClient request comes from one address; tests of address throttling set their own.
+        "throttle": {"max_failures_per_address": 100_000},
     }
     values.update(overrides)
     return Settings(**values)

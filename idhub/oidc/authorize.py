@@ -1,7 +1,453 @@
-"""Placeholder: the authorize endpoint router (being built)."""
+"""The authorization endpoint (OIDC Core §3.1.2.1, RFC 6749 §4.1.1) as an ordered list of check steps.
+
+The first steps establish whether the client and its redirect URI can be trusted; until then an
+error is an HTML page and never a redirect (RFC 6749 §4.1.2.1). After that every error goes back to
+the redirect URI with ``error``, ``error_description``, ``state`` and ``iss`` (RFC 9207 §2).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import inspect
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idhub.clients.service import ClientInfo, redirect_uri_matches
+from idhub.context import AppContext
+from idhub.crypto.secrets import random_token
+from idhub.deps import ContextDep, SessionDep, TenantDep
+from idhub.oidc.errors import (
+    ConsentRequired,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    LoginRequired,
+    OAuthError,
+    RequestNotSupported,
+    RequestUriNotSupported,
+    UnauthorizedClient,
+    UnsupportedResponseType,
+)
+from idhub.oidc.interaction import (
+    BROWSER_COOKIE,
+    AuthorizationRequest,
+    consent_needed,
+    create_interaction,
+    error_redirect_url,
+    finish_authorization,
+    login_needed,
+    usable_browser_secret,
+)
+from idhub.sessions.service import load_session
+from idhub.tenants.service import TenantInfo
+from idhub.tokens.service import TokenInvalid
+from idhub.web.cookies import set_browser_cookie
+from idhub.web.forms import BadForm, read_form, read_query
+from idhub.web.render import error_page
 
 router = APIRouter(tags=["oidc"])
+
+# RFC 7636 §4.2: a S256 challenge is base64url without padding; 43-128 characters.
+CODE_CHALLENGE_RE = re.compile(r"^[A-Za-z0-9_-]{43,128}$")
+PROMPT_VALUES = frozenset({"none", "login", "consent"})
+# RFC 8707 §2: ``resource`` is the one parameter that may be repeated.
+REPEATABLE = frozenset({"resource"})
+MAX_LENGTHS = {"state": 2048, "nonce": 512, "login_hint": 255, "id_token_hint": 16384, "scope": 2000}
+
+
+class UntrustedRequest(Exception):
+    """The client or redirect URI cannot be trusted: show an error page, never redirect."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(slots=True)
+class AuthorizationContext:
+    """What the checks learn about one authorization request, step by step."""
+
+    ctx: AppContext
+    tenant: TenantInfo
+    params: dict[str, list[str]]
+    client: ClientInfo | None = None
+    redirect_uri: str | None = None
+    state: str | None = None
+    scope: tuple[str, ...] = ()
+    code_challenge: str = ""
+    resources: tuple[str, ...] = ()
+    prompt: tuple[str, ...] = ()
+    max_age: int | None = None
+    id_token_hint_sub: str | None = None
+
+    def one(self, name: str) -> str | None:
+        """Return the first value of a parameter (duplicates are refused by :func:`check_no_duplicates`)."""
+        values = self.params.get(name)
+        return values[0] if values else None
+
+    def build(self) -> AuthorizationRequest:
+        """Return the validated request."""
+        assert self.client is not None and self.redirect_uri is not None
+        return AuthorizationRequest(
+            client_id=self.client.client_id,
+            redirect_uri=self.redirect_uri,
+            scope=self.scope,
+            code_challenge=self.code_challenge,
+            code_challenge_method="S256",
+            state=self.state,
+            nonce=self.one("nonce"),
+            resources=self.resources,
+            prompt=self.prompt,
+            max_age=self.max_age,
+            login_hint=self.one("login_hint"),
+            id_token_hint_sub=self.id_token_hint_sub,
+        )
+
+
+Step = Callable[[AuthorizationContext], Awaitable[None] | None]
+
+
+# --- steps that decide whether the client can be trusted (errors never redirect) -----------------
+
+
+async def check_client(actx: AuthorizationContext) -> None:
+    """Resolve ``client_id`` to an enabled client of this tenant (RFC 6749 §4.1.2.1)."""
+    values = actx.params.get("client_id") or []
+    if len(values) != 1:
+        raise UntrustedRequest("The request is missing a valid client_id.")
+    client = await actx.ctx.clients.get(actx.tenant.id, values[0])
+    if client is None or client.tenant_id != actx.tenant.id:
+        raise UntrustedRequest("The application that sent you here is unknown.")
+    actx.client = client
+
+
+def check_redirect_uri(actx: AuthorizationContext) -> None:
+    """Require a registered redirect URI, matched exactly (RFC 9700 §4.1.3; loopback port, RFC 8252 §7.3)."""
+    assert actx.client is not None
+    values = actx.params.get("redirect_uri") or []
+    try:
+        matches = len(values) == 1 and redirect_uri_matches(actx.client, values[0])
+    except ValueError:  # unparsable URI (e.g. a broken IPv6 literal)
+        matches = False
+    if not matches:
+        raise UntrustedRequest("The application sent you with a redirect URI that is not registered.")
+    actx.redirect_uri = values[0]
+    state = actx.params.get("state") or []
+    actx.state = state[0] if len(state) == 1 and len(state[0]) <= MAX_LENGTHS["state"] else None
+
+
+# --- steps whose errors go back to the client -----------------------------------------------------
+
+
+def check_no_duplicates(actx: AuthorizationContext) -> None:
+    """Refuse any repeated parameter except ``resource`` (RFC 6749 §3.1, RFC 8707 §2)."""
+    for name, values in actx.params.items():
+        if len(values) > 1 and name not in REPEATABLE:
+            raise InvalidRequest(f"parameter {name} is repeated")
+    for name, limit in MAX_LENGTHS.items():
+        value = actx.one(name)
+        if value is not None and len(value) > limit:
+            raise InvalidRequest(f"{name} is too long")
+
+
+def check_response_type(actx: AuthorizationContext) -> None:
+    """Allow only the authorization code flow (OIDC Core §3.1.2.1) with query response mode."""
+    response_type = actx.one("response_type")
+    if response_type is None:
+        raise InvalidRequest("response_type is required")
+    if response_type != "code":
+        raise UnsupportedResponseType("only response_type=code is supported")
+    mode = actx.one("response_mode")
+    if mode is not None and mode != "query":
+        raise InvalidRequest("only response_mode=query is supported")
+
+
+def check_request_object(actx: AuthorizationContext) -> None:
+    """Refuse request objects (OIDC Core §6; errors per §3.1.2.6)."""
+    if "request" in actx.params:
+        raise RequestNotSupported("the request parameter is not supported")
+    if "request_uri" in actx.params:
+        raise RequestUriNotSupported("the request_uri parameter is not supported")
+
+
+def check_grant_type(actx: AuthorizationContext) -> None:
+    """Require that the client may use the authorization code grant (RFC 6749 §4.1.2.1 unauthorized_client)."""
+    assert actx.client is not None
+    if "authorization_code" not in actx.client.grant_types:
+        raise UnauthorizedClient("the client may not use the authorization code grant")
+
+
+def check_scope(actx: AuthorizationContext) -> None:
+    """Grant the requested scopes that the client is allowed (RFC 6749 §3.3); anything else is invalid_scope."""
+    assert actx.client is not None
+    raw = actx.one("scope")
+    if raw is None:
+        raise InvalidScope("scope is required")
+    requested = tuple(dict.fromkeys(raw.split(" ")))
+    if "" in requested or not all(token.isprintable() and '"' not in token for token in requested):
+        raise InvalidScope("scope is malformed")
+    outside = [token for token in requested if token not in actx.client.scopes]
+    if outside:
+        raise InvalidScope(f"scope not allowed for this client: {' '.join(outside)}")
+    actx.scope = requested
+
+
+def check_pkce(actx: AuthorizationContext) -> None:
+    """Require PKCE with S256 (RFC 7636 §4.3, §4.2; RFC 9700 §2.1.1: ``plain`` refused)."""
+    challenge = actx.one("code_challenge")
+    method = actx.one("code_challenge_method")
+    if challenge is None:
+        raise InvalidRequest("code_challenge is required (PKCE)")
+    if method != "S256":
+        raise InvalidRequest("code_challenge_method must be S256")
+    if not CODE_CHALLENGE_RE.fullmatch(challenge):
+        raise InvalidRequest("code_challenge must be 43-128 base64url characters")
+    actx.code_challenge = challenge
+
+
+def check_resource(actx: AuthorizationContext) -> None:
+    """Accept resource indicators the client may use: absolute, no fragment (RFC 8707 §2)."""
+    assert actx.client is not None
+    resources = tuple(dict.fromkeys(actx.params.get("resource") or []))
+    for resource in resources:
+        try:
+            parts = urlsplit(resource)
+        except ValueError as exc:
+            raise InvalidTarget("resource is not a valid URI") from exc
+        if not parts.scheme or "#" in resource or resource not in actx.client.resources:
+            raise InvalidTarget("resource is not an absolute URI this client may use")
+    actx.resources = resources
+
+
+def check_prompt(actx: AuthorizationContext) -> None:
+    """Validate ``prompt`` (OIDC Core §3.1.2.1): known values, ``none`` only alone."""
+    raw = actx.one("prompt")
+    if raw is None:
+        return
+    values = tuple(dict.fromkeys(raw.split(" ")))
+    if "" in values or not set(values) <= PROMPT_VALUES:
+        raise InvalidRequest("prompt has an unsupported value")
+    if "none" in values and len(values) > 1:
+        raise InvalidRequest("prompt=none cannot be combined with other values")
+    actx.prompt = values
+
+
+def check_max_age(actx: AuthorizationContext) -> None:
+    """Parse ``max_age``: a non-negative integer number of seconds (OIDC Core §3.1.2.1)."""
+    raw = actx.one("max_age")
+    if raw is None:
+        return
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
+        raise InvalidRequest("max_age must be a non-negative integer")
+    actx.max_age = int(raw)
+
+
+async def check_id_token_hint(actx: AuthorizationContext) -> None:
+    """Verify ``id_token_hint`` as one of our ID tokens; expired ones are fine (OIDC Core §3.1.2.1)."""
+    hint = actx.one("id_token_hint")
+    if hint is None:
+        return
+    try:
+        claims = await actx.ctx.tokens.verify_own_jwt(tenant=actx.tenant, token=hint, typ=None)
+    except TokenInvalid as exc:
+        raise InvalidRequest("id_token_hint is not a valid ID token of this issuer") from exc
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise InvalidRequest("id_token_hint has no subject")
+    actx.id_token_hint_sub = sub
+
+
+TRUST_STEPS: tuple[Step, ...] = (check_client, check_redirect_uri)
+REQUEST_STEPS: tuple[Step, ...] = (
+    check_no_duplicates,
+    check_response_type,
+    check_request_object,
+    check_grant_type,
+    check_scope,
+    check_pkce,
+    check_resource,
+    check_prompt,
+    check_max_age,
+    check_id_token_hint,
+)
+
+
+async def run_steps(actx: AuthorizationContext, steps: tuple[Step, ...]) -> None:
+    """Run steps in order; the first one that raises ends the request."""
+    for step in steps:
+        result = step(actx)
+        if inspect.isawaitable(result):
+            await result
+
+
+# --- outcomes ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Send the browser back to the client (success or error response)."""
+
+    location: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPage:
+    """Show an error page; the request cannot be answered by redirect."""
+
+    message: str
+    status: int = 400
+
+
+@dataclass(frozen=True, slots=True)
+class StartInteraction:
+    """Send the browser to the login or consent page."""
+
+    location: str
+    browser_secret: str
+    new_browser: bool
+
+
+Outcome = Redirect | ErrorPage | StartInteraction
+
+
+async def process_authorization(
+    session: AsyncSession,
+    *,
+    ctx: AppContext,
+    tenant: TenantInfo,
+    params: dict[str, list[str]],
+    session_cookie: str | None,
+    browser_cookie: str | None,
+) -> Outcome:
+    """Validate an authorization request and decide: redirect, error page, or interaction."""
+    actx = AuthorizationContext(ctx=ctx, tenant=tenant, params=params)
+    try:
+        await run_steps(actx, TRUST_STEPS)
+    except UntrustedRequest as exc:
+        return ErrorPage(exc.message)
+    assert actx.client is not None and actx.redirect_uri is not None
+    client, redirect_uri = actx.client, actx.redirect_uri
+
+    def fail(error: OAuthError) -> Redirect:
+        return Redirect(
+            error_redirect_url(redirect_uri=redirect_uri, issuer=tenant.issuer, error=error, state=actx.state)
+        )
+
+    try:
+        await run_steps(actx, REQUEST_STEPS)
+        request = actx.build()
+        sso = await load_session(
+            session,
+            hasher=ctx.secret_hasher,
+            settings=ctx.settings.sessions,
+            tenant_id=tenant.id,
+            cookie=session_cookie,
+        )
+        prompt_none = "none" in request.prompt
+        needs_login = login_needed(request, sso, now_ts=time.time())
+        if needs_login and prompt_none:
+            raise LoginRequired("the user is not signed in or must sign in again")
+        needs_consent = False
+        if not needs_login:
+            assert sso is not None
+            needs_consent = await consent_needed(session, client=client, request=request, user_id=sso.user_id)
+            if needs_consent and prompt_none:
+                raise ConsentRequired("the user has not approved this application yet")
+    except OAuthError as exc:
+        return fail(exc)
+    if not needs_login and not needs_consent:
+        assert sso is not None
+        return Redirect(
+            await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=request, sso=sso)
+        )
+    existing = usable_browser_secret(browser_cookie)
+    secret = existing or random_token(32)
+    interaction_id = await create_interaction(
+        session,
+        ctx=ctx,
+        tenant=tenant,
+        client=client,
+        request=request,
+        browser_secret=secret,
+        sso=None if needs_login else sso,
+    )
+    return StartInteraction(f"{tenant.issuer}/interaction/{interaction_id}", secret, existing is None)
+
+
+# --- router --------------------------------------------------------------------------------------
+
+_QUERY_PARAMETERS = [
+    {"name": name, "in": "query", "required": name in ("client_id", "response_type"), "schema": {"type": "string"}}
+    for name in (
+        "client_id", "redirect_uri", "response_type", "scope", "state", "nonce", "code_challenge",
+        "code_challenge_method", "prompt", "max_age", "login_hint", "id_token_hint", "resource",
+    )
+]  # fmt: skip
+_FORM_BODY = {
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "properties": {p["name"]: {"type": "string"} for p in _QUERY_PARAMETERS}}
+        }
+    }
+}
+_HTML_RESPONSES: dict[int | str, dict[str, object]] = {
+    303: {"description": "Redirect to the client, or to the login/consent page"},
+    400: {"description": "HTML error page (client or redirect URI not trusted)", "content": {"text/html": {}}},
+}
+
+
+async def _respond(
+    request: Request, *, ctx: AppContext, tenant: TenantInfo, session: AsyncSession, params: dict[str, list[str]]
+) -> Response:
+    outcome = await process_authorization(
+        session,
+        ctx=ctx,
+        tenant=tenant,
+        params=params,
+        session_cookie=request.cookies.get(ctx.settings.sessions.cookie_name),
+        browser_cookie=request.cookies.get(BROWSER_COOKIE),
+    )
+    if isinstance(outcome, ErrorPage):
+        return error_page(outcome.message, tenant=tenant, status=outcome.status)
+    response = RedirectResponse(outcome.location, status_code=303, headers={"cache-control": "no-store"})
+    if isinstance(outcome, StartInteraction) and outcome.new_browser:
+        set_browser_cookie(response, ctx, tenant, outcome.browser_secret)
+    return response
+
+
+@router.get(
+    "/authorize",
+    summary="Authorization endpoint (OIDC Core §3.1.2.1)",
+    response_class=Response,
+    responses=_HTML_RESPONSES,
+    openapi_extra={"parameters": _QUERY_PARAMETERS},
+)
+async def authorize_get(request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep) -> Response:
+    """Start an authorization code flow from a query string."""
+    try:
+        params = read_query(request)
+    except BadForm:
+        return error_page("The request is malformed.", tenant=tenant)
+    return await _respond(request, ctx=ctx, tenant=tenant, session=session, params=params)
+
+
+@router.post(
+    "/authorize",
+    summary="Authorization endpoint, form post (OIDC Core §3.1.2.1)",
+    response_class=Response,
+    responses=_HTML_RESPONSES,
+    openapi_extra={"requestBody": _FORM_BODY},
+)
+async def authorize_post(request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep) -> Response:
+    """Start an authorization code flow from a form body."""
+    try:
+        params = await read_form(request)
+    except BadForm:
+        return error_page("The request is malformed.", tenant=tenant)
+    return await _respond(request, ctx=ctx, tenant=tenant, session=session, params=params)

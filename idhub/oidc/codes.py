@@ -44,6 +44,8 @@ async def create_authorization_code(
         created_at=now,
     )
     session.add(grant)
+    # No ORM relationship links the two rows, so flush the grant first for the code's foreign key.
+    await session.flush()
     code = random_token(32)
     session.add(
         AuthorizationCode(

@@ -1,7 +1,244 @@
-"""Placeholder: interaction pages router (being built)."""
+"""Interaction pages: login and consent (thin: parse, call the services, render)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idhub.clients.service import ClientInfo
+from idhub.context import AppContext
+from idhub.deps import ContextDep, SessionDep, TenantDep, client_address
+from idhub.oidc.errors import AccessDenied
+from idhub.oidc.interaction import (
+    BROWSER_COOKIE,
+    AuthorizationRequest,
+    InteractionError,
+    complete_interaction,
+    consent_needed,
+    csrf_token,
+    csrf_valid,
+    error_redirect_url,
+    finish_authorization,
+    load_interaction,
+    record_consent,
+    usable_browser_secret,
+)
+from idhub.sessions.login import authenticate_password
+from idhub.sessions.service import create_session, load_session
+from idhub.storage.models import Interaction
+from idhub.tenants.service import TenantInfo
+from idhub.web.cookies import set_session_cookie
+from idhub.web.forms import BadForm, read_form, single
+from idhub.web.render import STATIC, error_page, render_page
 
 router = APIRouter(tags=["interaction"])
+
+LOGIN_FAILED = "Incorrect username or password, or too many attempts. Please try again later."
+SCOPE_DESCRIPTIONS = {
+    "openid": "Sign you in with your account",
+    "profile": "See your name and username",
+    "email": "See your email address",
+    "offline_access": "Stay connected when you are not using it",
+}
+STATIC_FILES = {"idhub.css": "text/css"}
+InteractionId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+_FORM_RESPONSES: dict[int | str, dict[str, object]] = {
+    303: {"description": "Next step of the interaction, or back to the client"},
+    400: {"description": "HTML error page", "content": {"text/html": {}}},
+    403: {"description": "HTML error page (another browser)", "content": {"text/html": {}}},
+}
+
+
+def _form_body(*fields: str) -> dict[str, object]:
+    schema = {"type": "object", "properties": {name: {"type": "string"} for name in fields}}
+    return {"content": {"application/x-www-form-urlencoded": {"schema": schema}}}
+
+
+def _see_other(location: str) -> RedirectResponse:
+    """Redirect with 303 so the browser follows with GET (no re-POST of credentials)."""
+    return RedirectResponse(location, status_code=303, headers={"cache-control": "no-store"})
+
+
+async def _open(
+    request: Request, ctx: AppContext, tenant: TenantInfo, session: AsyncSession, interaction_id: str
+) -> tuple[Interaction, AuthorizationRequest, ClientInfo, str]:
+    """Load the interaction bound to this browser, its request and its (still enabled) client."""
+    secret = usable_browser_secret(request.cookies.get(BROWSER_COOKIE))
+    row = await load_interaction(session, ctx=ctx, tenant=tenant, interaction_id=interaction_id, browser_secret=secret)
+    assert secret is not None
+    try:
+        auth_request = AuthorizationRequest.from_params(row.params)
+    except (TypeError, ValueError) as exc:
+        raise InteractionError("This sign-in request is damaged. Return to the application.") from exc
+    client = await ctx.clients.get(tenant.id, auth_request.client_id)
+    if client is None:
+        raise InteractionError("The application that sent you here is no longer available.")
+    return row, auth_request, client, secret
+
+
+async def _form_and_interaction(
+    request: Request, ctx: AppContext, tenant: TenantInfo, session: AsyncSession, interaction_id: str
+) -> tuple[dict[str, list[str]], Interaction, AuthorizationRequest, ClientInfo]:
+    """Parse a form post, load its interaction and check the CSRF token."""
+    try:
+        form = await read_form(request)
+        presented = single(form, "csrf_token")
+    except BadForm as exc:
+        raise InteractionError("The form is malformed.") from exc
+    row, auth_request, client, secret = await _open(request, ctx, tenant, session, interaction_id)
+    if not csrf_valid(ctx.cookie_key, row.id, secret, presented):
+        raise InteractionError("The form has expired or was not sent by this site. Go back and try again.")
+    return form, row, auth_request, client
+
+
+@router.get(
+    "/interaction/{interaction_id}",
+    summary="Login or consent page of a pending authorization request",
+    response_class=Response,
+    responses={200: {"content": {"text/html": {}}}, **_FORM_RESPONSES},
+)
+async def interaction_page(
+    interaction_id: InteractionId, request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep
+) -> Response:
+    """Show the login page, or the consent page once the user is signed in."""
+    try:
+        row, auth_request, client, secret = await _open(request, ctx, tenant, session, interaction_id)
+    except InteractionError as exc:
+        return error_page(exc.message, tenant=tenant, status=exc.status)
+    base = f"{tenant.issuer}/interaction/{row.id}"
+    token = csrf_token(ctx.cookie_key, row.id, secret)
+    if row.user_id is None:
+        failed = request.query_params.get("error") == "login"
+        return render_page(
+            "login.html",
+            tenant=tenant,
+            action=f"{base}/login",
+            username=auth_request.login_hint or "",
+            error=LOGIN_FAILED if failed else None,
+            client_name=client.name,
+            csrf_token=token,
+        )
+    scopes = [(scope, SCOPE_DESCRIPTIONS.get(scope, scope)) for scope in auth_request.scope]
+    return render_page(
+        "consent.html",
+        tenant=tenant,
+        action=f"{base}/consent",
+        scopes=scopes,
+        client_name=client.name,
+        csrf_token=token,
+    )
+
+
+@router.post(
+    "/interaction/{interaction_id}/login",
+    summary="Submit the login form",
+    response_class=Response,
+    responses=_FORM_RESPONSES,
+    openapi_extra={"requestBody": _form_body("username", "password", "csrf_token")},
+)
+async def login_submit(
+    interaction_id: InteractionId, request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep
+) -> Response:
+    """Check the credentials; on success start a new SSO session and continue (always 303)."""
+    try:
+        form, row, auth_request, client = await _form_and_interaction(request, ctx, tenant, session, interaction_id)
+        username, password = single(form, "username"), single(form, "password")
+    except InteractionError as exc:
+        return error_page(exc.message, tenant=tenant, status=exc.status)
+    except BadForm:
+        return error_page("The form is malformed.", tenant=tenant)
+    page = f"{tenant.issuer}/interaction/{row.id}"
+    if row.user_id is not None:
+        return _see_other(page)
+    result = await authenticate_password(
+        session,
+        passwords=ctx.passwords,
+        throttle=ctx.throttle,
+        tenant_id=tenant.id,
+        username=username or "",
+        password=password or "",
+        address=client_address(request),
+    )
+    if result.user_id is None:
+        return _see_other(f"{page}?error=login")
+    cookie_name = ctx.settings.sessions.cookie_name
+    sso, cookie = await create_session(
+        session,
+        hasher=ctx.secret_hasher,
+        settings=ctx.settings.sessions,
+        tenant_id=tenant.id,
+        user_id=result.user_id,
+        amr=["pwd"],
+        previous_cookie=request.cookies.get(cookie_name),
+    )
+    row.user_id, row.session_id = sso.user_id, sso.id
+    if await consent_needed(session, client=client, request=auth_request, user_id=sso.user_id):
+        response = _see_other(page)
+    else:
+        try:
+            await complete_interaction(session, interaction_id=row.id)
+        except InteractionError as exc:
+            return error_page(exc.message, tenant=tenant, status=exc.status)
+        response = _see_other(
+            await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=auth_request, sso=sso)
+        )
+    set_session_cookie(response, ctx, tenant, cookie)
+    return response
+
+
+@router.post(
+    "/interaction/{interaction_id}/consent",
+    summary="Approve or deny the consent request",
+    response_class=Response,
+    responses=_FORM_RESPONSES,
+    openapi_extra={"requestBody": _form_body("action", "csrf_token")},
+)
+async def consent_submit(
+    interaction_id: InteractionId, request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep
+) -> Response:
+    """Record the user's decision and send the browser back to the client (303)."""
+    try:
+        form, row, auth_request, client = await _form_and_interaction(request, ctx, tenant, session, interaction_id)
+        action = single(form, "action")
+        if action not in ("approve", "deny"):
+            raise InteractionError("Choose whether to allow or deny access.")
+        if row.user_id is None:
+            return _see_other(f"{tenant.issuer}/interaction/{row.id}")
+        sso = await load_session(
+            session,
+            hasher=ctx.secret_hasher,
+            settings=ctx.settings.sessions,
+            tenant_id=tenant.id,
+            cookie=request.cookies.get(ctx.settings.sessions.cookie_name),
+        )
+        if sso is None or sso.id != row.session_id:
+            raise InteractionError("Your session has ended. Return to the application and sign in again.")
+        await complete_interaction(session, interaction_id=row.id)
+    except InteractionError as exc:
+        return error_page(exc.message, tenant=tenant, status=exc.status)
+    except BadForm:
+        return error_page("The form is malformed.", tenant=tenant)
+    if action == "deny":
+        # RFC 6749 §4.1.2.1: the resource owner denied the request.
+        error = AccessDenied("the user denied access")
+        return _see_other(
+            error_redirect_url(
+                redirect_uri=auth_request.redirect_uri, issuer=tenant.issuer, error=error, state=auth_request.state
+            )
+        )
+    await record_consent(session, tenant=tenant, client=client, user_id=sso.user_id, scope=auth_request.scope)
+    return _see_other(
+        await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=auth_request, sso=sso)
+    )
+
+
+@router.get("/static/{name}", summary="Static files of the pages", include_in_schema=False)
+async def static_file(name: str) -> Response:
+    """Serve one of the known static files."""
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        return Response(status_code=404)
+    return FileResponse(STATIC / name, media_type=media_type, headers={"cache-control": "public, max-age=3600"})

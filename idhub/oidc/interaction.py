@@ -1,0 +1,271 @@
+"""Interactions: a validated authorization request parked while the user signs in or consents.
+
+An interaction is bound to the browser that started it by a random cookie whose keyed hash is stored
+in ``Interaction.browser_hash``; every form carries a CSRF token derived (HMAC) from the interaction
+id and that browser secret, so a form can be submitted only from the browser the request began in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idhub.clients.service import ClientInfo
+from idhub.context import AppContext
+from idhub.crypto.secrets import constant_time_equals, random_token
+from idhub.oidc.codes import create_authorization_code
+from idhub.oidc.errors import OAuthError
+from idhub.sessions.service import SsoSession
+from idhub.storage.base import utcnow
+from idhub.storage.models import Consent, Interaction
+from idhub.tenants.service import TenantInfo
+
+BROWSER_COOKIE = "idhub_interaction"
+MAX_BROWSER_SECRET = 128
+MAX_INTERACTION_ID = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRequest:
+    """An authorization request that passed every check (OIDC Core §3.1.2.1)."""
+
+    client_id: str
+    redirect_uri: str
+    scope: tuple[str, ...]
+    code_challenge: str
+    code_challenge_method: str
+    state: str | None = None
+    nonce: str | None = None
+    resources: tuple[str, ...] = ()
+    prompt: tuple[str, ...] = ()
+    max_age: int | None = None
+    login_hint: str | None = None
+    id_token_hint_sub: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scope_string(self) -> str:
+        """Return the scopes as the space-separated wire value."""
+        return " ".join(self.scope)
+
+    def to_params(self) -> dict[str, Any]:
+        """Serialise for ``Interaction.params``."""
+        return asdict(self)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> AuthorizationRequest:
+        """Rebuild from ``Interaction.params``."""
+        values = dict(params)
+        for name in ("scope", "resources", "prompt"):
+            values[name] = tuple(values.get(name) or ())
+        return cls(**values)
+
+
+class InteractionError(Exception):
+    """An interaction cannot continue; rendered as an HTML error page (never a redirect)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+# --- redirects back to the client ----------------------------------------------------------------
+
+
+def authorization_response_url(redirect_uri: str, params: dict[str, str | None]) -> str:
+    """Append response parameters to the redirect URI, keeping its own query (RFC 6749 §3.1.2)."""
+    parts = urlsplit(redirect_uri)
+    extra = urlencode([(name, value) for name, value in params.items() if value is not None])
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query, fragment=""))
+
+
+def error_redirect_url(*, redirect_uri: str, issuer: str, error: OAuthError, state: str | None) -> str:
+    """Return the error response location (RFC 6749 §4.1.2.1), with ``iss`` (RFC 9207 §2)."""
+    return authorization_response_url(
+        redirect_uri,
+        {"error": error.error, "error_description": error.description, "state": state, "iss": issuer},
+    )
+
+
+# --- browser binding and CSRF ----------------------------------------------------------------------
+
+
+def usable_browser_secret(value: str | None) -> str | None:
+    """Return the browser secret from the cookie when it is well-formed."""
+    if value and 16 <= len(value) <= MAX_BROWSER_SECRET and value.isascii():
+        return value
+    return None
+
+
+def csrf_token(cookie_key: bytes, purpose: str, browser_secret: str) -> str:
+    """Derive the CSRF token of a form from its purpose (e.g. the interaction id) and the browser secret."""
+    mac = hmac.new(cookie_key, f"csrf\x00{purpose}\x00{browser_secret}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def csrf_valid(cookie_key: bytes, purpose: str, browser_secret: str | None, presented: str | None) -> bool:
+    """Check a presented CSRF token in constant time."""
+    if not browser_secret or not presented or len(presented) > 128:
+        return False
+    return constant_time_equals(csrf_token(cookie_key, purpose, browser_secret), presented)
+
+
+async def create_interaction(
+    session: AsyncSession,
+    *,
+    ctx: AppContext,
+    tenant: TenantInfo,
+    client: ClientInfo,
+    request: AuthorizationRequest,
+    browser_secret: str,
+    sso: SsoSession | None,
+) -> str:
+    """Park ``request`` until the user has signed in or consented; return the interaction id.
+
+    ``sso`` is set when the user is already signed in and only consent is missing.
+    """
+    now = utcnow()
+    row = Interaction(
+        id=random_token(24),
+        tenant_id=tenant.id,
+        client_id=client.id,
+        params=request.to_params(),
+        browser_hash=ctx.secret_hasher.hash(browser_secret),
+        user_id=sso.user_id if sso else None,
+        session_id=sso.id if sso else None,
+        created_at=now,
+        expires_at=now + timedelta(seconds=ctx.settings.sessions.interaction_ttl),
+    )
+    session.add(row)
+    await session.flush()
+    return row.id
+
+
+async def load_interaction(
+    session: AsyncSession, *, ctx: AppContext, tenant: TenantInfo, interaction_id: str, browser_secret: str | None
+) -> Interaction:
+    """Return the pending interaction bound to this browser or raise :class:`InteractionError`."""
+    if not interaction_id or len(interaction_id) > MAX_INTERACTION_ID:
+        raise InteractionError("This sign-in request is unknown or has expired.", 404)
+    row = await session.scalar(
+        select(Interaction).where(Interaction.id == interaction_id, Interaction.tenant_id == tenant.id)
+    )
+    if row is None:
+        raise InteractionError("This sign-in request is unknown or has expired.", 404)
+    if row.completed_at is not None:
+        raise InteractionError("This sign-in request was already completed. Return to the application.")
+    if row.expires_at <= utcnow():
+        raise InteractionError("This sign-in request has expired. Return to the application and try again.")
+    if browser_secret is None or not ctx.secret_hasher.verify(browser_secret, row.browser_hash):
+        raise InteractionError("This sign-in request was started in another browser.", 403)
+    return row
+
+
+async def complete_interaction(session: AsyncSession, *, interaction_id: str) -> None:
+    """Mark an interaction used, atomically: of two parallel submissions exactly one wins."""
+    result = await session.execute(
+        update(Interaction)
+        .where(Interaction.id == interaction_id, Interaction.completed_at.is_(None))
+        .values(completed_at=utcnow())
+    )
+    if not getattr(result, "rowcount", 0):
+        raise InteractionError("This sign-in request was already completed. Return to the application.")
+
+
+# --- login and consent decisions -------------------------------------------------------------------
+
+
+def login_needed(request: AuthorizationRequest, sso: SsoSession | None, *, now_ts: float) -> bool:
+    """Tell whether the user must (re-)authenticate (OIDC Core §3.1.2.1 ``prompt``, ``max_age``, ``id_token_hint``)."""
+    if sso is None or "login" in request.prompt:
+        return True
+    if request.max_age is not None and sso.auth_time.timestamp() + request.max_age < now_ts:
+        return True
+    return request.id_token_hint_sub is not None and request.id_token_hint_sub != sso.subject
+
+
+async def consented_scopes(session: AsyncSession, *, client: ClientInfo, user_id: uuid.UUID) -> set[str]:
+    """Return the scopes the user already approved for the client."""
+    scope = await session.scalar(
+        select(Consent.scope).where(Consent.user_id == user_id, Consent.client_id == client.id)
+    )
+    return set((scope or "").split())
+
+
+async def consent_needed(
+    session: AsyncSession, *, client: ClientInfo, request: AuthorizationRequest, user_id: uuid.UUID
+) -> bool:
+    """Tell whether the consent page must be shown.
+
+    First-party clients never ask; ``prompt=consent`` always asks (OIDC Core §3.1.2.1); otherwise
+    only scopes beyond those already approved need asking.
+    """
+    if client.first_party:
+        return False
+    if "consent" in request.prompt:
+        return True
+    return not set(request.scope) <= await consented_scopes(session, client=client, user_id=user_id)
+
+
+async def record_consent(
+    session: AsyncSession, *, tenant: TenantInfo, client: ClientInfo, user_id: uuid.UUID, scope: tuple[str, ...]
+) -> None:
+    """Store or extend the user's consent for the client (the union of old and new scopes)."""
+    for _attempt in range(2):
+        row = await session.scalar(select(Consent).where(Consent.user_id == user_id, Consent.client_id == client.id))
+        if row is not None:
+            row.scope = " ".join(dict.fromkeys([*row.scope.split(), *scope]))
+            row.updated_at = utcnow()
+            await session.flush()
+            return
+        try:
+            async with session.begin_nested():
+                session.add(Consent(tenant_id=tenant.id, user_id=user_id, client_id=client.id, scope=" ".join(scope)))
+                await session.flush()
+            return
+        except IntegrityError:  # approved in parallel: extend the other row instead
+            continue
+
+
+async def finish_authorization(
+    session: AsyncSession,
+    *,
+    ctx: AppContext,
+    tenant: TenantInfo,
+    client: ClientInfo,
+    request: AuthorizationRequest,
+    sso: SsoSession,
+) -> str:
+    """Issue the authorization code and return the success redirect (RFC 6749 §4.1.2, RFC 9207 §2)."""
+    code = await create_authorization_code(
+        session,
+        hasher=ctx.secret_hasher,
+        tenant_id=tenant.id,
+        client_pk=client.id,
+        user_id=sso.user_id,
+        session_id=sso.id,
+        redirect_uri=request.redirect_uri,
+        scope=request.scope_string,
+        nonce=request.nonce,
+        code_challenge=request.code_challenge,
+        code_challenge_method=request.code_challenge_method,
+        resources=list(request.resources),
+        auth_time=sso.auth_time,
+        amr=list(sso.amr),
+        ttl=ctx.settings.tokens.authorization_code_ttl,
+    )
+    return authorization_response_url(
+        request.redirect_uri, {"code": code, "state": request.state, "iss": tenant.issuer}
+    )

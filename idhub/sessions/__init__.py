@@ -1,0 +1,1 @@
+"""SSO sessions of the login pages: creation, loading with idle/absolute lifetimes, ending."""

@@ -1,0 +1,142 @@
+"""SSO sessions: one row per signed-in browser, the cookie carries a secret stored only as a keyed hash."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idhub.crypto.secrets import SecretHasher, random_token
+from idhub.settings import SessionSettings
+from idhub.storage.base import utcnow
+from idhub.storage.models import User, UserSession
+
+# Writing last_seen_at on every page view would cost a write per request; a coarse step is enough
+# for an idle timeout measured in minutes.
+TOUCH_INTERVAL = timedelta(seconds=30)
+MAX_COOKIE_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class SsoSession:
+    """A live SSO session as seen by the authorization and logout endpoints."""
+
+    id: str
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    auth_time: datetime
+    amr: tuple[str, ...]
+
+    @property
+    def subject(self) -> str:
+        """Return the ``sub`` of the signed-in user."""
+        return str(self.user_id)
+
+
+def cookie_path(tenant_slug: str) -> str:
+    """Return the cookie path: one tenant's cookies never reach another tenant's pages."""
+    return f"/tenants/{tenant_slug}"
+
+
+async def create_session(
+    session: AsyncSession,
+    *,
+    hasher: SecretHasher,
+    settings: SessionSettings,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    amr: list[str],
+    previous_cookie: str | None = None,
+) -> tuple[SsoSession, str]:
+    """Start a new SSO session and return it with its cookie value.
+
+    Session regeneration (OWASP session fixation defence): every login gets a new id and secret and
+    the session this browser presented before, if any, is revoked.
+    """
+    if previous_cookie:
+        await end_session_by_cookie(session, hasher=hasher, tenant_id=tenant_id, cookie=previous_cookie)
+    now = utcnow()
+    secret = random_token(32)
+    row = UserSession(
+        id=random_token(16),
+        tenant_id=tenant_id,
+        user_id=user_id,
+        token_hash=hasher.hash(secret),
+        auth_time=now,
+        amr=list(amr),
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + timedelta(seconds=settings.absolute_ttl),
+    )
+    session.add(row)
+    await session.flush()
+    return SsoSession(row.id, tenant_id, user_id, now, tuple(amr)), secret
+
+
+async def load_session(
+    session: AsyncSession,
+    *,
+    hasher: SecretHasher,
+    settings: SessionSettings,
+    tenant_id: uuid.UUID,
+    cookie: str | None,
+) -> SsoSession | None:
+    """Return the live session named by ``cookie`` or ``None``.
+
+    A session is dead once revoked, past its absolute lifetime, idle longer than ``idle_ttl``, or
+    when its user is disabled or gone.
+    """
+    if not cookie or len(cookie) > MAX_COOKIE_LENGTH:
+        return None
+    found = (
+        await session.execute(
+            select(UserSession, User.enabled)
+            .join(User, User.id == UserSession.user_id)
+            .where(UserSession.token_hash == hasher.hash(cookie), UserSession.tenant_id == tenant_id)
+        )
+    ).first()
+    if found is None:
+        return None
+    row, enabled = found
+    now = utcnow()
+    if (
+        row.revoked_at is not None
+        or not enabled
+        or row.expires_at <= now
+        or row.last_seen_at + timedelta(seconds=settings.idle_ttl) <= now
+    ):
+        return None
+    if now - row.last_seen_at >= TOUCH_INTERVAL:
+        row.last_seen_at = now
+    return SsoSession(row.id, row.tenant_id, row.user_id, row.auth_time, tuple(row.amr or ()))
+
+
+async def end_session(session: AsyncSession, *, tenant_id: uuid.UUID, session_id: str) -> bool:
+    """Revoke one session; tell whether it was live."""
+    result = await session.execute(
+        update(UserSession)
+        .where(UserSession.tenant_id == tenant_id, UserSession.id == session_id, UserSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def end_session_by_cookie(
+    session: AsyncSession, *, hasher: SecretHasher, tenant_id: uuid.UUID, cookie: str
+) -> bool:
+    """Revoke the session a cookie names (whatever its state); tell whether one was live."""
+    if len(cookie) > MAX_COOKIE_LENGTH:
+        return False
+    result = await session.execute(
+        update(UserSession)
+        .where(
+            UserSession.tenant_id == tenant_id,
+            UserSession.token_hash == hasher.hash(cookie),
+            UserSession.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow())
+    )
+    return bool(getattr(result, "rowcount", 0))

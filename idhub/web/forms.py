@@ -1,0 +1,64 @@
+"""Strict parsing of HTML form posts and query strings."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from fastapi import Request
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_BYTES = 64 * 1024
+MAX_FIELDS = 100
+
+
+class BadForm(Exception):
+    """The body is not a well-formed urlencoded form."""
+
+
+def group(items: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Group parameters by name; empty values count as omitted (RFC 6749 §3.1).
+
+    NUL characters are refused outright: no parameter needs one and databases reject them.
+    """
+    grouped: dict[str, list[str]] = {}
+    for name, value in items:
+        if "\x00" in name or "\x00" in value:
+            raise BadForm("NUL character in a parameter")
+        if value != "":
+            grouped.setdefault(name, []).append(value)
+    return grouped
+
+
+async def read_form(request: Request) -> dict[str, list[str]]:
+    """Return the urlencoded body grouped by name; any other content type yields no fields."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != FORM_TYPE:
+        return {}
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise BadForm("form too large")
+    try:
+        items = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadForm("malformed form") from exc
+    return group(items)
+
+
+def read_query(request: Request) -> dict[str, list[str]]:
+    """Return the query parameters grouped by name."""
+    items = request.query_params.multi_items()
+    if len(items) > MAX_FIELDS:
+        raise BadForm("too many parameters")
+    return group(items)
+
+
+def single(fields: dict[str, list[str]], name: str) -> str | None:
+    """Return the one value of ``name``; a repeated field is malformed (RFC 6749 §3.1)."""
+    values = fields.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadForm(f"{name} is repeated")
+    return values[0]
