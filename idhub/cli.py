@@ -248,3 +248,17 @@ def keys_rotate(slug: str, as_json: bool) -> None:
         return {"tenant": tenant.slug, "active_kids": active}
 
     _emit(_run(work), as_json)
+
+
+@main.command("openapi")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None, help="file to write")
+def openapi_command(output: str | None) -> None:
+    """Print (or write to --output) the OpenAPI document the app serves."""
+    from idhub.openapi import export_openapi, render_openapi
+
+    text = render_openapi(export_openapi())
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
