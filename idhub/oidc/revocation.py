@@ -1,7 +1,107 @@
-"""Placeholder: the revocation endpoint router (being built)."""
+"""Token revocation ``POST {issuer}/revoke`` (RFC 7009).
+
+A refresh token revokes its whole grant (every refresh and access token it yielded, RFC 7009 §2.1);
+an access token is revoked on its own (a ``jti`` entry that every process honours at once). Tokens of
+other clients and unknown tokens are ignored, and the answer is always 200 (RFC 7009 §2.2).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from idhub.clients.service import ClientInfo
+from idhub.context import AppContext
+from idhub.deps import client_address
+from idhub.oidc.client_auth import authenticate_client
+from idhub.oidc.params import (
+    CLIENT_AUTH_FIELDS,
+    context_of,
+    form_request_body,
+    header,
+    oauth_error_responses,
+    read_form,
+    tenant_of,
+)
+from idhub.tenants.service import TenantInfo
+from idhub.tokens.refresh import find_refresh_token, revoke_grant
+from idhub.tokens.revocation import record_revocation
+from idhub.tokens.service import CLOCK_SKEW, TokenInvalid
 
 router = APIRouter(tags=["oidc"])
+
+NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+MAX_TOKEN = 16384
+_S: dict[str, Any] = {"type": "string"}
+REVOCATION_FIELDS: dict[str, Any] = {
+    "token": _S,
+    "token_type_hint": {**_S, "description": "access_token or refresh_token (RFC 7009 §2.1)"},
+    **CLIENT_AUTH_FIELDS,
+}
+
+
+async def revoke_access_token(ctx: AppContext, tenant: TenantInfo, client: ClientInfo, token: str) -> None:
+    """Revoke one live access token of ``client`` until it would have expired anyway."""
+    try:
+        claims = await ctx.tokens.validate_access_token(tenant=tenant, token=token)
+    except TokenInvalid:
+        return  # invalid, expired or already revoked: nothing to do (RFC 7009 §2.2)
+    if claims.get("client_id") != client.client_id:
+        return
+    remaining = int(float(claims["exp"]) - time.time()) + CLOCK_SKEW
+    async with ctx.sessionmaker() as session:
+        await record_revocation(
+            session, tenant_id=tenant.id, kind="jti", value=str(claims["jti"]), expires_in=remaining
+        )
+        await session.commit()
+        await ctx.revocations.committed(session)
+
+
+async def revoke_refresh_token(ctx: AppContext, tenant: TenantInfo, client: ClientInfo, token: str) -> None:
+    """Revoke the grant of a refresh token of ``client``: the whole family and its access tokens."""
+    async with ctx.sessionmaker() as session:
+        found = await find_refresh_token(session, hasher=ctx.secret_hasher, tenant_id=tenant.id, token=token)
+        if found is None or found[0].client_pk != client.id:
+            return
+        await revoke_grant(session, tenant.id, found[0].grant_id)
+        await session.commit()
+        await ctx.revocations.committed(session)
+
+
+async def revoke_token(ctx: AppContext, tenant: TenantInfo, client: ClientInfo, *, token: str) -> None:
+    """Revoke ``token`` if it is one of ``client``'s; the kind is recognised by its format (RFC 7009 §2.1)."""
+    if len(token) > MAX_TOKEN:
+        return
+    if token.count(".") == 2:
+        await revoke_access_token(ctx, tenant, client, token)
+    else:
+        await revoke_refresh_token(ctx, tenant, client, token)
+
+
+@router.post(
+    "/revoke",
+    summary="Token revocation (RFC 7009)",
+    response_class=Response,
+    openapi_extra=form_request_body(REVOCATION_FIELDS, required=["token"]),
+    responses={
+        200: {"description": "revoked, or nothing to revoke (RFC 7009 §2.2)"},
+        **oauth_error_responses(400, 401),
+    },
+)
+async def revoke(tenant: str, request: Request) -> Response:
+    """Revoke a refresh token (with its grant) or an access token of the calling client."""
+    ctx = context_of(request)
+    info = await tenant_of(ctx, tenant)
+    params = await read_form(request)
+    client = await authenticate_client(
+        ctx,
+        info,
+        authorization=header(request, b"authorization"),
+        params=params,
+        address=client_address(request),
+        endpoint="revoke",
+    )
+    await revoke_token(ctx, info, client, token=params.require("token"))
+    return Response(status_code=200, headers=NO_STORE)

@@ -1,7 +1,144 @@
-"""Placeholder: the token endpoint router (being built)."""
+"""The token endpoint ``POST {issuer}/token`` (RFC 6749 §3.2): parse, call the grant registry, answer JSON.
+
+This is the hottest route of the service, so it avoids dependency chains, form libraries and models:
+it reads the body itself and answers with a pre-serialised JSON body.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from fastapi import APIRouter, HTTPException, Request, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from idhub.deps import client_address
+from idhub.oidc.errors import OAuthError, ServerError
+from idhub.oidc.grants import exchange
+from idhub.oidc.params import (
+    CLIENT_AUTH_FIELDS,
+    context_of,
+    form_request_body,
+    header,
+    json_response,
+    oauth_error_responses,
+    read_form,
+    tenant_of,
+)
+
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["oidc"])
+
+# RFC 6749 §5.1: token responses must not be cached.
+NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+
+_S: dict[str, Any] = {"type": "string"}
+TOKEN_FIELDS: dict[str, Any] = {
+    "grant_type": {**_S, "enum": ["authorization_code", "refresh_token", "client_credentials"]},
+    "code": {**_S, "description": "authorization_code"},
+    "redirect_uri": {**_S, "description": "authorization_code: identical to the authorization request's"},
+    "code_verifier": {**_S, "minLength": 43, "maxLength": 128, "description": "PKCE (RFC 7636 §4.5)"},
+    "refresh_token": {**_S, "description": "refresh_token"},
+    "scope": {**_S, "description": "space-separated scopes (RFC 6749 §3.3)"},
+    "resource": {**_S, "description": "resource indicator (RFC 8707)"},
+    **CLIENT_AUTH_FIELDS,
+}
+TOKEN_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": ["access_token", "token_type", "expires_in"],
+    "properties": {
+        "access_token": _S,
+        "token_type": {**_S, "enum": ["Bearer"]},
+        "expires_in": {"type": "integer"},
+        "scope": _S,
+        "refresh_token": _S,
+        "id_token": _S,
+    },
+}
+
+
+def json_no_store(body: dict[str, Any]) -> Response:
+    """Serialise a token-endpoint style answer (RFC 6749 §5.1: ``Cache-Control: no-store``)."""
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json", headers=NO_STORE)
+
+
+@router.post(
+    "/token",
+    summary="Token endpoint (RFC 6749 §3.2)",
+    response_class=Response,
+    openapi_extra=form_request_body(TOKEN_FIELDS, required=["grant_type"]),
+    responses={200: json_response("tokens issued (RFC 6749 §5.1)", TOKEN_RESPONSE), **oauth_error_responses(400, 401)},
+)
+async def token(tenant: str, request: Request) -> Response:
+    """Issue tokens for an authorization code, a refresh token or client credentials."""
+    ctx = context_of(request)
+    info = await tenant_of(ctx, tenant)
+    params = await read_form(request)
+    body = await exchange(
+        ctx, info, params, authorization=header(request, b"authorization"), address=client_address(request)
+    )
+    return json_no_store(body)
+
+
+class _RouteLabel:
+    """Stands in for the matched route in ``scope["route"]`` so metrics label fast-path requests."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+FastHandler = Callable[[str, Request], Awaitable[Response]]
+
+
+class BackChannelFastPath:
+    """ASGI middleware that serves the hot back-channel POSTs without the framework's router.
+
+    ``POST {issuer}/token`` and ``POST {issuer}/introspect`` run thousands of times per second; the
+    router and dependency machinery cost more than the endpoint itself, so these two paths go straight
+    to the same endpoint functions the documented routes use. Errors render exactly as the app's
+    handlers render them (RFC 6749 §5.2 JSON, 404 for an unknown tenant, ``server_error`` otherwise).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        from idhub.oidc.introspection import introspect  # imported here: introspection imports this module
+
+        self.app = app
+        self.handlers: dict[str, tuple[FastHandler, _RouteLabel]] = {}
+        self.register("token", token)
+        self.register("introspect", introspect)
+
+    def register(self, endpoint: str, handler: FastHandler) -> None:
+        """Serve ``POST /tenants/{tenant}/{endpoint}`` with ``handler(tenant, request)``."""
+        self.handlers[endpoint] = (handler, _RouteLabel(f"/tenants/{{tenant}}/{endpoint}"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/tenants/"):
+            slug, sep, endpoint = scope["path"][9:].partition("/")
+            entry = self.handlers.get(endpoint) if sep and slug else None
+            if entry is not None:
+                handler, label = entry
+                scope["route"] = label
+                try:
+                    response = await handler(slug, Request(scope, receive))
+                except OAuthError as exc:
+                    response = _oauth_error(exc)
+                except HTTPException as exc:
+                    response = Response(
+                        json.dumps({"detail": exc.detail}), status_code=exc.status_code, media_type="application/json"
+                    )
+                except Exception:
+                    log.exception("unhandled error")
+                    response = _oauth_error(ServerError())
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _oauth_error(exc: OAuthError) -> Response:
+    from idhub.app import oauth_error_response  # the app's one renderer (imported late: app imports us)
+
+    return oauth_error_response(exc)

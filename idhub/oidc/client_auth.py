@@ -1,0 +1,267 @@
+"""Client authentication at the token, introspection and revocation endpoints (RFC 6749 §2.3, OIDC Core §9).
+
+One function per method. A client must use exactly the method it registered; a request that carries
+more than one method is ``invalid_request`` (RFC 6749 §2.3). Every failure is the same ``invalid_client``
+(401 with ``WWW-Authenticate``), and failures are throttled per client and per source address, so a
+blocked client is refused without its secret being checked.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote_plus
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+
+from idhub.clients.service import ClientInfo
+from idhub.context import AppContext
+from idhub.crypto import jwt
+from idhub.oidc.errors import InvalidClient, InvalidRequest
+from idhub.oidc.params import Params
+from idhub.storage.models import UsedJti
+from idhub.tenants.service import TenantInfo
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CLOCK_SKEW = 30
+MAX_CLIENT_ID = 64
+MAX_SECRET = 512
+MAX_JTI = 255
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """What the request presented, before anything is checked."""
+
+    method: str
+    client_id: str
+    secret: str | None = None
+    assertion: str | None = None
+
+
+def extract_credentials(authorization: str | None, params: Params) -> ClientCredentials:
+    """Work out which single method the request uses (RFC 6749 §2.3: only one method per request)."""
+    basic = authorization is not None and authorization[:6].lower() == "basic "
+    has_secret = "client_secret" in params
+    has_assertion = "client_assertion" in params or "client_assertion_type" in params
+    if basic + has_secret + has_assertion > 1:
+        raise InvalidRequest("use exactly one client authentication method")
+    form_client_id = params.get("client_id")
+    if basic:
+        assert authorization is not None
+        client_id, secret = parse_basic(authorization[6:])
+        # The body may repeat the client_id; it must then be the same client.
+        if form_client_id is not None and form_client_id != client_id:
+            raise InvalidRequest("client_id does not match the authenticated client")
+        return ClientCredentials("client_secret_basic", client_id, secret=secret)
+    if has_assertion:
+        if params.get("client_assertion_type") != JWT_BEARER:
+            raise InvalidClient("unsupported client_assertion_type")
+        assertion = params.get("client_assertion")
+        if assertion is None:
+            raise InvalidClient("client_assertion is missing")
+        return ClientCredentials(
+            "private_key_jwt", form_client_id or _assertion_subject(assertion), assertion=assertion
+        )
+    if form_client_id is None:
+        raise InvalidClient("client authentication is required")
+    if has_secret:
+        return ClientCredentials("client_secret_post", form_client_id, secret=params.get("client_secret"))
+    return ClientCredentials("none", form_client_id)
+
+
+def parse_basic(encoded: str) -> tuple[str, str]:
+    """Decode HTTP Basic credentials whose parts are form-urlencoded first (RFC 6749 §2.3.1)."""
+    try:
+        raw = binascii.a2b_base64(encoded.strip(), strict_mode=True).decode("utf-8")
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidClient("malformed Basic credentials") from exc
+    client_id, sep, secret = raw.partition(":")
+    if not sep:
+        raise InvalidClient("malformed Basic credentials")
+    if "%" in raw or "+" in raw:
+        client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+    if not client_id or not secret:
+        raise InvalidClient("malformed Basic credentials")
+    return client_id, secret
+
+
+def _assertion_claims(assertion: str) -> dict[str, Any]:
+    """Return the unverified claims of a client assertion (only to find the client's keys)."""
+    if len(assertion) > 8192:
+        raise InvalidClient("client assertion too large")
+    try:
+        payload = jws.extract_compact(assertion.encode()).payload
+        claims = json.loads(payload)
+    except (JoseError, ValueError, TypeError, UnicodeError) as exc:
+        raise InvalidClient("malformed client assertion") from exc
+    if not isinstance(claims, dict):
+        raise InvalidClient("malformed client assertion")
+    return claims
+
+
+def _assertion_subject(assertion: str) -> str:
+    sub = _assertion_claims(assertion).get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise InvalidClient("client assertion has no subject")
+    return sub
+
+
+def check_client_secret(ctx: AppContext, client: ClientInfo, secret: str | None) -> None:
+    """Check a client secret with the keyed hash, in constant time (RFC 6749 §2.3.1)."""
+    if secret is None or len(secret) > MAX_SECRET or not ctx.secret_hasher.verify(secret, client.secret_hash):
+        raise InvalidClient("client authentication failed")
+
+
+async def client_secret_basic(
+    ctx: AppContext, client: ClientInfo, creds: ClientCredentials, *, tenant: TenantInfo, endpoint: str
+) -> None:
+    """Authenticate with id and secret in the Basic header (RFC 6749 §2.3.1)."""
+    check_client_secret(ctx, client, creds.secret)
+
+
+async def client_secret_post(
+    ctx: AppContext, client: ClientInfo, creds: ClientCredentials, *, tenant: TenantInfo, endpoint: str
+) -> None:
+    """Authenticate with ``client_id`` and ``client_secret`` in the body (RFC 6749 §2.3.1)."""
+    check_client_secret(ctx, client, creds.secret)
+
+
+async def none(
+    ctx: AppContext, client: ClientInfo, creds: ClientCredentials, *, tenant: TenantInfo, endpoint: str
+) -> None:
+    """Identify a public client by ``client_id`` only (RFC 6749 §2.1); its grants require PKCE."""
+    if not client.is_public:
+        raise InvalidClient("client authentication failed")
+
+
+def verify_client_assertion(
+    client: ClientInfo, assertion: str, *, audiences: tuple[str, ...], max_age: int, now: float | None = None
+) -> dict[str, Any]:
+    """Verify a ``private_key_jwt`` assertion except its single use (RFC 7523 §3, OIDC Core §9).
+
+    Signed by a key of the client's JWKS with an allow-listed asymmetric algorithm (never ``none`` or
+    HMAC); ``iss`` = ``sub`` = client_id; ``aud`` names the token endpoint or the issuer; ``exp``
+    present and not further ahead than ``max_age``; ``jti`` present.
+    """
+    if not client.jwks:
+        raise InvalidClient("client has no registered keys")
+    try:
+        keys = KeySet.import_key_set(client.jwks)  # type: ignore[arg-type]
+        claims = jwt.verify(assertion, keys, algorithms=jwt.CLIENT_ASSERTION_ALGS)
+    except (jwt.InvalidJWT, JoseError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidClient("client assertion signature invalid") from exc
+    now = time.time() if now is None else now
+    if claims.get("iss") != client.client_id or claims.get("sub") != client.client_id:
+        raise InvalidClient("client assertion iss and sub must be the client_id")
+    aud = claims.get("aud")
+    aud_values = aud if isinstance(aud, list) else [aud]
+    if not any(isinstance(value, str) and value in audiences for value in aud_values):
+        raise InvalidClient("client assertion audience is not this server")
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise InvalidClient("client assertion needs exp")
+    if exp <= now - CLOCK_SKEW:
+        raise InvalidClient("client assertion expired")
+    if exp > now + max_age + CLOCK_SKEW:
+        raise InvalidClient("client assertion lives too long")
+    for name in ("iat", "nbf"):
+        value = claims.get(name)
+        if value is not None and (not isinstance(value, int | float) or value > now + CLOCK_SKEW):
+            raise InvalidClient(f"client assertion {name} is in the future")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI:
+        raise InvalidClient("client assertion needs a jti")
+    return claims
+
+
+async def private_key_jwt(
+    ctx: AppContext, client: ClientInfo, creds: ClientCredentials, *, tenant: TenantInfo, endpoint: str
+) -> None:
+    """Authenticate with a signed assertion; its ``jti`` is consumed atomically (RFC 7523 §3 item 7)."""
+    assert creds.assertion is not None
+    claims = verify_client_assertion(
+        client,
+        creds.assertion,
+        audiences=assertion_audiences(tenant, endpoint),
+        max_age=ctx.settings.tokens.client_assertion_max_age,
+    )
+    now = datetime.now(UTC)
+    expires_at = datetime.fromtimestamp(float(claims["exp"]) + CLOCK_SKEW, UTC)
+    # Own short transaction: the jti is used up even if the rest of the request fails.
+    async with ctx.sessionmaker() as session:
+        await session.execute(
+            delete(UsedJti).where(
+                UsedJti.tenant_id == client.tenant_id,
+                UsedJti.client_id == client.client_id,
+                UsedJti.expires_at < now - timedelta(seconds=CLOCK_SKEW),
+            )
+        )
+        session.add(
+            UsedJti(tenant_id=client.tenant_id, client_id=client.client_id, jti=claims["jti"], expires_at=expires_at)
+        )
+        try:
+            await session.commit()
+        except IntegrityError as exc:
+            await session.rollback()
+            raise InvalidClient("client assertion was already used") from exc
+
+
+def assertion_audiences(tenant: TenantInfo, endpoint: str) -> tuple[str, ...]:
+    """Return the audiences a client assertion may name: the issuer, the token endpoint, this endpoint."""
+    return (tenant.issuer, f"{tenant.issuer}/token", f"{tenant.issuer}/{endpoint}")
+
+
+AuthMethod = Callable[..., Awaitable[None]]
+# token_endpoint_auth_method -> checker (OIDC Core §9).
+METHODS: dict[str, AuthMethod] = {
+    "client_secret_basic": client_secret_basic,
+    "client_secret_post": client_secret_post,
+    "private_key_jwt": private_key_jwt,
+    "none": none,
+}
+
+
+async def authenticate_client(
+    ctx: AppContext,
+    tenant: TenantInfo,
+    *,
+    authorization: str | None,
+    params: Params,
+    address: str | None,
+    endpoint: str = "token",
+    allow_public: bool = True,
+) -> ClientInfo:
+    """Authenticate the calling client with its registered method; throttle failures (RFC 6749 §2.3)."""
+    creds = extract_credentials(authorization, params)
+    if len(creds.client_id) > MAX_CLIENT_ID:
+        raise InvalidClient("client authentication failed")
+    throttle = ctx.throttle
+    account = f"client:{tenant.id}:{creds.client_id}"
+    if await throttle.blocked(account=account, address=address):
+        raise InvalidClient("client authentication failed")
+    client = await ctx.clients.get(tenant.id, creds.client_id)
+    try:
+        if client is None:
+            raise InvalidClient("client authentication failed")
+        # A client uses exactly its registered method (OIDC Core §9, token_endpoint_auth_method).
+        if creds.method != client.token_endpoint_auth_method:
+            raise InvalidClient("client authentication failed")
+        await METHODS[creds.method](ctx, client, creds, tenant=tenant, endpoint=endpoint)
+    except InvalidClient:
+        await throttle.failed(account=account if client is not None else None, address=address)
+        raise
+    if creds.method != "none":
+        await throttle.succeeded(account=account)
+    if client.is_public and not allow_public:
+        raise InvalidClient("public clients cannot use this endpoint")
+    return client

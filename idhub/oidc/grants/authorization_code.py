@@ -1,0 +1,189 @@
+"""The authorization code grant at the token endpoint (RFC 6749 §4.1.3, RFC 7636 §4.6, OIDC Core §3.1.3).
+
+The code is consumed with one conditional ``UPDATE`` that exactly one request can win. A code that
+comes back after it was consumed has leaked, so everything it yielded is revoked (RFC 6749 §4.1.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from typing import Any
+
+from sqlalchemy import select, update
+
+from idhub.crypto.secrets import constant_time_equals
+from idhub.oidc.claims import user_claims
+from idhub.oidc.errors import InvalidGrant, InvalidRequest
+from idhub.oidc.grants.base import TokenRequest, choose_audience, default_audience, one_or_list
+from idhub.storage.base import utcnow
+from idhub.storage.models import AuthorizationCode, Grant, User
+from idhub.tokens.refresh import issue_refresh_token, refresh_expiry, revoke_grant
+
+GRANT_TYPE = "authorization_code"
+# RFC 7636 §4.1: code_verifier = 43*128unreserved
+VERIFIER_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+MAX_CODE = 512
+
+
+def s256(verifier: str) -> str:
+    """Return the S256 code challenge of ``verifier`` (RFC 7636 §4.2)."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def check_request(treq: TokenRequest) -> tuple[str, str, str]:
+    """Return ``code``, ``redirect_uri`` and ``code_verifier``; PKCE is mandatory for every client (RFC 9700 §2.1.1)."""
+    params = treq.params
+    code = params.require("code")
+    redirect_uri = params.require("redirect_uri")  # OIDC Core §3.1.3.1: required when it was in the request.
+    verifier = params.get("code_verifier")
+    if verifier is None:
+        raise InvalidRequest("code_verifier is required (PKCE)")
+    if not VERIFIER_RE.fullmatch(verifier):
+        raise InvalidRequest("code_verifier must be 43-128 unreserved characters (RFC 7636 §4.1)")
+    return code, redirect_uri, verifier
+
+
+async def consume_code(treq: TokenRequest, code: str) -> Any:
+    """Consume the code atomically and return its row; a replayed code revokes its grant (RFC 6749 §4.1.2)."""
+    if len(code) > MAX_CODE:
+        raise InvalidGrant("authorization code is invalid")
+    session = treq.uow.session
+    code_hash = treq.ctx.secret_hasher.hash(code)
+    now = utcnow()
+    result = await session.execute(
+        update(AuthorizationCode)
+        .where(
+            AuthorizationCode.code_hash == code_hash,
+            AuthorizationCode.tenant_id == treq.tenant.id,
+            AuthorizationCode.client_id == treq.client.id,
+            AuthorizationCode.consumed_at.is_(None),
+            AuthorizationCode.expires_at > now,
+        )
+        .values(consumed_at=now)
+        .returning(
+            AuthorizationCode.grant_id,
+            AuthorizationCode.user_id,
+            AuthorizationCode.session_id,
+            AuthorizationCode.redirect_uri,
+            AuthorizationCode.scope,
+            AuthorizationCode.nonce,
+            AuthorizationCode.code_challenge,
+            AuthorizationCode.code_challenge_method,
+            AuthorizationCode.resources,
+            AuthorizationCode.auth_time,
+            AuthorizationCode.amr,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    row = result.first()
+    if row is not None:
+        return row
+    found = (
+        await session.execute(
+            select(AuthorizationCode.consumed_at, AuthorizationCode.grant_id).where(
+                AuthorizationCode.code_hash == code_hash, AuthorizationCode.tenant_id == treq.tenant.id
+            )
+        )
+    ).first()
+    if found is not None and found.consumed_at is not None:
+        # Presented again after use: it leaked. Revoke what it issued, and keep that even though we fail.
+        await revoke_grant(session, treq.tenant.id, found.grant_id)
+        await treq.uow.commit()
+        raise InvalidGrant("authorization code was already used")
+    # Unknown, expired, or another client's code (left untouched for its owner).
+    raise InvalidGrant("authorization code is invalid, expired, or was issued to another client")
+
+
+def check_code(row: Any, *, redirect_uri: str, verifier: str) -> None:
+    """Check the redirect URI is identical (RFC 6749 §4.1.3) and the PKCE proof (RFC 7636 §4.6)."""
+    if not constant_time_equals(redirect_uri, row.redirect_uri):
+        raise InvalidGrant("redirect_uri does not match the authorization request")
+    if row.code_challenge_method != "S256" or not constant_time_equals(s256(verifier), row.code_challenge):
+        raise InvalidGrant("PKCE verification failed")
+
+
+async def handle(treq: TokenRequest) -> dict[str, Any]:
+    """Exchange a code for an access token, an ID token (scope ``openid``) and a refresh token."""
+    code, redirect_uri, verifier = check_request(treq)
+    ctx, tenant, client = treq.ctx, treq.tenant, treq.client
+    session = treq.uow.session
+    row = await consume_code(treq, code)
+    try:
+        check_code(row, redirect_uri=redirect_uri, verifier=verifier)
+        found = (
+            await session.execute(
+                select(Grant.created_at, Grant.revoked_at, User)
+                .join(User, User.id == Grant.user_id)
+                .where(Grant.id == row.grant_id, Grant.tenant_id == tenant.id)
+            )
+        ).first()
+        if found is None or found.revoked_at is not None:
+            raise InvalidGrant("the grant was revoked")
+        user: User = found.User
+        if not user.enabled:
+            raise InvalidGrant("the user is disabled")
+        audience = choose_audience(
+            treq.params,
+            allowed=row.resources or client.resources,
+            default=one_or_list(row.resources) if row.resources else default_audience(client),
+        )
+    except InvalidGrant:
+        await treq.uow.commit()  # the code stays consumed (single use, RFC 6749 §4.1.2)
+        raise
+
+    scope: str = row.scope
+    scopes = scope.split()
+    auth_time = int(row.auth_time.timestamp())
+    access_token, ttl = await ctx.tokens.issue_access_token(
+        tenant=tenant,
+        client=client,
+        subject=str(user.id),
+        scope=scope,
+        audience=audience,
+        grant_id=row.grant_id,
+        auth_time=auth_time,
+        session_id=row.session_id,
+    )
+    treq.issued.append("access_token")
+    body: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": scope}
+    if "openid" in scopes:
+        body["id_token"] = await ctx.tokens.issue_id_token(
+            tenant=tenant,
+            client=client,
+            subject=str(user.id),
+            auth_time=auth_time,
+            nonce=row.nonce,
+            amr=list(row.amr or ()),
+            session_id=row.session_id,
+            access_token=access_token,
+            extra_claims=user_claims(user, scopes),
+        )
+        treq.issued.append("id_token")
+    if "refresh_token" in client.grant_types:
+        now = utcnow()
+        settings = ctx.settings.tokens
+        body["refresh_token"] = await issue_refresh_token(
+            session,
+            hasher=ctx.secret_hasher,
+            tenant_id=tenant.id,
+            client_pk=client.id,
+            grant_id=row.grant_id,
+            user_id=user.id,
+            session_id=row.session_id,
+            scope=scope,
+            resources=list(row.resources or ()),
+            auth_time=row.auth_time,
+            amr=list(row.amr or ()),
+            expires_at=refresh_expiry(
+                grant_created_at=found.created_at,
+                now=now,
+                ttl=settings.refresh_token_ttl,
+                idle_ttl=settings.refresh_token_idle_ttl,
+            ),
+            now=now,
+        )
+        treq.issued.append("refresh_token")
+    return body

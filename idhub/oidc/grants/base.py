@@ -1,0 +1,133 @@
+"""What every grant handler gets (:class:`TokenRequest`) and the helpers they share."""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idhub.clients.service import ClientInfo
+from idhub.context import AppContext
+from idhub.metrics import Metrics
+from idhub.oidc.errors import InvalidScope, InvalidTarget
+from idhub.oidc.params import Params
+from idhub.tenants.service import TenantInfo
+
+# RFC 6749 §3.3: scope = scope-token *( SP scope-token ), scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+# Scopes that only make sense with a user (OIDC Core §3.1.2.1, §11).
+USER_ONLY_SCOPES = frozenset({"openid", "offline_access"})
+
+
+class UnitOfWork:
+    """A database session opened only when a grant needs one (client_credentials never does).
+
+    Commits before the response and then applies the revocations recorded in it, like ``SessionDep``;
+    a handler may :meth:`commit` early when a refusal must still persist (a replayed code revokes its
+    grant and then fails).
+    """
+
+    __slots__ = ("_ctx", "_session")
+
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+        self._session: AsyncSession | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        """Return the session, opening it on first use."""
+        if self._session is None:
+            self._session = self._ctx.sessionmaker()
+        return self._session
+
+    async def commit(self) -> None:
+        """Commit what was done so far and apply its revocations in this process."""
+        if self._session is not None:
+            await self._session.commit()
+            await self._ctx.revocations.committed(self._session)
+
+    async def close(self) -> None:
+        """Release the session (rolling back anything not committed)."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
+@dataclass(slots=True)
+class TokenRequest:
+    """One authenticated token request, as the grant handlers see it."""
+
+    ctx: AppContext
+    tenant: TenantInfo
+    client: ClientInfo
+    params: Params
+    uow: UnitOfWork
+    issued: list[str] = field(default_factory=list)
+
+
+_children: weakref.WeakKeyDictionary[Metrics, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
+
+
+def count_issued(metrics: Metrics, grant_type: str, kinds: list[str]) -> None:
+    """Count issued tokens by grant and kind (label children cached: this runs per token request)."""
+    children = _children.get(metrics)
+    if children is None:
+        children = _children[metrics] = {}
+    for kind in kinds:
+        child = children.get((grant_type, kind))
+        if child is None:
+            child = children[(grant_type, kind)] = metrics.tokens_issued.labels(grant_type, kind)
+        child.inc()
+
+
+def requested_scopes(params: Params) -> list[str] | None:
+    """Return the ``scope`` parameter as a de-duplicated list, or ``None`` when omitted (RFC 6749 §3.3)."""
+    raw = params.get("scope")
+    if raw is None:
+        return None
+    if len(raw) > 2000:
+        raise InvalidScope("scope too long")
+    if not SCOPE_RE.fullmatch(raw):
+        raise InvalidScope("malformed scope")
+    return list(dict.fromkeys(raw.split(" ")))
+
+
+def narrow_scope(requested: list[str] | None, granted: str) -> str:
+    """Return the scope for a new access token: the granted one, or a subset of it (RFC 6749 §6)."""
+    if requested is None:
+        return granted
+    allowed = set(granted.split())
+    if not set(requested) <= allowed:
+        raise InvalidScope("requested scope exceeds the scope granted")
+    return " ".join(requested)
+
+
+def default_audience(client: ClientInfo) -> str:
+    """Return the client's default audience: its first registered resource, else the client itself."""
+    return client.resources[0] if client.resources else client.client_id
+
+
+def choose_audience(
+    params: Params, *, allowed: tuple[str, ...] | list[str], default: str | list[str]
+) -> str | list[str]:
+    """Pick the access token audience (RFC 8707 §2.2, RFC 9068 §3).
+
+    Every requested ``resource`` must be among ``allowed`` (``invalid_target`` otherwise); without a
+    request the ``default`` applies.
+    """
+    requested = params.all("resource")
+    if not requested:
+        return default
+    for resource in requested:
+        if resource not in allowed:
+            raise InvalidTarget("the requested resource is not allowed for this client")
+    unique = list(dict.fromkeys(requested))
+    return unique[0] if len(unique) == 1 else unique
+
+
+def one_or_list(values: list[str]) -> str | list[str]:
+    """Return a single audience as a string, several as a list (RFC 7519 §4.1.3)."""
+    return values[0] if len(values) == 1 else list(values)

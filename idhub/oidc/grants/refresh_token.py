@@ -1,0 +1,124 @@
+"""The refresh token grant (RFC 6749 §6) with rotation and reuse detection (RFC 9700 §4.14.2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from idhub.oidc.claims import user_claims
+from idhub.oidc.errors import InvalidGrant
+from idhub.oidc.grants.base import (
+    TokenRequest,
+    choose_audience,
+    default_audience,
+    narrow_scope,
+    one_or_list,
+    requested_scopes,
+)
+from idhub.storage.base import utcnow
+from idhub.storage.models import Grant, User
+from idhub.tokens.refresh import (
+    RefreshTokenRejected,
+    issue_refresh_token,
+    refresh_expiry,
+    revoke_grant,
+    rotate_refresh_token,
+)
+
+GRANT_TYPE = "refresh_token"
+
+
+async def handle(treq: TokenRequest) -> dict[str, Any]:
+    """Rotate the refresh token and issue new tokens; a reused token revokes its whole family."""
+    ctx, tenant, client = treq.ctx, treq.tenant, treq.client
+    token = treq.params.require("refresh_token")
+    requested = requested_scopes(treq.params)
+    session = treq.uow.session
+    try:
+        info = await rotate_refresh_token(
+            session, hasher=ctx.secret_hasher, tenant_id=tenant.id, client_pk=client.id, token=token
+        )
+    except RefreshTokenRejected as exc:
+        if exc.reused and exc.grant_id is not None:
+            await revoke_grant(session, tenant.id, exc.grant_id)
+            await treq.uow.commit()
+        raise InvalidGrant(str(exc)) from exc
+
+    # Failures from here on roll the rotation back: the token stays usable.
+    scope = narrow_scope(requested, info.scope)  # RFC 6749 §6: may only narrow.
+    found = (
+        await session.execute(
+            select(Grant.created_at, Grant.revoked_at, User)
+            .join(User, User.id == Grant.user_id)
+            .where(Grant.id == info.grant_id, Grant.tenant_id == tenant.id)
+        )
+    ).first()
+    if found is None or found.revoked_at is not None:
+        raise InvalidGrant("the grant was revoked")
+    user: User = found.User
+    if not user.enabled:
+        raise InvalidGrant("the user is disabled")
+    audience = choose_audience(
+        treq.params,
+        allowed=info.resources or client.resources,
+        default=one_or_list(list(info.resources)) if info.resources else default_audience(client),
+    )
+    auth_time = int(info.auth_time.timestamp()) if info.auth_time is not None else None
+    access_token, ttl = await ctx.tokens.issue_access_token(
+        tenant=tenant,
+        client=client,
+        subject=str(user.id),
+        scope=scope,
+        audience=audience,
+        grant_id=info.grant_id,
+        auth_time=auth_time,
+        session_id=info.session_id,
+    )
+    treq.issued.append("access_token")
+    now = utcnow()
+    settings = ctx.settings.tokens
+    # The new refresh token keeps the original scope (RFC 6749 §6) and the grant's absolute deadline.
+    refresh_token = await issue_refresh_token(
+        session,
+        hasher=ctx.secret_hasher,
+        tenant_id=tenant.id,
+        client_pk=client.id,
+        grant_id=info.grant_id,
+        user_id=user.id,
+        session_id=info.session_id,
+        scope=info.scope,
+        resources=info.resources,
+        auth_time=info.auth_time,
+        amr=info.amr,
+        expires_at=refresh_expiry(
+            grant_created_at=found.created_at,
+            now=now,
+            ttl=settings.refresh_token_ttl,
+            idle_ttl=settings.refresh_token_idle_ttl,
+        ),
+        now=now,
+    )
+    treq.issued.append("refresh_token")
+    body: dict[str, Any] = {
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "scope": scope,
+        "refresh_token": refresh_token,
+    }
+    scopes = scope.split()
+    if "openid" in scopes and auth_time is not None:
+        # OIDC Core §12.2: a refreshed ID token keeps sub, auth_time and has no nonce.
+        body["id_token"] = await ctx.tokens.issue_id_token(
+            tenant=tenant,
+            client=client,
+            subject=str(user.id),
+            auth_time=auth_time,
+            amr=list(info.amr),
+            session_id=info.session_id,
+            access_token=access_token,
+            extra_claims=user_claims(user, scopes),
+        )
+        treq.issued.append("id_token")
+    return body

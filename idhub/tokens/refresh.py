@@ -1,0 +1,217 @@
+"""Refresh tokens (RFC 6749 §6, RFC 9700 §4.14.2) and revocation by grant.
+
+Refresh tokens are opaque random strings stored only as keyed hashes. Each use rotates the token with
+a conditional ``UPDATE`` that exactly one request can win; presenting a token that was already rotated
+means it leaked, so the whole family (every refresh token of the grant, the grant, and every access
+token it yielded) is revoked.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idhub.crypto.secrets import SecretHasher, random_token
+from idhub.storage.base import utcnow
+from idhub.storage.models import Grant, RefreshToken
+from idhub.tokens.revocation import record_revocation
+
+# Covers the longest access token lifetime the settings allow (TokenSettings.access_token_ttl <= 1 day).
+GRANT_REVOCATION_TTL = 86400 + 60
+
+
+class RefreshTokenRejected(Exception):
+    """The refresh token is unknown, expired, revoked, foreign, or was replayed (``reused`` is then true)."""
+
+    def __init__(self, reason: str, *, reused: bool = False, grant_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reused = reused
+        self.grant_id = grant_id
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshTokenInfo:
+    """What a refresh token carries (a snapshot of its row)."""
+
+    tenant_id: uuid.UUID
+    client_pk: uuid.UUID
+    grant_id: str
+    user_id: uuid.UUID | None
+    session_id: str | None
+    scope: str
+    resources: tuple[str, ...]
+    auth_time: datetime | None
+    amr: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime
+
+
+_COLUMNS = (
+    RefreshToken.tenant_id,
+    RefreshToken.client_id,
+    RefreshToken.grant_id,
+    RefreshToken.user_id,
+    RefreshToken.session_id,
+    RefreshToken.scope,
+    RefreshToken.resources,
+    RefreshToken.auth_time,
+    RefreshToken.amr,
+    RefreshToken.created_at,
+    RefreshToken.expires_at,
+)
+
+
+def _info(row: tuple[Any, ...]) -> RefreshTokenInfo:
+    tenant_id, client_pk, grant_id, user_id, session_id, scope, resources, auth_time, amr, created, expires = row
+    return RefreshTokenInfo(
+        tenant_id=tenant_id,
+        client_pk=client_pk,
+        grant_id=str(grant_id),
+        user_id=user_id,
+        session_id=session_id,
+        scope=str(scope),
+        resources=tuple(resources or ()),
+        auth_time=auth_time,
+        amr=tuple(amr or ()),
+        created_at=created,
+        expires_at=expires,
+    )
+
+
+def refresh_expiry(*, grant_created_at: datetime, now: datetime, ttl: int, idle_ttl: int) -> datetime:
+    """Return when a new refresh token expires: the earlier of the absolute and the idle deadline."""
+    return min(grant_created_at + timedelta(seconds=ttl), now + timedelta(seconds=idle_ttl))
+
+
+async def issue_refresh_token(
+    session: AsyncSession,
+    *,
+    hasher: SecretHasher,
+    tenant_id: uuid.UUID,
+    client_pk: uuid.UUID,
+    grant_id: str,
+    user_id: uuid.UUID | None,
+    session_id: str | None,
+    scope: str,
+    resources: tuple[str, ...] | list[str],
+    auth_time: datetime | None,
+    amr: tuple[str, ...] | list[str],
+    expires_at: datetime,
+    now: datetime | None = None,
+) -> str:
+    """Store a new refresh token (only its keyed hash) and return it."""
+    token = random_token(32)
+    session.add(
+        RefreshToken(
+            token_hash=hasher.hash(token),
+            tenant_id=tenant_id,
+            client_id=client_pk,
+            grant_id=grant_id,
+            user_id=user_id,
+            session_id=session_id,
+            scope=scope,
+            resources=list(resources),
+            auth_time=auth_time,
+            amr=list(amr),
+            created_at=now or utcnow(),
+            expires_at=expires_at,
+        )
+    )
+    await session.flush()
+    return token
+
+
+async def rotate_refresh_token(
+    session: AsyncSession, *, hasher: SecretHasher, tenant_id: uuid.UUID, client_pk: uuid.UUID, token: str
+) -> RefreshTokenInfo:
+    """Mark a live refresh token of this client rotated and return what it carried (RFC 9700 §4.14.2).
+
+    The conditional ``UPDATE`` has exactly one winner across processes. When it does not win, the
+    token is looked at: one that was already rotated raises ``RefreshTokenRejected(reused=True)``
+    (the caller revokes the family); anything else is a plain rejection.
+    """
+    if len(token) > 512:
+        raise RefreshTokenRejected("unknown refresh token")
+    token_hash = hasher.hash(token)
+    now = utcnow()
+    result = await session.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.token_hash == token_hash,
+            RefreshToken.tenant_id == tenant_id,
+            RefreshToken.client_id == client_pk,
+            RefreshToken.rotated_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+            RefreshToken.expires_at > now,
+        )
+        .values(rotated_at=now)
+        .returning(*_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
+    row = result.first()
+    if row is not None:
+        return _info(tuple(row))
+    existing = await session.execute(
+        select(RefreshToken.rotated_at, RefreshToken.grant_id).where(
+            RefreshToken.token_hash == token_hash, RefreshToken.tenant_id == tenant_id
+        )
+    )
+    found = existing.first()
+    if found is None:
+        raise RefreshTokenRejected("unknown refresh token")
+    if found.rotated_at is not None:
+        # A rotated token came back: it leaked (whoever presents it). RFC 9700 §4.14.2.
+        raise RefreshTokenRejected("refresh token was already used", reused=True, grant_id=str(found.grant_id))
+    raise RefreshTokenRejected("refresh token is expired, revoked or belongs to another client")
+
+
+async def find_refresh_token(
+    session: AsyncSession, *, hasher: SecretHasher, tenant_id: uuid.UUID, token: str
+) -> tuple[RefreshTokenInfo, bool] | None:
+    """Return a refresh token's data and whether it is live (not rotated, revoked or expired), or ``None``."""
+    if len(token) > 512:
+        return None
+    result = await session.execute(
+        select(*_COLUMNS, RefreshToken.rotated_at, RefreshToken.revoked_at, Grant.revoked_at)
+        .join(Grant, Grant.id == RefreshToken.grant_id)
+        .where(RefreshToken.token_hash == hasher.hash(token), RefreshToken.tenant_id == tenant_id)
+    )
+    row = result.first()
+    if row is None:
+        return None
+    values = tuple(row)
+    info = _info(values[: len(_COLUMNS)])
+    rotated_at, revoked_at, grant_revoked_at = values[len(_COLUMNS) :]
+    live = rotated_at is None and revoked_at is None and grant_revoked_at is None and info.expires_at > utcnow()
+    return info, live
+
+
+async def revoke_grant(
+    session: AsyncSession, tenant_id: uuid.UUID, grant_id: str, *, expires_in: int = GRANT_REVOCATION_TTL
+) -> None:
+    """Revoke a grant with every refresh token and access token it yielded (RFC 7009 §2.1, RFC 9700 §4.14.2).
+
+    Access tokens are JWTs: a ``grant`` revocation entry makes every process refuse them at once
+    after commit. ``expires_in`` must cover the longest access token lifetime.
+    """
+    now = utcnow()
+    await session.execute(
+        update(Grant)
+        .where(Grant.tenant_id == tenant_id, Grant.id == grant_id, Grant.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.tenant_id == tenant_id, RefreshToken.grant_id == grant_id, RefreshToken.revoked_at.is_(None)
+        )
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await record_revocation(session, tenant_id=tenant_id, kind="grant", value=grant_id, expires_in=expires_in)

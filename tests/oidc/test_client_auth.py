@@ -1,0 +1,158 @@
+"""Client authentication at the token endpoint (RFC 6749 §2.3, RFC 7523, OIDC Core §9)."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Any
+
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import ECKey, OctKey
+
+from tests.conftest import Env
+from tests.oidc.grants.helpers import FORM, basic, post, url
+
+CC = {"grant_type": "client_credentials"}
+
+
+def _pkjwt_client(env: Env) -> tuple[Any, str, ECKey]:
+    tenant = env.tenant()
+    key = ECKey.generate_key("P-256", private=True)
+    public = key.as_dict(private=False)
+    public.update(kid="k1", alg="ES256", use="sig")
+    client_id, _ = env.oauth_client(
+        tenant, token_endpoint_auth_method="private_key_jwt", jwks={"keys": [public]}, scope="api"
+    )
+    return tenant, client_id, key
+
+
+def _assertion(tenant: Any, client_id: str, key: Any, *, alg: str = "ES256", **overrides: Any) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": f"{tenant.issuer}/token",
+        "exp": now + 60,
+        "iat": now,
+        "jti": uuid.uuid4().hex,
+    }
+    claims.update(overrides)
+    return jose_jwt.encode({"alg": alg, "kid": "k1"}, claims, key)
+
+
+def _assert_invalid_client(response: Any) -> None:
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_client"
+    assert response.headers["www-authenticate"].startswith("Basic")
+
+
+def test_client_auth_basic_percent_encoded_secret_accepted(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, secret = env.oauth_client(tenant, scope="api", client_id="app:1 +x")
+    assert secret is not None
+    # RFC 6749 §2.3.1: client_id and secret are form-urlencoded before Basic encoding.
+    response = post(env, tenant, "token", CC, basic(client_id, secret))
+    assert response.status_code == 200, response.text
+    # A '+' in the raw (unencoded) header part decodes to a space, so the unencoded id fails.
+    raw = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    _assert_invalid_client(post(env, tenant, "token", CC, {"authorization": f"Basic {raw}"}))
+
+
+def test_client_auth_wrong_secret_invalid_client(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, _ = env.oauth_client(tenant, scope="api")
+    _assert_invalid_client(post(env, tenant, "token", CC, basic(client_id, "wrong")))
+    _assert_invalid_client(post(env, tenant, "token", CC, basic("nobody", "wrong")))
+    _assert_invalid_client(post(env, tenant, "token", CC, {"authorization": "Basic !!!"}))
+    _assert_invalid_client(post(env, tenant, "token", CC))
+
+
+def test_client_auth_post_method_must_be_registered(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, secret = env.oauth_client(tenant, scope="api", token_endpoint_auth_method="client_secret_post")
+    response = post(env, tenant, "token", {**CC, "client_id": client_id, "client_secret": secret})
+    assert response.status_code == 200, response.text
+    # The registered method is the only one accepted (OIDC Core §9).
+    _assert_invalid_client(post(env, tenant, "token", CC, basic(client_id, secret or "")))
+
+
+def test_client_auth_two_methods_invalid_request(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, secret = env.oauth_client(tenant, scope="api")
+    data = {**CC, "client_id": client_id, "client_secret": secret}
+    response = post(env, tenant, "token", data, basic(client_id, secret or ""))
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+
+
+def test_client_auth_private_key_jwt_accepted_once(env: Env) -> None:
+    tenant, client_id, key = _pkjwt_client(env)
+    assertion = _assertion(tenant, client_id, key)
+    data = {
+        **CC,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+    }
+    response = post(env, tenant, "token", data)
+    assert response.status_code == 200, response.text
+    # RFC 7523 §3: the same jti is a replay.
+    _assert_invalid_client(post(env, tenant, "token", data))
+    # The issuer is an accepted audience too.
+    data["client_assertion"] = _assertion(tenant, client_id, key, aud=tenant.issuer)
+    assert post(env, tenant, "token", data).status_code == 200
+
+
+def test_client_auth_private_key_jwt_bad_assertions_refused(env: Env) -> None:
+    tenant, client_id, key = _pkjwt_client(env)
+    other = ECKey.generate_key("P-256", private=True)
+    now = int(time.time())
+    bad = [
+        _assertion(tenant, client_id, other),  # signed by an unregistered key
+        _assertion(tenant, client_id, key, aud="https://elsewhere.example/token"),
+        _assertion(tenant, client_id, key, exp=now - 120),
+        _assertion(tenant, client_id, key, exp=now + 3600),  # beyond client_assertion_max_age
+        _assertion(tenant, client_id, key, iss="someone-else"),
+        _assertion(tenant, client_id, key, jti=None),
+        _assertion(tenant, client_id, OctKey.import_key(b"k" * 32), alg="HS256"),
+    ]
+    header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
+    payload = _assertion(tenant, client_id, key).split(".")[1]
+    bad.append(f"{header}.{payload}.")
+    for assertion in bad:
+        data = {
+            **CC,
+            "client_id": client_id,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        }
+        _assert_invalid_client(post(env, tenant, "token", data))
+
+
+def test_client_auth_none_public_client_cannot_use_client_credentials(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, _ = env.oauth_client(tenant, redirect_uris=["https://rp.example/cb"], public=True)
+    response = post(env, tenant, "token", {**CC, "client_id": client_id})
+    assert response.status_code == 400 and response.json()["error"] == "unauthorized_client"
+    # A confidential client cannot pretend to be public.
+    conf_id, _ = env.oauth_client(tenant, scope="api")
+    _assert_invalid_client(post(env, tenant, "token", {**CC, "client_id": conf_id}))
+
+
+def test_client_auth_repeated_failures_throttled(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, secret = env.oauth_client(tenant, scope="api")
+    limit = env.ctx.settings.throttle.max_failures_per_account
+    for _ in range(limit):
+        _assert_invalid_client(post(env, tenant, "token", CC, basic(client_id, "wrong")))
+    # Blocked: even the right secret is refused, with the same answer.
+    _assert_invalid_client(post(env, tenant, "token", CC, basic(client_id, secret or "")))
+
+
+def test_client_auth_non_form_body_invalid_request(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, secret = env.oauth_client(tenant, scope="api")
+    response = env.client.post(
+        url(tenant, "token"), json={"grant_type": "client_credentials"}, headers=basic(client_id, secret or "")
+    )
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+    assert FORM["content-type"] == "application/x-www-form-urlencoded"
