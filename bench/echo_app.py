@@ -12,10 +12,13 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from idhub.app import framework_options
+
 
 def create_app() -> FastAPI:
     """Build the echo app."""
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    # The same framework options as idhub (its OpenTelemetry hooks off), so the ceiling is comparable.
+    app = FastAPI(**framework_options(), openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.post("/echo")
     async def echo(request: Request) -> JSONResponse:

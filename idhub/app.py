@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +19,7 @@ from idhub.context import build_context
 from idhub.metrics import Metrics, MetricsMiddleware
 from idhub.oidc import authorize, discovery, introspection, logout, revocation, token, userinfo
 from idhub.oidc.errors import InvalidClient, InvalidToken, OAuthError, ServerError
+from idhub.oidc.params import NO_STORE
 from idhub.ops import router as ops_router
 from idhub.settings import Settings
 from idhub.storage.migrate import upgrade
@@ -25,7 +28,6 @@ from idhub.web.router import router as web_router
 log = logging.getLogger(__name__)
 
 ISSUER_PREFIX = "/tenants/{tenant}"
-NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 
 
 def oauth_error_response(exc: OAuthError) -> Response:
@@ -61,6 +63,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         return oauth_error_response(ServerError())
 
 
+def framework_options() -> dict[str, Any]:
+    """Return FastAPI options that turn off its built-in OpenTelemetry hooks where it has them.
+
+    idhub exports Prometheus metrics itself; the framework's per-request telemetry probe costs more
+    than a token request's own logic when no OpenTelemetry provider is configured.
+    """
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    return {}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build an idhub application for ``settings`` (read from the environment when omitted)."""
     settings = settings or Settings()
@@ -81,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ctx.close()
 
     app = FastAPI(
+        **framework_options(),
         title="idhub",
         version=__version__,
         summary="Federated identity and access management: OpenID Connect provider",

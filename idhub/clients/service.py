@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from idhub.cache import RefreshingCache
 from idhub.crypto.jwt import SIGNING_ALGS
 from idhub.crypto.secrets import SecretHasher, random_token
 from idhub.errors import Conflict, Invalid
@@ -202,40 +202,30 @@ async def create_client(
 class ClientCache:
     """Resolve ``(tenant, client_id)`` to a :class:`ClientInfo`, cached for ``ttl`` seconds.
 
-    The token endpoint authenticates a client on every call; a short cache keeps that off the
-    database. Changes made in this process invalidate at once; other processes see them within ``ttl``.
+    The token endpoint authenticates a client on every call; the cache keeps that off the database.
+    Changes made in this process invalidate at once; other processes see them within about ``ttl``.
     """
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], ttl: float = 5.0):
         self._sessionmaker = sessionmaker
-        self._ttl = ttl
-        self._cache: dict[tuple[uuid.UUID, str], tuple[float, ClientInfo | None]] = {}
+        self._cache: RefreshingCache[tuple[uuid.UUID, str], ClientInfo | None] = RefreshingCache(self._load, ttl=ttl)
 
     def invalidate(self, tenant_id: uuid.UUID | None = None, client_id: str | None = None) -> None:
         """Forget one client, a tenant's clients, or everything."""
         if tenant_id is None:
-            self._cache.clear()
+            self._cache.invalidate()
         elif client_id is None:
-            for key in [k for k in self._cache if k[0] == tenant_id]:
-                del self._cache[key]
+            self._cache.invalidate(lambda key: key[0] == tenant_id)
         else:
-            self._cache.pop((tenant_id, client_id), None)
+            self._cache.invalidate(lambda key: key == (tenant_id, client_id))
 
     async def get(self, tenant_id: uuid.UUID, client_id: str) -> ClientInfo | None:
         """Return the enabled client or ``None``."""
-        key = (tenant_id, client_id)
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
         if not client_id or len(client_id) > 64:
             return None
+        return await self._cache.get((tenant_id, client_id))
+
+    async def _load(self, key: tuple[uuid.UUID, str]) -> ClientInfo | None:
         async with self._sessionmaker() as session:
-            row = await session.scalar(
-                select(Client).where(Client.tenant_id == tenant_id, Client.client_id == client_id)
-            )
-        info = ClientInfo.from_row(row) if row is not None and row.enabled else None
-        if len(self._cache) > 50000:
-            self._cache.clear()
-        self._cache[key] = (now, info)
-        return info
+            row = await session.scalar(select(Client).where(Client.tenant_id == key[0], Client.client_id == key[1]))
+        return ClientInfo.from_row(row) if row is not None and row.enabled else None

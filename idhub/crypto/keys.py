@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from idhub.crypto.jwt import SigningKeyType
 from idhub.crypto.secrets import random_token
 from idhub.storage.base import utcnow
 from idhub.storage.models import SigningKey
+
+log = logging.getLogger(__name__)
 
 ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")
 STATE_NEXT, STATE_ACTIVE, STATE_RETIRED = "next", "active", "retired"
@@ -133,6 +136,9 @@ class KeyStore:
         self._ttl = ttl
         self._cache: dict[uuid.UUID, TenantKeys] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._refreshing: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Decrypted keys by kid: a reload re-imports only keys it has not seen (RSA imports are slow).
+        self._imported: dict[uuid.UUID, dict[str, SigningKeyType]] = {}
 
     def invalidate(self, tenant_id: uuid.UUID | None = None) -> None:
         """Forget cached keys (after a rotation in this process)."""
@@ -142,32 +148,54 @@ class KeyStore:
             self._cache.pop(tenant_id, None)
 
     async def get(self, tenant_id: uuid.UUID, *, max_age: float | None = None) -> TenantKeys:
-        """Return the tenant's keys, reloading when older than the cache lifetime."""
-        ttl = self._ttl if max_age is None else max_age
+        """Return the tenant's keys.
+
+        A stale entry is served while one background task reloads it, so signing never waits on the
+        database; ``max_age`` forces a synchronous reload of an older entry (an unknown ``kid``).
+        """
         cached = self._cache.get(tenant_id)
-        if cached is not None and time.monotonic() - cached.loaded_at < ttl:
-            return cached
+        if cached is not None:
+            age = time.monotonic() - cached.loaded_at
+            if max_age is None:
+                if age >= self._ttl and tenant_id not in self._refreshing:
+                    self._refreshing[tenant_id] = asyncio.create_task(self._refresh(tenant_id))
+                return cached
+            if age < max_age:
+                return cached
         lock = self._locks.setdefault(tenant_id, asyncio.Lock())
         async with lock:
             cached = self._cache.get(tenant_id)
-            if cached is not None and time.monotonic() - cached.loaded_at < ttl:
+            if cached is not None and time.monotonic() - cached.loaded_at < (max_age or self._ttl):
                 return cached
             loaded = await self._load(tenant_id)
             self._cache[tenant_id] = loaded
             return loaded
+
+    async def _refresh(self, tenant_id: uuid.UUID) -> None:
+        try:
+            self._cache[tenant_id] = await self._load(tenant_id)
+        except Exception:
+            log.exception("reloading signing keys failed; serving the previous set")
+        finally:
+            self._refreshing.pop(tenant_id, None)
 
     async def _load(self, tenant_id: uuid.UUID) -> TenantKeys:
         now = utcnow()
         async with self._sessionmaker() as session:
             rows = (await session.scalars(select(SigningKey).where(SigningKey.tenant_id == tenant_id))).all()
         keys: list[LoadedKey] = []
+        known = self._imported.get(tenant_id, {})
+        imported: dict[str, SigningKeyType] = {}
         for row in rows:
             if row.state == STATE_RETIRED and (row.publish_until is None or row.publish_until <= now):
                 continue
-            pem = self._sealer.open(row.private_key_encrypted, context=f"signing-key:{row.kid}")
-            key: SigningKeyType
-            key = ECKey.import_key(pem) if row.alg == "ES256" else RSAKey.import_key(pem)
+            key = known.get(row.kid)
+            if key is None:
+                pem = self._sealer.open(row.private_key_encrypted, context=f"signing-key:{row.kid}")
+                key = ECKey.import_key(pem) if row.alg == "ES256" else RSAKey.import_key(pem)
+            imported[row.kid] = key
             keys.append(LoadedKey(kid=row.kid, alg=row.alg, state=row.state, key=key, public_jwk=row.public_jwk))
+        self._imported[tenant_id] = imported
         order = {STATE_ACTIVE: 0, STATE_NEXT: 1, STATE_RETIRED: 2}
         keys.sort(key=lambda k: (order.get(k.state, 3), k.alg))
         public_keys = [k.public_jwk for k in keys]

@@ -19,6 +19,7 @@ from idhub.deps import client_address
 from idhub.oidc.client_auth import authenticate_client
 from idhub.oidc.params import (
     CLIENT_AUTH_FIELDS,
+    NoStoreJSON,
     context_of,
     form_request_body,
     header,
@@ -34,7 +35,6 @@ from idhub.tokens.service import TokenInvalid
 
 router = APIRouter(tags=["oidc"])
 
-NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 INACTIVE = b'{"active":false}'
 MAX_TOKEN = 16384
 # Claims copied from an access token into the answer (RFC 7662 §2.2).
@@ -159,4 +159,4 @@ async def introspect(tenant: str, request: Request) -> Response:
     )
     token = params.require("token")
     body = await introspect_token(ctx, info, client, token=token, hint=params.get("token_type_hint"))
-    return Response(body, media_type="application/json", headers=NO_STORE)
+    return NoStoreJSON(body)

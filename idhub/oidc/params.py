@@ -8,11 +8,12 @@ counts as omitted (RFC 6749 §3.1), and anything that is not a well-formed UTF-8
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Response
 from starlette.requests import ClientDisconnect
 
 from idhub.context import AppContext
@@ -20,6 +21,13 @@ from idhub.oidc.errors import InvalidRequest
 from idhub.tenants.service import TenantInfo
 
 FORM_TYPE = "application/x-www-form-urlencoded"
+# RFC 6749 §5.1: answers carrying tokens or credentials must not be cached.
+NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+_NO_STORE_JSON_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"cache-control", b"no-store"),
+    (b"pragma", b"no-cache"),
+]
 MAX_BODY_BYTES = 64 * 1024
 MAX_FIELDS = 64
 # RFC 8707 §2: ``resource`` may be given more than once.
@@ -71,14 +79,55 @@ def parse_pairs(pairs: list[tuple[str, str]], *, repeatable: frozenset[str] = RE
 
 
 def parse_form(body: bytes, *, repeatable: frozenset[str] = REPEATABLE) -> Params:
-    """Parse an urlencoded body strictly (see :func:`parse_pairs`)."""
+    """Parse an urlencoded body strictly (see :func:`parse_pairs`).
+
+    Hand-rolled instead of ``urllib.parse.parse_qsl`` because this runs on every token request and
+    the common case (no escapes) needs no decoding; escapes still go through ``unquote_plus``, with
+    invalid UTF-8 refused.
+    """
     if len(body) > MAX_BODY_BYTES:
         raise InvalidRequest("request body too large")
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("malformed form body") from exc
+    if not text:
+        return Params({})
+    parts = text.split("&")
+    if len(parts) > MAX_FIELDS:
+        raise InvalidRequest("too many parameters")
+    pairs: list[tuple[str, str]] = []
+    try:
+        for part in parts:
+            if not part:
+                continue
+            name, _sep, value = part.partition("=")
+            if "%" in name or "+" in name:
+                name = unquote_plus(name, errors="strict")
+            if "%" in value or "+" in value:
+                value = unquote_plus(value, errors="strict")
+            pairs.append((name, value))
+    except UnicodeDecodeError as exc:
         raise InvalidRequest("malformed form body") from exc
     return parse_pairs(pairs, repeatable=repeatable)
+
+
+class NoStoreJSON(Response):
+    """A JSON answer with ``Cache-Control: no-store`` (RFC 6749 §5.1), its headers built once.
+
+    Starlette's generic header handling costs more than the token endpoint's own logic, so this sets
+    the raw headers directly.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, body: dict[str, Any] | bytes | str, status_code: int = 200) -> None:
+        if isinstance(body, dict):
+            body = json.dumps(body, separators=(",", ":"))
+        self.body = body.encode() if isinstance(body, str) else body
+        self.status_code = status_code
+        self.background = None
+        self.raw_headers = [*_NO_STORE_JSON_HEADERS, (b"content-length", str(len(self.body)).encode())]
 
 
 def header(request: Request, name: bytes) -> str | None:

@@ -18,6 +18,7 @@ from idhub.deps import client_address
 from idhub.oidc.client_auth import authenticate_client
 from idhub.oidc.params import (
     CLIENT_AUTH_FIELDS,
+    NO_STORE,
     context_of,
     form_request_body,
     header,
@@ -32,7 +33,6 @@ from idhub.tokens.service import CLOCK_SKEW, TokenInvalid
 
 router = APIRouter(tags=["oidc"])
 
-NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 MAX_TOKEN = 16384
 _S: dict[str, Any] = {"type": "string"}
 REVOCATION_FIELDS: dict[str, Any] = {

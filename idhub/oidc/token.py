@@ -19,6 +19,7 @@ from idhub.oidc.errors import OAuthError, ServerError
 from idhub.oidc.grants import exchange
 from idhub.oidc.params import (
     CLIENT_AUTH_FIELDS,
+    NoStoreJSON,
     context_of,
     form_request_body,
     header,
@@ -31,8 +32,6 @@ from idhub.oidc.params import (
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["oidc"])
 
-# RFC 6749 §5.1: token responses must not be cached.
-NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 
 _S: dict[str, Any] = {"type": "string"}
 TOKEN_FIELDS: dict[str, Any] = {
@@ -59,11 +58,6 @@ TOKEN_RESPONSE: dict[str, Any] = {
 }
 
 
-def json_no_store(body: dict[str, Any]) -> Response:
-    """Serialise a token-endpoint style answer (RFC 6749 §5.1: ``Cache-Control: no-store``)."""
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json", headers=NO_STORE)
-
-
 @router.post(
     "/token",
     summary="Token endpoint (RFC 6749 §3.2)",
@@ -79,7 +73,7 @@ async def token(tenant: str, request: Request) -> Response:
     body = await exchange(
         ctx, info, params, authorization=header(request, b"authorization"), address=client_address(request)
     )
-    return json_no_store(body)
+    return NoStoreJSON(body)
 
 
 class _RouteLabel:

@@ -6,7 +6,6 @@ query or the body is refused, so tokens do not end up in logs and caches.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -16,6 +15,7 @@ from idhub.context import AppContext
 from idhub.oidc.claims import user_claims
 from idhub.oidc.errors import InsufficientScope, InvalidRequest, InvalidToken
 from idhub.oidc.params import (
+    NoStoreJSON,
     context_of,
     is_form,
     json_response,
@@ -30,7 +30,6 @@ from idhub.tokens.service import TokenInvalid
 
 router = APIRouter(tags=["oidc"])
 
-NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 USERINFO_RESPONSE: dict[str, Any] = {
     "type": "object",
     "required": ["sub"],
@@ -97,7 +96,7 @@ async def _userinfo(tenant: str, request: Request) -> Response:
         raise InvalidRequest("send the access token in the Authorization header only")
     token = bearer_token(request.headers.get("authorization"))
     body = await userinfo_claims(ctx, info, token)
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json", headers=NO_STORE)
+    return NoStoreJSON(body)
 
 
 _DOC: dict[str, Any] = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from idhub.cache import RefreshingCache
 from idhub.crypto.encryption import Sealer
 from idhub.crypto.keys import create_initial_keys
 from idhub.errors import Invalid
@@ -71,36 +71,27 @@ class TenantCache:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], public_url: str, ttl: float = 5.0):
         self._sessionmaker = sessionmaker
         self._public_url = public_url
-        self._ttl = ttl
-        self._cache: dict[str, tuple[float, TenantInfo | None]] = {}
+        self._cache: RefreshingCache[str, TenantInfo | None] = RefreshingCache(self._load, ttl=ttl, max_entries=10_000)
 
     def invalidate(self, slug: str | None = None) -> None:
         """Forget cached tenants."""
-        if slug is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(slug, None)
+        self._cache.invalidate(None if slug is None else (lambda key: key == slug))
 
     async def get(self, slug: str) -> TenantInfo | None:
         """Return the tenant ``slug`` or ``None`` when it does not exist."""
-        hit = self._cache.get(slug)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
         if not SLUG_RE.fullmatch(slug):
             return None
+        return await self._cache.get(slug)
+
+    async def _load(self, slug: str) -> TenantInfo | None:
         async with self._sessionmaker() as session:
             row = await session.scalar(select(Tenant).where(Tenant.slug == slug))
-        info = None
-        if row is not None:
-            info = TenantInfo(
-                id=row.id,
-                slug=row.slug,
-                name=row.name,
-                issuer=issuer_for(self._public_url, row.slug),
-                settings={**TENANT_SETTING_DEFAULTS, **(row.settings or {})},
-            )
-        if len(self._cache) > 10000:
-            self._cache.clear()
-        self._cache[slug] = (now, info)
-        return info
+        if row is None:
+            return None
+        return TenantInfo(
+            id=row.id,
+            slug=row.slug,
+            name=row.name,
+            issuer=issuer_for(self._public_url, row.slug),
+            settings={**TENANT_SETTING_DEFAULTS, **(row.settings or {})},
+        )

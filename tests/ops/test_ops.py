@@ -19,8 +19,15 @@ def test_metrics_after_requests_counts_routes(env: Env) -> None:
     assert "idhub_http_request_duration_seconds_bucket" in body
 
 
-def test_any_response_security_headers_present(env: Env) -> None:
+def test_json_response_nosniff_only(env: Env) -> None:
     response = env.client.get("/healthz")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "x-frame-options" not in response.headers
+
+
+def test_non_json_response_page_security_headers_present(env: Env) -> None:
+    response = env.client.get("/metrics")
+    assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["referrer-policy"] == "no-referrer"
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
