@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (discovery, authorize, token, userinfo, introspection, revocation, logout):
         app.include_router(module.router, prefix=ISSUER_PREFIX)
     app.include_router(web_router, prefix=ISSUER_PREFIX)
-    app.add_middleware(token.BackChannelFastPath)  # hot POSTs skip the router (inside the metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: the hot back-channel POSTs skip the framework's router and middleware stack.
+    app.add_middleware(token.BackChannelFastPath, metrics=metrics)
     return app

@@ -47,6 +47,7 @@ class AppContext:
     async def close(self) -> None:
         """Stop background work and release connections."""
         await self.revocations.stop()
+        self.tokens.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()

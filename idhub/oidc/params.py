@@ -17,6 +17,7 @@ from fastapi import HTTPException, Request, Response
 from starlette.requests import ClientDisconnect
 
 from idhub.context import AppContext
+from idhub.metrics import NOSNIFF
 from idhub.oidc.errors import InvalidRequest
 from idhub.tenants.service import TenantInfo
 
@@ -27,6 +28,7 @@ _NO_STORE_JSON_HEADERS = [
     (b"content-type", b"application/json"),
     (b"cache-control", b"no-store"),
     (b"pragma", b"no-cache"),
+    NOSNIFF,
 ]
 MAX_BODY_BYTES = 64 * 1024
 MAX_FIELDS = 64

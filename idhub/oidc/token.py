@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from idhub.deps import client_address
+from idhub.metrics import NOSNIFF, Metrics
 from idhub.oidc.errors import OAuthError, ServerError
 from idhub.oidc.grants import exchange
 from idhub.oidc.params import (
@@ -97,10 +99,11 @@ class BackChannelFastPath:
     handlers render them (RFC 6749 §5.2 JSON, 404 for an unknown tenant, ``server_error`` otherwise).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         from idhub.oidc.introspection import introspect  # imported here: introspection imports this module
 
         self.app = app
+        self.metrics = metrics
         self.handlers: dict[str, tuple[FastHandler, _RouteLabel]] = {}
         self.register("token", token)
         self.register("introspect", introspect)
@@ -116,6 +119,7 @@ class BackChannelFastPath:
             if entry is not None:
                 handler, label = entry
                 scope["route"] = label
+                start = time.perf_counter()
                 try:
                     response = await handler(slug, Request(scope, receive))
                 except OAuthError as exc:
@@ -127,7 +131,11 @@ class BackChannelFastPath:
                 except Exception:
                     log.exception("unhandled error")
                     response = _oauth_error(ServerError())
+                # This middleware sits outside the metrics middleware, so it records and secures itself.
+                if NOSNIFF not in response.raw_headers:
+                    response.raw_headers.append(NOSNIFF)
                 await response(scope, receive, send)
+                self.metrics.observe(label.path, "POST", response.status_code, time.perf_counter() - start)
                 return
         await self.app(scope, receive, send)
 
