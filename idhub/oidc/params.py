@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote_plus
 
 from fastapi import HTTPException, Request, Response
 from starlette.requests import ClientDisconnect
 
 from idhub.context import AppContext
+from idhub.formdata import decode_pairs
 from idhub.metrics import NOSNIFF
 from idhub.oidc.errors import InvalidRequest
 from idhub.tenants.service import TenantInfo
@@ -81,35 +81,12 @@ def parse_pairs(pairs: list[tuple[str, str]], *, repeatable: frozenset[str] = RE
 
 
 def parse_form(body: bytes, *, repeatable: frozenset[str] = REPEATABLE) -> Params:
-    """Parse an urlencoded body strictly (see :func:`parse_pairs`).
-
-    Hand-rolled instead of ``urllib.parse.parse_qsl`` because this runs on every token request and
-    the common case (no escapes) needs no decoding; escapes still go through ``unquote_plus``, with
-    invalid UTF-8 refused.
-    """
+    """Parse an urlencoded body strictly (see :func:`parse_pairs`)."""
     if len(body) > MAX_BODY_BYTES:
         raise InvalidRequest("request body too large")
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("malformed form body") from exc
-    if not text:
-        return Params({})
-    parts = text.split("&")
-    if len(parts) > MAX_FIELDS:
-        raise InvalidRequest("too many parameters")
-    pairs: list[tuple[str, str]] = []
-    try:
-        for part in parts:
-            if not part:
-                continue
-            name, _sep, value = part.partition("=")
-            if "%" in name or "+" in name:
-                name = unquote_plus(name, errors="strict")
-            if "%" in value or "+" in value:
-                value = unquote_plus(value, errors="strict")
-            pairs.append((name, value))
-    except UnicodeDecodeError as exc:
+        pairs = decode_pairs(body, max_fields=MAX_FIELDS)
+    except ValueError as exc:
         raise InvalidRequest("malformed form body") from exc
     return parse_pairs(pairs, repeatable=repeatable)
 

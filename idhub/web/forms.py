@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 from fastapi import Request
+
+from idhub.formdata import decode_pairs
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES = 64 * 1024
@@ -40,17 +40,18 @@ async def read_form(request: Request) -> dict[str, list[str]]:
         if len(body) > MAX_FORM_BYTES:
             raise BadForm("form too large")
     try:
-        items = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
-    except (UnicodeDecodeError, ValueError) as exc:
+        items = decode_pairs(body, max_fields=MAX_FIELDS)
+    except ValueError as exc:
         raise BadForm("malformed form") from exc
     return group(items)
 
 
 def read_query(request: Request) -> dict[str, list[str]]:
     """Return the query parameters grouped by name."""
-    items = request.query_params.multi_items()
-    if len(items) > MAX_FIELDS:
-        raise BadForm("too many parameters")
+    try:
+        items = decode_pairs(request.scope.get("query_string", b""), max_fields=MAX_FIELDS)
+    except ValueError as exc:
+        raise BadForm("malformed query") from exc
     return group(items)
 
 
