@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.clients.service import create_client
@@ -43,6 +44,12 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 def _settings() -> Settings:
     try:
         return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "__".join(str(part) for part in first.get("loc", ()))
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        _fail(f"invalid setting{' IDHUB_' + where.upper() if where else ''}: {message}")
+        raise  # unreachable
     except ValueError as exc:
         _fail(str(exc).splitlines()[0])
         raise  # unreachable
@@ -262,3 +269,29 @@ def openapi_command(output: str | None) -> None:
     else:
         with open(output, "w", encoding="utf-8") as handle:
             handle.write(text)
+
+
+@main.group()
+def tenant() -> None:
+    """Manage tenants."""
+
+
+@tenant.command("update")
+@click.option("--tenant", "slug", required=True)
+@click.option(
+    "--access-token-alg",
+    type=click.Choice(["ES256", "RS256"]),
+    default=None,
+    help="default signing algorithm of access tokens (clients may override it)",
+)
+@click.option("--name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def tenant_update(slug: str, access_token_alg: str | None, name: str | None, as_json: bool) -> None:
+    """Change a tenant's settings (other processes pick the change up within seconds)."""
+    from idhub.tenants.service import update_tenant
+
+    async def work(ctx: AppContext, session: AsyncSession) -> dict[str, Any]:
+        row = await update_tenant(session, slug=slug, name=name, access_token_alg=access_token_alg)
+        return {"tenant": row.slug, "name": row.name, "settings": row.settings}
+
+    _emit(_run(work), as_json)

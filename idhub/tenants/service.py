@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from idhub.cache import RefreshingCache
 from idhub.crypto.encryption import Sealer
+from idhub.crypto.jwt import SIGNING_ALGS
 from idhub.crypto.keys import create_initial_keys
 from idhub.errors import Invalid
 from idhub.storage.models import Tenant
@@ -62,6 +63,23 @@ async def require_tenant(session: AsyncSession, slug: str) -> Tenant:
     tenant = await session.scalar(select(Tenant).where(Tenant.slug == slug))
     if tenant is None:
         raise Invalid(f"unknown tenant {slug!r}")
+    return tenant
+
+
+async def update_tenant(
+    session: AsyncSession, *, slug: str, name: str | None = None, access_token_alg: str | None = None
+) -> Tenant:
+    """Change a tenant's name or default access-token algorithm."""
+    tenant = await require_tenant(session, slug)
+    if name is not None:
+        if not name.strip() or len(name) > 200:
+            raise Invalid("tenant name must be 1-200 characters")
+        tenant.name = name.strip()
+    if access_token_alg is not None:
+        if access_token_alg not in SIGNING_ALGS:
+            raise Invalid(f"access_token_alg must be one of {', '.join(SIGNING_ALGS)}")
+        tenant.settings = {**(tenant.settings or {}), "access_token_alg": access_token_alg}
+    await session.flush()
     return tenant
 
 

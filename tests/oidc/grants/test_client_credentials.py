@@ -81,3 +81,23 @@ def test_client_credentials_counts_issued_tokens(env: Env) -> None:
     before = counter._value.get()
     post(env, tenant, "token", {"grant_type": "client_credentials"}, basic(client_id, secret or ""))
     assert counter._value.get() == before + 1
+
+
+def test_client_credentials_tenant_rs256_setting_signs_rs256_unless_client_overrides(env: Env) -> None:
+    from idhub.tenants.service import update_tenant
+
+    tenant = env.tenant()
+
+    async def switch() -> None:
+        async with env.ctx.sessionmaker() as session:
+            await update_tenant(session, slug=tenant.slug, access_token_alg="RS256")
+            await session.commit()
+        env.ctx.tenants.invalidate(tenant.slug)
+
+    env.run(switch)
+    plain_id, plain_secret = env.oauth_client(tenant, scope="api")
+    es_id, es_secret = env.oauth_client(tenant, scope="api", access_token_alg="ES256")
+    for client_id, secret, alg in ((plain_id, plain_secret, "RS256"), (es_id, es_secret, "ES256")):
+        response = post(env, tenant, "token", {"grant_type": "client_credentials"}, basic(client_id, secret or ""))
+        assert response.status_code == 200, response.text
+        assert jwt.peek_header(response.json()["access_token"])["alg"] == alg
