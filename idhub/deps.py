@@ -62,9 +62,10 @@ TenantDep = Annotated[TenantInfo, Depends(get_tenant)]
 
 def client_address(request: Request) -> str:
     """Return the caller's address (the proxy-supplied one only from trusted proxies)."""
-    peer = request.client.host if request.client else "unknown"
+    client = request.scope.get("client")
+    peer = str(client[0]) if client else "unknown"
     ctx: AppContext = request.app.state.ctx
-    if peer in ctx.settings.trusted_proxies:
+    if ctx.settings.trusted_proxies and peer in ctx.settings.trusted_proxies:
         forwarded = request.headers.get("x-forwarded-for", "")
         if forwarded:
             return forwarded.split(",")[-1].strip() or peer

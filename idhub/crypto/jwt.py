@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ec import ECDSA
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
@@ -51,8 +54,26 @@ def sign(claims: dict[str, Any], key: SigningKeyType, *, alg: str, kid: str, typ
         raise ValueError(f"signing algorithm {alg} is not allowed")
     payload = urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode())
     signing_input = _header_segment(alg, kid, typ) + b"." + payload
-    signature = JWSRegistry.algorithms[alg].sign(signing_input, key)
+    if alg == "ES256" and isinstance(key, ECKey):
+        signature = _sign_es256(signing_input, key)
+    else:
+        signature = JWSRegistry.algorithms[alg].sign(signing_input, key)
     return (signing_input + b"." + urlsafe_b64encode(signature)).decode()
+
+
+_ECDSA_SHA256 = ECDSA(hashes.SHA256())
+
+
+def _sign_es256(signing_input: bytes, key: ECKey) -> bytes:
+    """Sign with ECDSA P-256/SHA-256 and encode ``R || S`` as 32-byte big-endian halves (RFC 7518 §3.4).
+
+    joserfc's ES256 implementation does the same but looks the key up and builds its objects on every
+    call; access tokens are signed thousands of times a second, so the hot path calls the primitive
+    directly. Verification always goes through joserfc (tests check that joserfc verifies these).
+    """
+    der = key.private_key.sign(signing_input, _ECDSA_SHA256)  # type: ignore[union-attr]
+    r, s = decode_dss_signature(der)
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 def peek_header(token: str) -> dict[str, Any]:
