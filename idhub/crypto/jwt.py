@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ec import ECDSA
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -52,7 +53,7 @@ def sign(claims: dict[str, Any], key: SigningKeyType, *, alg: str, kid: str, typ
     """
     if alg not in SIGNING_ALGS:
         raise ValueError(f"signing algorithm {alg} is not allowed")
-    payload = urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode())
+    payload = urlsafe_b64encode(orjson.dumps(claims))
     signing_input = _header_segment(alg, kid, typ) + b"." + payload
     if alg == "ES256" and isinstance(key, ECKey):
         signature = _sign_es256(signing_input, key)

@@ -8,10 +8,10 @@ counts as omitted (RFC 6749 §3.1), and anything that is not a well-formed UTF-8
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from fastapi import HTTPException, Request, Response
 
 from idhub.context import AppContext
@@ -101,7 +101,7 @@ class NoStoreJSON(Response):
 
     def __init__(self, body: dict[str, Any] | bytes | str, status_code: int = 200) -> None:
         if isinstance(body, dict):
-            body = json.dumps(body, separators=(",", ":"))
+            body = orjson.dumps(body)
         self.body = body.encode() if isinstance(body, str) else body
         self.status_code = status_code
         self.background = None
