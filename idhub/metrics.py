@@ -45,6 +45,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._issued: dict[tuple[str, str], Any] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Record one request (label children cached: this runs on every request)."""
@@ -55,6 +56,14 @@ class Metrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def count_issued(self, grant_type: str, kinds: list[str]) -> None:
+        """Count tokens issued by grant type and kind (label children cached: runs per token request)."""
+        for kind in kinds:
+            child = self._issued.get((grant_type, kind))
+            if child is None:
+                child = self._issued[(grant_type, kind)] = self.tokens_issued.labels(grant_type, kind)
+            child.inc()
 
     def render(self) -> bytes:
         """Return the exposition text."""

@@ -246,7 +246,7 @@ async def authenticate_client(
     if len(creds.client_id) > MAX_CLIENT_ID:
         raise InvalidClient("client authentication failed")
     throttle = ctx.throttle
-    account = f"client:{tenant.id}:{creds.client_id}"
+    account = f"client:{tenant.key}:{creds.client_id}"
     if await throttle.blocked(account=account, address=address):
         raise InvalidClient("client authentication failed")
     client = await ctx.clients.get(tenant.id, creds.client_id)

@@ -30,6 +30,12 @@ class TenantInfo:
     name: str
     issuer: str
     settings: dict[str, Any]
+    # ``str(id)``, computed once: hot paths key caches and counters by it.
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", str(self.id))
 
     @property
     def access_token_alg(self) -> str:

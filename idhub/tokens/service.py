@@ -192,6 +192,6 @@ class TokenService:
         if claims["exp"] <= time.time():
             self._verified.pop(token, None)
             raise TokenInvalid("token expired")
-        if self.revocations.is_revoked(str(tenant.id), claims):
+        if self.revocations.is_revoked(tenant.key, claims):
             raise TokenInvalid("token revoked")
         return claims

@@ -9,7 +9,7 @@ from idhub.context import AppContext
 from idhub.oidc.client_auth import authenticate_client
 from idhub.oidc.errors import UnauthorizedClient, UnsupportedGrantType
 from idhub.oidc.grants import authorization_code, client_credentials, refresh_token
-from idhub.oidc.grants.base import TokenRequest, UnitOfWork, count_issued
+from idhub.oidc.grants.base import TokenRequest, UnitOfWork
 from idhub.oidc.params import Params
 from idhub.tenants.service import TenantInfo
 
@@ -48,5 +48,5 @@ async def exchange(
         await uow.commit()
     finally:
         await uow.close()
-    count_issued(ctx.metrics, grant_type, treq.issued)
+    ctx.metrics.count_issued(grant_type, treq.issued)
     return body

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import re
-import weakref
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
-from idhub.metrics import Metrics
 from idhub.oidc.errors import InvalidScope, InvalidTarget
 from idhub.oidc.params import Params
 from idhub.tenants.service import TenantInfo
@@ -66,21 +63,6 @@ class TokenRequest:
     params: Params
     uow: UnitOfWork
     issued: list[str] = field(default_factory=list)
-
-
-_children: weakref.WeakKeyDictionary[Metrics, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
-
-
-def count_issued(metrics: Metrics, grant_type: str, kinds: list[str]) -> None:
-    """Count issued tokens by grant and kind (label children cached: this runs per token request)."""
-    children = _children.get(metrics)
-    if children is None:
-        children = _children[metrics] = {}
-    for kind in kinds:
-        child = children.get((grant_type, kind))
-        if child is None:
-            child = children[(grant_type, kind)] = metrics.tokens_issued.labels(grant_type, kind)
-        child.inc()
 
 
 def requested_scopes(params: Params) -> list[str] | None:
