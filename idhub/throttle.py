@@ -5,6 +5,7 @@ In-memory by default; with Redis configured, counters are shared by every proces
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from typing import Any, Protocol
@@ -32,18 +33,24 @@ class MemoryCounter:
     """Per-process sliding-window counter."""
 
     def __init__(self, max_keys: int = 100_000) -> None:
-        self._hits: dict[str, deque[float]] = {}
+        # Accounts and addresses are kept apart so a flood of addresses cannot push account
+        # lockouts out; when a map is full its oldest keys go, never the whole map.
+        self._maps: dict[str, dict[str, deque[float]]] = {"acct": {}, "other": {}}
         self._max_keys = max_keys
 
+    def _map(self, key: str) -> dict[str, deque[float]]:
+        return self._maps["acct" if key.startswith("acct:") else "other"]
+
     def _trim(self, key: str, window: int) -> deque[float] | None:
-        hits = self._hits.get(key)
+        table = self._map(key)
+        hits = table.get(key)
         if hits is None:
             return None
         cutoff = time.monotonic() - window
         while hits and hits[0] < cutoff:
             hits.popleft()
         if not hits:
-            del self._hits[key]
+            del table[key]
             return None
         return hits
 
@@ -54,14 +61,17 @@ class MemoryCounter:
 
     async def add(self, key: str, window: int) -> None:
         """Record one failure for ``key``."""
-        if len(self._hits) >= self._max_keys:
-            self._hits.clear()
-        hits = self._hits.setdefault(key, deque(maxlen=10_000))
+        table = self._map(key)
+        if key not in table and len(table) >= self._max_keys:
+            # Evict the oldest tenth (dicts keep insertion order), not everything.
+            for old in list(itertools.islice(table, max(1, self._max_keys // 10))):
+                del table[old]
+        hits = table.setdefault(key, deque(maxlen=10_000))
         hits.append(time.monotonic())
 
     async def reset(self, key: str) -> None:
         """Forget ``key``'s failures."""
-        self._hits.pop(key, None)
+        self._map(key).pop(key, None)
 
 
 class RedisCounter:

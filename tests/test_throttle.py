@@ -50,3 +50,14 @@ async def test_throttle_success_clears_account_not_blocked(counter: FailureCount
     await throttle.succeeded(account="acct")
     await throttle.failed(account="acct", address=None)
     assert not await throttle.blocked(account="acct", address=None)
+
+
+async def test_memory_counter_address_flood_keeps_account_lockout() -> None:
+    throttle = Throttle(
+        ThrottleSettings(max_failures_per_account=2, max_failures_per_address=1000), MemoryCounter(max_keys=50)
+    )
+    for _ in range(2):
+        await throttle.failed(account="victim", address="10.0.0.1")
+    for i in range(500):  # many fresh addresses: the address map evicts its oldest keys only
+        await throttle.failed(account=None, address=f"2001:db8::{i:x}")
+    assert await throttle.blocked(account="victim", address="10.9.9.9")

@@ -98,6 +98,8 @@ def redirect_uri_matches(client: ClientInfo, uri: str) -> bool:
     if client.application_type != "native" or not is_loopback_redirect(uri):
         return False
     requested = urlsplit(uri)
+    if requested.port is None:  # reading .port also refuses a malformed one (ValueError)
+        return False
     for registered in client.redirect_uris:
         if not is_loopback_redirect(registered):
             continue

@@ -132,7 +132,7 @@ def check_redirect_uri(actx: AuthorizationContext) -> None:
     assert actx.client is not None
     values = actx.params.get("redirect_uri") or []
     try:
-        matches = len(values) == 1 and redirect_uri_matches(actx.client, values[0])
+        matches = len(values) == 1 and len(values[0]) <= 2000 and redirect_uri_matches(actx.client, values[0])
     except ValueError:  # unparsable URI (e.g. a broken IPv6 literal)
         matches = False
     if not matches:
@@ -254,7 +254,7 @@ async def check_id_token_hint(actx: AuthorizationContext) -> None:
     if hint is None:
         return
     try:
-        claims = await actx.ctx.tokens.verify_own_jwt(tenant=actx.tenant, token=hint, typ=None)
+        claims = await actx.ctx.tokens.verify_own_jwt(tenant=actx.tenant, token=hint, typ="JWT")
     except TokenInvalid as exc:
         raise InvalidRequest("id_token_hint is not a valid ID token of this issuer") from exc
     sub = claims.get("sub")

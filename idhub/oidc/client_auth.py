@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ def verify_client_assertion(
     if not any(isinstance(value, str) and value in audiences for value in aud_values):
         raise InvalidClient("client assertion audience is not this server")
     exp = claims.get("exp")
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
         raise InvalidClient("client assertion needs exp")
     if exp <= now - CLOCK_SKEW:
         raise InvalidClient("client assertion expired")
@@ -176,7 +177,9 @@ def verify_client_assertion(
         raise InvalidClient("client assertion lives too long")
     for name in ("iat", "nbf"):
         value = claims.get(name)
-        if value is not None and (not isinstance(value, int | float) or value > now + CLOCK_SKEW):
+        if value is not None and (
+            not isinstance(value, int | float) or not math.isfinite(value) or value > now + CLOCK_SKEW
+        ):
             raise InvalidClient(f"client assertion {name} is in the future")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI:
@@ -243,7 +246,7 @@ async def authenticate_client(
 ) -> ClientInfo:
     """Authenticate the calling client with its registered method; throttle failures (RFC 6749 §2.3)."""
     creds = extract_credentials(authorization, params)
-    if len(creds.client_id) > MAX_CLIENT_ID:
+    if len(creds.client_id) > MAX_CLIENT_ID or not creds.client_id.isprintable():
         raise InvalidClient("client authentication failed")
     throttle = ctx.throttle
     account = f"client:{tenant.key}:{creds.client_id}"

@@ -72,7 +72,7 @@ async def validate_logout(*, ctx: AppContext, tenant: TenantInfo, fields: dict[s
     if hint is not None:
         try:
             # Expired ID tokens are fine here (§2): only signature and issuer are checked.
-            claims = await ctx.tokens.verify_own_jwt(tenant=tenant, token=hint, typ=None)
+            claims = await ctx.tokens.verify_own_jwt(tenant=tenant, token=hint, typ="JWT")
         except TokenInvalid as exc:
             raise LogoutRefused("The sign-out request carries an invalid id_token_hint.") from exc
         sub = claims.get("sub")

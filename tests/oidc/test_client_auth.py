@@ -156,3 +156,13 @@ def test_client_auth_non_form_body_invalid_request(env: Env) -> None:
     )
     assert response.status_code == 400 and response.json()["error"] == "invalid_request"
     assert FORM["content-type"] == "application/x-www-form-urlencoded"
+
+
+def test_client_auth_nul_in_basic_client_id_invalid_client(env: Env) -> None:
+    import base64
+
+    tenant = env.tenant()
+    raw = base64.b64encode(b"a\x00b:secret").decode()
+    response = post(env, tenant, "token", {"grant_type": "client_credentials"}, {"authorization": "Basic " + raw})
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"

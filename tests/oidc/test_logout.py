@@ -145,3 +145,19 @@ def test_logout_duplicated_parameter_error_page(env: Env) -> None:
         f"/tenants/{tenant.slug}/logout", params=[("client_id", client_id), ("client_id", client_id)]
     )
     assert response.status_code == 400
+
+
+def test_logout_access_token_as_hint_refused(env: Env) -> None:
+    tenant, client_id, user_id = signed_in(env)
+
+    async def work() -> str:
+        key = (await env.ctx.keys.get(tenant.id)).active("ES256")
+        now = int(time.time())
+        claims = {"iss": tenant.issuer, "sub": user_id, "aud": client_id, "client_id": client_id, "iat": now,
+                  "exp": now + 600, "jti": "j", "scope": "openid"}  # fmt: skip
+        return jwt.sign(claims, key.key, alg="ES256", kid=key.kid, typ="at+jwt")
+
+    access_token = env.run(work)
+    response = logout(env, tenant, id_token_hint=access_token, post_logout_redirect_uri=AFTER_LOGOUT)
+    assert response.status_code == 400 and "location" not in response.headers
+    assert live_sessions(env, tenant) == 1
