@@ -184,7 +184,10 @@ def check_grant_type(actx: AuthorizationContext) -> None:
 
 
 def check_scope(actx: AuthorizationContext) -> None:
-    """Grant the requested scopes that the client is allowed (RFC 6749 §3.3); anything else is invalid_scope."""
+    """Grant requested ∩ allowed (RFC 6749 §3.3; OIDC Core §3.1.2.1: unknown scopes SHOULD be ignored).
+
+    Malformed scopes, or none left after the intersection, are ``invalid_scope``.
+    """
     assert actx.client is not None
     raw = actx.one("scope")
     if raw is None:
@@ -192,10 +195,10 @@ def check_scope(actx: AuthorizationContext) -> None:
     requested = tuple(dict.fromkeys(raw.split(" ")))
     if "" in requested or not all(token.isprintable() and '"' not in token for token in requested):
         raise InvalidScope("scope is malformed")
-    outside = [token for token in requested if token not in actx.client.scopes]
-    if outside:
-        raise InvalidScope(f"scope not allowed for this client: {' '.join(outside)}")
-    actx.scope = requested
+    granted = tuple(token for token in requested if token in actx.client.scopes)
+    if not granted:
+        raise InvalidScope("none of the requested scopes is allowed for this client")
+    actx.scope = granted
 
 
 def check_pkce(actx: AuthorizationContext) -> None:

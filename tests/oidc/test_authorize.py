@@ -119,9 +119,12 @@ def test_check_grant_type_without_code_grant_unauthorized_client() -> None:
         az.check_grant_type(actx({}, grant_types=frozenset({"client_credentials"})))
 
 
-def test_check_scope_outside_allowed_invalid_scope() -> None:
+def test_check_scope_outside_allowed_intersected_or_invalid_scope() -> None:
     with pytest.raises(InvalidScope):
-        az.check_scope(actx({"scope": "openid admin"}))
+        az.check_scope(actx({"scope": "admin"}))
+    mixed = actx({"scope": "openid admin"})
+    az.check_scope(mixed)
+    assert mixed.scope == ("openid",)
     ok = actx({"scope": "openid profile openid"})
     az.check_scope(ok)
     assert ok.scope == ("openid", "profile")
@@ -329,9 +332,9 @@ def test_authorize_unsupported_response_type(env: Env) -> None:
     assert_error_redirect(response, tenant, "unsupported_response_type")
 
 
-def test_authorize_scope_outside_client_invalid_scope(env: Env) -> None:
+def test_authorize_no_allowed_scope_invalid_scope(env: Env) -> None:
     tenant, client_id = setup_client(env, scope="openid profile")
-    response = get_authorize(env, tenant, base_params(client_id, scope="openid email"))
+    response = get_authorize(env, tenant, base_params(client_id, scope="email phone"))
     assert_error_redirect(response, tenant, "invalid_scope")
 
 

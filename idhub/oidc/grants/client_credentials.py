@@ -14,18 +14,19 @@ GRANT_TYPE = "client_credentials"
 
 
 def granted_scope(treq: TokenRequest) -> str:
-    """Return requested ∩ allowed; any scope beyond the client's allowed set is ``invalid_scope`` (RFC 6749 §3.3).
+    """Return requested ∩ allowed (RFC 6749 §3.3: the answer's ``scope`` says what was granted).
 
-    Without a ``scope`` parameter the client gets its whole allowed set (minus user-only scopes).
+    Without a ``scope`` parameter the client gets its whole allowed set (minus user-only scopes); a
+    request of which nothing is allowed is ``invalid_scope``.
     """
     allowed = treq.client.scopes
     requested = requested_scopes(treq.params)
     if requested is None:
         return " ".join(sorted(allowed - USER_ONLY_SCOPES))
-    for scope in requested:
-        if scope not in allowed or scope in USER_ONLY_SCOPES:
-            raise InvalidScope(f"scope {scope!r} is not allowed for this client")
-    return " ".join(requested)
+    granted = [scope for scope in requested if scope in allowed and scope not in USER_ONLY_SCOPES]
+    if not granted:
+        raise InvalidScope("none of the requested scopes is allowed for this client")
+    return " ".join(granted)
 
 
 async def handle(treq: TokenRequest) -> dict[str, Any]:

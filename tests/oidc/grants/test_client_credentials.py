@@ -46,15 +46,24 @@ def test_client_credentials_requested_scope_narrows(env: Env) -> None:
     assert claims["aud"] == client_id
 
 
-def test_client_credentials_scope_not_allowed_invalid_scope(env: Env) -> None:
+def test_client_credentials_nothing_allowed_invalid_scope(env: Env) -> None:
     tenant = env.tenant()
     client_id, secret = env.oauth_client(tenant, scope="api")
-    for scope in ("admin", "api openid"):
+    for scope in ("admin", "openid admin"):
         response = post(
             env, tenant, "token", {"grant_type": "client_credentials", "scope": scope}, basic(client_id, secret or "")
         )
         assert response.status_code == 400
         assert response.json()["error"] == "invalid_scope"
+
+
+def test_client_credentials_scope_beyond_allowed_intersected(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, secret = env.oauth_client(tenant, scope="api")
+    data = {"grant_type": "client_credentials", "scope": "api admin openid"}
+    response = post(env, tenant, "token", data, basic(client_id, secret or ""))
+    assert response.status_code == 200, response.text
+    assert response.json()["scope"] == "api"
 
 
 def test_client_credentials_unregistered_resource_invalid_target(env: Env) -> None:
