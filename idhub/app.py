@@ -18,7 +18,7 @@ from idhub import __version__
 from idhub.context import build_context
 from idhub.metrics import Metrics, MetricsMiddleware
 from idhub.oidc import authorize, discovery, introspection, logout, revocation, token, userinfo
-from idhub.oidc.errors import InvalidClient, InvalidToken, OAuthError, ServerError
+from idhub.oidc.errors import InvalidClient, InvalidToken, MissingToken, OAuthError, ServerError
 from idhub.oidc.params import NO_STORE
 from idhub.ops import router as ops_router
 from idhub.settings import Settings
@@ -33,6 +33,10 @@ ISSUER_PREFIX = "/tenants/{tenant}"
 def oauth_error_response(exc: OAuthError) -> Response:
     """Render an OAuth error as RFC 6749 §5.2 JSON (RFC 6750 §3 for bearer-token errors)."""
     headers = dict(NO_STORE)
+    if isinstance(exc, MissingToken):
+        # RFC 6750 §3.1: a request without credentials gets the challenge and no error information.
+        headers["www-authenticate"] = 'Bearer realm="idhub"'
+        return Response(status_code=401, headers=headers)
     if isinstance(exc, InvalidClient):
         headers["www-authenticate"] = 'Basic realm="idhub"'
     elif isinstance(exc, InvalidToken) or (

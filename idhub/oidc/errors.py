@@ -121,6 +121,10 @@ class InvalidToken(OAuthError):
     status_code = 401
 
 
+class MissingToken(InvalidToken):
+    """The request carries no access token at all (RFC 6750 §3.1: answer without an error code)."""
+
+
 class InsufficientScope(OAuthError):
     """The request requires higher privileges than provided by the access token (RFC 6750 §3.1)."""
 

@@ -209,13 +209,13 @@ async def consent_needed(
 ) -> bool:
     """Tell whether the consent page must be shown.
 
-    First-party clients never ask; ``prompt=consent`` always asks (OIDC Core §3.1.2.1); otherwise
-    only scopes beyond those already approved need asking.
+    ``prompt=consent`` always asks, first-party clients included (OIDC Core §3.1.2.1); otherwise
+    first-party clients never ask, and others only for scopes beyond those already approved.
     """
-    if client.first_party:
-        return False
     if "consent" in request.prompt:
         return True
+    if client.first_party:
+        return False
     return not set(request.scope) <= await consented_scopes(session, client=client, user_id=user_id)
 
 

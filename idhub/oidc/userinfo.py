@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from idhub.context import AppContext
 from idhub.oidc.claims import user_claims
-from idhub.oidc.errors import InsufficientScope, InvalidRequest, InvalidToken
+from idhub.oidc.errors import InsufficientScope, InvalidRequest, InvalidToken, MissingToken
 from idhub.oidc.params import (
     NoStoreJSON,
     context_of,
@@ -58,7 +58,7 @@ BEARER_PARAMETER = [
 def bearer_token(authorization: str | None) -> str:
     """Return the token of an ``Authorization: Bearer`` header (RFC 6750 §2.1)."""
     if authorization is None:
-        raise InvalidToken("a bearer access token is required")
+        raise MissingToken("a bearer access token is required")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token or len(token) > 16384:

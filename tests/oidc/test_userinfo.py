@@ -69,7 +69,9 @@ def test_userinfo_token_in_query_or_body_invalid_request(env: Env) -> None:
 
 def test_userinfo_missing_or_malformed_header_invalid_token(env: Env) -> None:
     tenant = env.tenant()
-    _assert_invalid_token(env.client.get(url(tenant, "userinfo")))
+    bare = env.client.get(url(tenant, "userinfo"))
+    assert bare.status_code == 401 and bare.content == b""  # RFC 6750 §3.1: no error code without a token
+    assert bare.headers["www-authenticate"] == 'Bearer realm="idhub"'
     _assert_invalid_token(env.client.get(url(tenant, "userinfo"), headers={"authorization": "Basic abc"}))
     _assert_invalid_token(env.client.get(url(tenant, "userinfo"), headers=_bearer("not.a.jwt")))
 
