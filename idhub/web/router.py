@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
 from idhub.deps import ContextDep, SessionDep, TenantDep, client_address
-from idhub.oidc.errors import AccessDenied
+from idhub.oidc.errors import AccessDenied, LoginRequired
 from idhub.oidc.interaction import (
     BROWSER_COOKIE,
     AuthorizationRequest,
@@ -175,7 +175,20 @@ async def login_submit(
         previous_cookie=request.cookies.get(cookie_name),
     )
     row.user_id, row.session_id = sso.user_id, sso.id
-    if await consent_needed(session, client=client, request=auth_request, user_id=sso.user_id):
+    hinted = auth_request.id_token_hint_sub
+    if hinted is not None and hinted != str(sso.user_id):
+        # OIDC Core §3.1.2.1: the id_token_hint named another user; the client gets an error, not a code.
+        try:
+            await complete_interaction(session, interaction_id=row.id)
+        except InteractionError as exc:
+            return error_page(exc.message, tenant=tenant, status=exc.status)
+        error = LoginRequired("the signed-in user is not the one named by id_token_hint")
+        response = _see_other(
+            error_redirect_url(
+                redirect_uri=auth_request.redirect_uri, issuer=tenant.issuer, error=error, state=auth_request.state
+            )
+        )
+    elif await consent_needed(session, client=client, request=auth_request, user_id=sso.user_id):
         response = _see_other(page)
     else:
         try:

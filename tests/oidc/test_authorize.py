@@ -464,3 +464,11 @@ def test_authorize_broken_uris_no_server_error(env: Env) -> None:
     assert get_authorize(env, tenant, base_params(client_id, redirect_uri="http://[::1")).status_code == 400
     response = get_authorize(env, tenant, base_params(client_id, resource="http://[::1"))
     assert_error_redirect(response, tenant, "invalid_target")
+
+
+def test_authorize_id_token_hint_other_user_signs_in_login_required(env: Env) -> None:
+    tenant, client_id = setup_client(env)
+    hint = _id_token(env, tenant, client_id, str(uuid.uuid4()))
+    query = sign_in(env, tenant, client_id, extra_params={"id_token_hint": hint})
+    assert query["error"] == "login_required" and "code" not in query
+    assert query["iss"] == tenant.issuer
