@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
+from fastapi import Request
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -27,8 +28,9 @@ from sqlalchemy.exc import IntegrityError
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
 from idhub.crypto import jwt
+from idhub.deps import client_address
 from idhub.oidc.errors import InvalidClient, InvalidRequest
-from idhub.oidc.params import Params
+from idhub.oidc.params import Params, context_of, header, read_form, tenant_of
 from idhub.storage.models import UsedJti
 from idhub.tenants.service import TenantInfo
 
@@ -268,3 +270,22 @@ async def authenticate_client(
     if client.is_public and not allow_public:
         raise InvalidClient("public clients cannot use this endpoint")
     return client
+
+
+async def authenticated_request(
+    request: Request, tenant_slug: str, *, endpoint: str, allow_public: bool = True
+) -> tuple[AppContext, TenantInfo, Params, ClientInfo]:
+    """Resolve the tenant, read the form and authenticate the calling client (back-channel endpoints)."""
+    ctx = context_of(request)
+    tenant = await tenant_of(ctx, tenant_slug)
+    params = await read_form(request)
+    client = await authenticate_client(
+        ctx,
+        tenant,
+        authorization=header(request, b"authorization"),
+        params=params,
+        address=client_address(request),
+        endpoint=endpoint,
+        allow_public=allow_public,
+    )
+    return ctx, tenant, params, client

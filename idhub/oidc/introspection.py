@@ -15,18 +15,13 @@ from fastapi import APIRouter, Request, Response
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
-from idhub.deps import client_address
-from idhub.oidc.client_auth import authenticate_client
+from idhub.oidc.client_auth import authenticated_request
 from idhub.oidc.params import (
     CLIENT_AUTH_FIELDS,
     NoStoreJSON,
-    context_of,
     form_request_body,
-    header,
     json_response,
     oauth_error_responses,
-    read_form,
-    tenant_of,
 )
 from idhub.storage.models import User
 from idhub.tenants.service import TenantInfo
@@ -145,18 +140,7 @@ async def introspect_token(
 )
 async def introspect(tenant: str, request: Request) -> Response:
     """Tell an authenticated client whether a token is active and what it carries."""
-    ctx = context_of(request)
-    info = await tenant_of(ctx, tenant)
-    params = await read_form(request)
-    client = await authenticate_client(
-        ctx,
-        info,
-        authorization=header(request, b"authorization"),
-        params=params,
-        address=client_address(request),
-        endpoint="introspect",
-        allow_public=False,
-    )
+    ctx, info, params, client = await authenticated_request(request, tenant, endpoint="introspect", allow_public=False)
     token = params.require("token")
     body = await introspect_token(ctx, info, client, token=token, hint=params.get("token_type_hint"))
     return NoStoreJSON(body)

@@ -14,17 +14,12 @@ from fastapi import APIRouter, Request, Response
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
-from idhub.deps import client_address
-from idhub.oidc.client_auth import authenticate_client
+from idhub.oidc.client_auth import authenticated_request
 from idhub.oidc.params import (
     CLIENT_AUTH_FIELDS,
     NO_STORE,
-    context_of,
     form_request_body,
-    header,
     oauth_error_responses,
-    read_form,
-    tenant_of,
 )
 from idhub.tenants.service import TenantInfo
 from idhub.tokens.refresh import find_refresh_token, revoke_grant
@@ -92,16 +87,6 @@ async def revoke_token(ctx: AppContext, tenant: TenantInfo, client: ClientInfo, 
 )
 async def revoke(tenant: str, request: Request) -> Response:
     """Revoke a refresh token (with its grant) or an access token of the calling client."""
-    ctx = context_of(request)
-    info = await tenant_of(ctx, tenant)
-    params = await read_form(request)
-    client = await authenticate_client(
-        ctx,
-        info,
-        authorization=header(request, b"authorization"),
-        params=params,
-        address=client_address(request),
-        endpoint="revoke",
-    )
+    ctx, info, params, client = await authenticated_request(request, tenant, endpoint="revoke")
     await revoke_token(ctx, info, client, token=params.require("token"))
     return Response(status_code=200, headers=NO_STORE)

@@ -16,9 +16,9 @@ from sqlalchemy import select, update
 from idhub.crypto.secrets import constant_time_equals
 from idhub.oidc.claims import user_claims
 from idhub.oidc.errors import InvalidGrant, InvalidRequest
-from idhub.oidc.grants.base import TokenRequest, choose_audience, default_audience, one_or_list
+from idhub.oidc.grants.base import TokenRequest, grant_audience, live_grant_user
 from idhub.storage.base import utcnow
-from idhub.storage.models import AuthorizationCode, Grant, User
+from idhub.storage.models import AuthorizationCode
 from idhub.tokens.refresh import issue_refresh_token, refresh_expiry, revoke_grant
 
 GRANT_TYPE = "authorization_code"
@@ -113,23 +113,8 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
     row = await consume_code(treq, code)
     try:
         check_code(row, redirect_uri=redirect_uri, verifier=verifier)
-        found = (
-            await session.execute(
-                select(Grant.created_at, Grant.revoked_at, User)
-                .join(User, User.id == Grant.user_id)
-                .where(Grant.id == row.grant_id, Grant.tenant_id == tenant.id)
-            )
-        ).first()
-        if found is None or found.revoked_at is not None:
-            raise InvalidGrant("the grant was revoked")
-        user: User = found.User
-        if not user.enabled:
-            raise InvalidGrant("the user is disabled")
-        audience = choose_audience(
-            treq.params,
-            allowed=row.resources or client.resources,
-            default=one_or_list(row.resources) if row.resources else default_audience(client),
-        )
+        grant_created_at, user = await live_grant_user(session, tenant_id=tenant.id, grant_id=row.grant_id)
+        audience = grant_audience(treq.params, client, row.resources or [])
     except InvalidGrant:
         await treq.uow.commit()  # the code stays consumed (single use, RFC 6749 §4.1.2)
         raise
@@ -178,7 +163,7 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
             auth_time=row.auth_time,
             amr=list(row.amr or ()),
             expires_at=refresh_expiry(
-                grant_created_at=found.created_at,
+                grant_created_at=grant_created_at,
                 now=now,
                 ttl=settings.refresh_token_ttl,
                 idle_ttl=settings.refresh_token_idle_ttl,

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
-from idhub.oidc.errors import InvalidScope, InvalidTarget
+from idhub.oidc.errors import InvalidGrant, InvalidScope, InvalidTarget
 from idhub.oidc.params import Params
+from idhub.storage.models import Grant, User
 from idhub.tenants.service import TenantInfo
 
 # RFC 6749 §3.3: scope = scope-token *( SP scope-token ), scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
@@ -113,3 +117,29 @@ def choose_audience(
 def one_or_list(values: list[str]) -> str | list[str]:
     """Return a single audience as a string, several as a list (RFC 7519 §4.1.3)."""
     return values[0] if len(values) == 1 else list(values)
+
+
+async def live_grant_user(session: AsyncSession, *, tenant_id: uuid.UUID, grant_id: str) -> tuple[datetime, User]:
+    """Return the grant's start and its user; a revoked grant or a disabled user is ``invalid_grant``."""
+    found = (
+        await session.execute(
+            select(Grant.created_at, Grant.revoked_at, User)
+            .join(User, User.id == Grant.user_id)
+            .where(Grant.id == grant_id, Grant.tenant_id == tenant_id)
+        )
+    ).first()
+    if found is None or found.revoked_at is not None:
+        raise InvalidGrant("the grant was revoked")
+    user: User = found.User
+    if not user.enabled:
+        raise InvalidGrant("the user is disabled")
+    return found.created_at, user
+
+
+def grant_audience(params: Params, client: ClientInfo, resources: list[str] | tuple[str, ...]) -> str | list[str]:
+    """Pick the audience for a user grant: resources bound at authorization, else the client's (RFC 8707)."""
+    return choose_audience(
+        params,
+        allowed=resources or client.resources,
+        default=one_or_list(list(resources)) if resources else default_audience(client),
+    )

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from idhub.oidc.claims import user_claims
 from idhub.oidc.errors import InvalidGrant
 from idhub.oidc.grants.base import (
     TokenRequest,
-    choose_audience,
-    default_audience,
+    grant_audience,
+    live_grant_user,
     narrow_scope,
-    one_or_list,
     requested_scopes,
 )
 from idhub.storage.base import utcnow
-from idhub.storage.models import Grant, User
 from idhub.tokens.refresh import (
     RefreshTokenRejected,
     issue_refresh_token,
@@ -47,23 +43,8 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
 
     # Failures from here on roll the rotation back: the token stays usable.
     scope = narrow_scope(requested, info.scope)  # RFC 6749 §6: may only narrow.
-    found = (
-        await session.execute(
-            select(Grant.created_at, Grant.revoked_at, User)
-            .join(User, User.id == Grant.user_id)
-            .where(Grant.id == info.grant_id, Grant.tenant_id == tenant.id)
-        )
-    ).first()
-    if found is None or found.revoked_at is not None:
-        raise InvalidGrant("the grant was revoked")
-    user: User = found.User
-    if not user.enabled:
-        raise InvalidGrant("the user is disabled")
-    audience = choose_audience(
-        treq.params,
-        allowed=info.resources or client.resources,
-        default=one_or_list(list(info.resources)) if info.resources else default_audience(client),
-    )
+    grant_created_at, user = await live_grant_user(session, tenant_id=tenant.id, grant_id=info.grant_id)
+    audience = grant_audience(treq.params, client, info.resources)
     auth_time = int(info.auth_time.timestamp()) if info.auth_time is not None else None
     access_token, ttl = await ctx.tokens.issue_access_token(
         tenant=tenant,
@@ -92,7 +73,7 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
         auth_time=info.auth_time,
         amr=info.amr,
         expires_at=refresh_expiry(
-            grant_created_at=found.created_at,
+            grant_created_at=grant_created_at,
             now=now,
             ttl=settings.refresh_token_ttl,
             idle_ttl=settings.refresh_token_idle_ttl,
