@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Every response: no MIME sniffing. Pages (text/html) also: no framing (clickjacking), no referrer
@@ -20,50 +22,78 @@ PAGE_HEADERS: list[tuple[bytes, bytes]] = [
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [NOSNIFF, *PAGE_HEADERS]
 
 
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _Series:
+    """Counts and latency histogram of one (route, method) pair."""
+
+    __slots__ = ("buckets", "statuses", "sum")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+
 class Metrics:
-    """The metrics idhub exports."""
+    """The metrics idhub exports, as one Prometheus collector.
+
+    prometheus_client's metric objects take a lock and walk label children on every update; the token
+    endpoint records thousands of requests per second, so updates here are plain dict and list
+    arithmetic and the exposition families are built only when ``/metrics`` is scraped. Updates run
+    on the event loop thread only (nothing here is touched from worker threads), so no lock is needed.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "idhub_http_requests_total",
-            "HTTP requests by route template, method and status",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "idhub_http_request_duration_seconds",
-            "HTTP request latency by route template",
-            ["route", "method"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-            registry=self.registry,
-        )
-        self.tokens_issued = Counter(
-            "idhub_tokens_issued_total",
-            "Tokens issued by grant type and token kind",
-            ["grant_type", "kind"],
-            registry=self.registry,
-        )
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._issued: dict[tuple[str, str], Any] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._issued: dict[tuple[str, str], int] = {}
+        self.registry.register(self)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Record one request (label children cached: this runs on every request)."""
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route, method))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Record one request's status and latency."""
+        series = self._series.get((route, method))
+        if series is None:
+            series = self._series[(route, method)] = _Series()
+        series.statuses[status] = series.statuses.get(status, 0) + 1
+        series.buckets[bisect_left(BUCKETS, seconds)] += 1
+        series.sum += seconds
 
     def count_issued(self, grant_type: str, kinds: list[str]) -> None:
-        """Count tokens issued by grant type and kind (label children cached: runs per token request)."""
+        """Count tokens issued by grant type and kind."""
+        issued = self._issued
         for kind in kinds:
-            child = self._issued.get((grant_type, kind))
-            if child is None:
-                child = self._issued[(grant_type, kind)] = self.tokens_issued.labels(grant_type, kind)
-            child.inc()
+            issued[(grant_type, kind)] = issued.get((grant_type, kind), 0) + 1
+
+    def issued(self, grant_type: str, kind: str) -> int:
+        """Return how many tokens of ``kind`` the grant issued so far."""
+        return self._issued.get((grant_type, kind), 0)
+
+    def collect(self) -> Iterator[Metric]:
+        """Build the exposition families (prometheus_client's custom collector protocol)."""
+        requests = CounterMetricFamily(
+            "idhub_http_requests",
+            "HTTP requests by route template, method and status",
+            labels=["route", "method", "status"],
+        )
+        latency = HistogramMetricFamily(
+            "idhub_http_request_duration_seconds", "HTTP request latency by route template", labels=["route", "method"]
+        )
+        for (route, method), series in sorted(self._series.items()):
+            for status, count in sorted(series.statuses.items()):
+                requests.add_metric([route, method, str(status)], count)
+            cumulative, total = [], 0
+            for bound, count in zip([*map(str, BUCKETS), "+Inf"], series.buckets, strict=True):
+                total += count
+                cumulative.append((bound, total))
+            latency.add_metric([route, method], cumulative, series.sum)
+        issued = CounterMetricFamily(
+            "idhub_tokens_issued", "Tokens issued by grant type and token kind", labels=["grant_type", "kind"]
+        )
+        for (grant_type, kind), count in sorted(self._issued.items()):
+            issued.add_metric([grant_type, kind], count)
+        yield from (requests, latency, issued)
 
     def render(self) -> bytes:
         """Return the exposition text."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ec import ECDSA
+from cryptography.hazmat.primitives.asymmetric.ec import ECDSA, EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -65,6 +65,23 @@ def sign(claims: dict[str, Any], key: SigningKeyType, *, alg: str, kid: str, typ
 _ECDSA_SHA256 = ECDSA(hashes.SHA256())
 
 
+# joserfc's ``ECKey.private_key`` property re-derives the cryptography object (with ABC isinstance
+# checks) on every access; the hot path remembers it per key object (few keys: one per tenant and state).
+_ec_private_keys: dict[int, tuple[ECKey, EllipticCurvePrivateKey]] = {}
+
+
+def _ec_private_key(key: ECKey) -> EllipticCurvePrivateKey:
+    entry = _ec_private_keys.get(id(key))
+    if entry is None or entry[0] is not key:
+        private = key.private_key
+        if not isinstance(private, EllipticCurvePrivateKey):
+            raise ValueError("an ES256 signing key must be a private EC key")
+        if len(_ec_private_keys) >= 1024:
+            _ec_private_keys.clear()
+        entry = _ec_private_keys[id(key)] = (key, private)
+    return entry[1]
+
+
 def _sign_es256(signing_input: bytes, key: ECKey) -> bytes:
     """Sign with ECDSA P-256/SHA-256 and encode ``R || S`` as 32-byte big-endian halves (RFC 7518 §3.4).
 
@@ -72,7 +89,7 @@ def _sign_es256(signing_input: bytes, key: ECKey) -> bytes:
     call; access tokens are signed thousands of times a second, so the hot path calls the primitive
     directly. Verification always goes through joserfc (tests check that joserfc verifies these).
     """
-    der = key.private_key.sign(signing_input, _ECDSA_SHA256)  # type: ignore[union-attr]
+    der = _ec_private_key(key).sign(signing_input, _ECDSA_SHA256)
     r, s = decode_dss_signature(der)
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import hmac
-import secrets
+import os
 
 
 def random_token(nbytes: int = 32) -> str:
     """Return a urlsafe random string carrying ``nbytes`` bytes of entropy."""
-    return secrets.token_urlsafe(nbytes)
+    return base64.urlsafe_b64encode(os.urandom(nbytes)).rstrip(b"=").decode()  # as secrets.token_urlsafe
 
 
 def constant_time_equals(a: str | bytes, b: str | bytes) -> bool:
@@ -36,7 +36,7 @@ class SecretHasher:
 
     def hash(self, secret: str) -> str:
         """Return the hex digest that is stored in place of ``secret``."""
-        return hmac.new(self._key, secret.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, secret.encode(), "sha256").hex()  # one-shot OpenSSL HMAC
 
     def verify(self, secret: str, stored_hash: str | None) -> bool:
         """Check ``secret`` against ``stored_hash`` in constant time."""

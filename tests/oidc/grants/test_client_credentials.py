@@ -86,10 +86,11 @@ def test_client_credentials_client_without_grant_unauthorized_client(env: Env) -
 def test_client_credentials_counts_issued_tokens(env: Env) -> None:
     tenant = env.tenant()
     client_id, secret = env.oauth_client(tenant, scope="api")
-    counter = env.ctx.metrics.tokens_issued.labels("client_credentials", "access_token")
-    before = counter._value.get()
+    before = env.ctx.metrics.issued("client_credentials", "access_token")
     post(env, tenant, "token", {"grant_type": "client_credentials"}, basic(client_id, secret or ""))
-    assert counter._value.get() == before + 1
+    assert env.ctx.metrics.issued("client_credentials", "access_token") == before + 1
+    exposition = env.client.get("/metrics").text
+    assert 'idhub_tokens_issued_total{grant_type="client_credentials",kind="access_token"}' in exposition
 
 
 def test_client_credentials_tenant_rs256_setting_signs_rs256_unless_client_overrides(env: Env) -> None:
