@@ -21,6 +21,9 @@ from idhub.oidc import authorize, discovery, introspection, logout, revocation, 
 from idhub.oidc.errors import InvalidClient, InvalidToken, MissingToken, OAuthError, ServerError
 from idhub.oidc.params import NO_STORE
 from idhub.ops import router as ops_router
+from idhub.scim.errors import ScimError
+from idhub.scim.router import router as scim_router
+from idhub.scim.router import scim_error_response
 from idhub.settings import Settings
 from idhub.storage.migrate import upgrade
 from idhub.web.router import router as web_router
@@ -51,14 +54,24 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _oauth_error(_request: Request, exc: OAuthError) -> Response:
         return oauth_error_response(exc)
 
+    @app.exception_handler(ScimError)
+    async def _scim_error(_request: Request, exc: ScimError) -> Response:
+        return scim_error_response(exc)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if "/scim/v2/" in request.url.path:
+            return scim_error_response(ScimError("malformed request parameters"))
         if request.url.path.startswith("/tenants/"):
             return oauth_error_response(OAuthError("malformed request parameters"))
         return JSONResponse({"detail": "invalid request"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if "/scim/v2/" in request.url.path or request.url.path.endswith("/scim/v2"):
+            error = ScimError(str(exc.detail))
+            error.status = exc.status_code
+            return scim_error_response(error)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -111,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (discovery, authorize, token, userinfo, introspection, revocation, logout):
         app.include_router(module.router, prefix=ISSUER_PREFIX)
     app.include_router(web_router, prefix=ISSUER_PREFIX)
+    app.include_router(scim_router, prefix=ISSUER_PREFIX)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Outermost: the hot back-channel POSTs skip the framework's router and middleware stack.
     app.add_middleware(token.BackChannelFastPath, metrics=metrics)

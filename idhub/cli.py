@@ -257,6 +257,37 @@ def keys_rotate(slug: str, as_json: bool) -> None:
     _emit(_run(work), as_json)
 
 
+@main.group("provisioning-token")
+def provisioning_token() -> None:
+    """Manage SCIM provisioning tokens for HR systems."""
+
+
+@provisioning_token.command("create")
+@click.option("--tenant", "slug", required=True)
+@click.option("--name", default="HR provisioning", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def provisioning_token_create(slug: str, name: str, as_json: bool) -> None:
+    """Create a SCIM bearer token; it is printed once and only its keyed hash is stored."""
+    from idhub.audit.service import Actor, record
+    from idhub.scim.tokens import create_provisioning_token
+
+    async def work(ctx: AppContext, session: AsyncSession) -> dict[str, Any]:
+        tenant = await require_tenant(session, slug)
+        row, token = await create_provisioning_token(session, tenant_id=tenant.id, name=name, hasher=ctx.secret_hasher)
+        await record(
+            session,
+            tenant_id=tenant.id,
+            actor=Actor(type="cli", id="operator"),
+            action="provisioning_token.create",
+            target_type="ProvisioningToken",
+            target_id=str(row.id),
+            details={"name": name},
+        )
+        return {"tenant": tenant.slug, "id": str(row.id), "token": token}
+
+    _emit(_run(work), as_json)
+
+
 @main.command("openapi")
 @click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None, help="file to write")
 def openapi_command(output: str | None) -> None:

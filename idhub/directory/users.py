@@ -65,9 +65,11 @@ async def create_user(
 
 
 async def find_user_by_username(session: AsyncSession, *, tenant_id: uuid.UUID, username: str) -> User | None:
-    """Return the user with ``username`` (case-insensitive) in the tenant."""
+    """Return the live (not deleted) user with ``username`` (case-insensitive) in the tenant."""
     return await session.scalar(
-        select(User).where(User.tenant_id == tenant_id, User.username == normalise_username(username))
+        select(User).where(
+            User.tenant_id == tenant_id, User.username == normalise_username(username), User.deleted_at.is_(None)
+        )
     )
 
 

@@ -1,21 +1,28 @@
 """All tables; importing this package registers them on ``Base.metadata``."""
 
+from idhub.storage.models.audit import AuditEvent
 from idhub.storage.models.client import Client
 from idhub.storage.models.consent import Consent
 from idhub.storage.models.grant import AuthorizationCode, Grant, RefreshToken
+from idhub.storage.models.group import Group, GroupMember
 from idhub.storage.models.interaction import Interaction
 from idhub.storage.models.key import SigningKey
+from idhub.storage.models.provisioning import ProvisioningToken
 from idhub.storage.models.revocation import Revocation, UsedJti
 from idhub.storage.models.session import UserSession
 from idhub.storage.models.tenant import Tenant
-from idhub.storage.models.user import User
+from idhub.storage.models.user import User, UserValue
 
 __all__ = [
+    "AuditEvent",
     "AuthorizationCode",
     "Client",
     "Consent",
     "Grant",
+    "Group",
+    "GroupMember",
     "Interaction",
+    "ProvisioningToken",
     "RefreshToken",
     "Revocation",
     "SigningKey",
@@ -23,4 +30,5 @@ __all__ = [
     "UsedJti",
     "User",
     "UserSession",
+    "UserValue",
 ]

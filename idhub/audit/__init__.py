@@ -1,0 +1,1 @@
+"""The audit log: every change is recorded with its actor in the change's own transaction."""

@@ -1,0 +1,29 @@
+"""The audit log: one row per change, written in the same transaction as the change."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from idhub.storage.base import Base, new_uuid, utcnow
+
+
+class AuditEvent(Base):
+    """Who (``actor_type``/``actor_id``) did what (``action``) to which object, and when."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_tenant_id_occurred_at", "tenant_id", "occurred_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_uuid)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor_type: Mapped[str] = mapped_column(String(32))
+    actor_id: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
