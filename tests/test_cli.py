@@ -214,3 +214,15 @@ def test_cli_init_admin_client_gets_token_by_client_credentials(
     body = response.json()
     assert body["token_type"].lower() == "bearer"
     assert body["scope"] == "idhub:admin"
+
+
+def test_cli_provisioning_token_create_shown_once_stored_hashed(
+    cli_env: dict[str, str], tenant: dict[str, Any]
+) -> None:
+    result = _ok_json(_invoke(cli_env, "provisioning-token", "create", "--tenant", tenant["tenant"], "--json"))
+    assert set(result) == {"tenant", "id", "token"} and result["token"].startswith("idhub_pt_")
+    assert len(result["token"]) >= 40
+
+
+def test_cli_provisioning_token_unknown_tenant_one_line_error(cli_env: dict[str, str]) -> None:
+    _assert_one_line_error(_invoke(cli_env, "provisioning-token", "create", "--tenant", "no-such-tenant"))

@@ -54,7 +54,7 @@ def _basic(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{quote(client_id, safe='')}:{quote(secret, safe='')}".encode()).decode()
 
 
-def _strategy(operation: Any, slug: str, client_id: str, secret: str) -> st.SearchStrategy[Case]:
+def _strategy(operation: Any, slug: str, client_id: str, secret: str, scim: dict[str, str]) -> st.SearchStrategy[Case]:
     """Mix cases aimed at the real tenant (and client) with fully random ones, valid and invalid."""
     names = {parameter.name for parameter in operation.iter_parameters()}
     strategies = [
@@ -74,7 +74,25 @@ def _strategy(operation: Any, slug: str, client_id: str, secret: str) -> st.Sear
             # Authenticated as a real client, so token/introspection/revocation bodies get past client auth.
             headers = {"Authorization": _basic(client_id, secret)}
             strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=real, headers=headers))
+        if "/scim/v2/" in operation.path:
+            # Authenticated with a provisioning token, aimed at a real user and group as well as random ids.
+            headers = {"Authorization": f"Bearer {scim['token']}"}
+            ids = {name: scim[name] for name in ("user_id", "group_id") if name in names}
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                strategies.append(operation.as_strategy(mode, path_parameters={**real, **ids}, headers=headers))
     return st.one_of(strategies)
+
+
+def _scim_targets(env: Env, tenant: Any) -> dict[str, str]:
+    """Create a provisioning token, a user and a group to aim SCIM cases at."""
+    from tests.scim.conftest import GROUP_URN, USER_URN, provisioning_token
+
+    token = provisioning_token(env, tenant)
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/scim+json"}
+    base = f"/tenants/{tenant.slug}/scim/v2"
+    user = env.client.post(f"{base}/Users", json={"schemas": [USER_URN], "userName": "fuzz"}, headers=headers)
+    group = env.client.post(f"{base}/Groups", json={"schemas": [GROUP_URN], "displayName": "fuzz"}, headers=headers)
+    return {"token": token, "user_id": user.json()["id"], "group_id": group.json()["id"]}
 
 
 def test_schemathesis_every_operation_no_server_error(env: Env) -> None:
@@ -84,13 +102,14 @@ def test_schemathesis_every_operation_no_server_error(env: Env) -> None:
     client_id, secret = env.oauth_client(
         tenant, redirect_uris=[REDIRECT_URI], grant_types=["authorization_code", "refresh_token", "client_credentials"]
     )
+    scim = _scim_targets(env, tenant)
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
     assert operations, "the served OpenAPI document lists no operations"
 
     for operation in operations:
 
-        @given(case=_strategy(operation, tenant.slug, client_id, secret or ""))
+        @given(case=_strategy(operation, tenant.slug, client_id, secret or "", scim))
         @hypothesis.settings(
             max_examples=MAX_EXAMPLES,
             deadline=None,

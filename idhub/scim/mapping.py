@@ -12,7 +12,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from idhub.directory.users import normalise_username
+from idhub.directory.users import USERNAME_RE, normalise_username
+from idhub.scim.errors import InvalidValue
 from idhub.storage.models import Group, User, UserValue
 
 USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -146,7 +147,11 @@ def apply_user_resource(user: User, resource: Resource) -> list[dict[str, Any]]:
     §3.5.1) and, since PATCH is applied to the whole resource first, PATCH too.
     """
     user_name = str(resource["userName"])
-    user.username = normalise_username(user_name)
+    username = normalise_username(user_name)
+    if not USERNAME_RE.fullmatch(username):
+        # The directory's one rule for usernames, whichever surface creates the account.
+        raise InvalidValue("userName must be 1-255 characters without spaces or control characters")
+    user.username = username
     user.user_name = user_name
     for attr, column in USER_COLUMNS.items():
         setattr(user, column, resource.get(attr))

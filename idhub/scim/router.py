@@ -20,7 +20,8 @@ from idhub.scim.service import ListQuery, ScimService
 SCIM_MEDIA_TYPE = "application/scim+json"
 LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
-MAX_BODY = 1024 * 1024  # a single resource; /Bulk has its own advertised maxPayloadSize
+MAX_BODY = 1024 * 1024
+MAX_START_INDEX = 2**31 - 1  # a single resource; /Bulk has its own advertised maxPayloadSize
 
 router = APIRouter(prefix="/scim/v2", tags=["scim"])
 
@@ -124,7 +125,8 @@ def list_query(params: dict[str, Any]) -> ListQuery:
         filter=text("filter"),
         sort_by=text("sortBy"),
         sort_order=sort_order,
-        start_index=1 if start is None or start < 1 else start,  # RFC 7644 §3.4.2.4: < 1 is 1
+        # RFC 7644 §3.4.2.4: < 1 is 1; past any real result set is simply an empty page.
+        start_index=1 if start is None or start < 1 else min(start, MAX_START_INDEX),
         count=number("count"),
     )
 
