@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from idhub.storage import models  # noqa: F401  (registers every table)
-from idhub.storage.base import Base
+from idhub.storage.base import Base, include_for_dialect
 from idhub.storage.engine import create_engine
 
 config = context.config
@@ -21,6 +21,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_for_dialect(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -121,10 +121,9 @@ class ScimService:
         conditions = [User.tenant_id == self.tenant.id, User.deleted_at.is_(None)]
         if q.filter is not None:
             conditions.append(query.user_filter(parse_filter(q.filter), tenant_id=self.tenant.id))
-        total = await self.session.scalar(select(func.count()).select_from(User).where(*conditions)) or 0
         count = _page_size(q.count)
         if count == 0:
-            return total, []
+            return await self._count(User, conditions), []
         order = _order(query.user_sort(q.sort_by), q.sort_order) if q.sort_by else []
         stmt = (
             select(User)
@@ -134,6 +133,7 @@ class ScimService:
             .limit(count)
         )
         users = list((await self.session.scalars(stmt)).all())
+        total = await self._total(User, conditions, q.start_index, count, len(users))
         return total, await self._user_resources(users)
 
     async def user_resource(self, user: User) -> Resource:
@@ -313,10 +313,9 @@ class ScimService:
         conditions = [Group.tenant_id == self.tenant.id]
         if q.filter is not None:
             conditions.append(query.group_filter(parse_filter(q.filter), tenant_id=self.tenant.id))
-        total = await self.session.scalar(select(func.count()).select_from(Group).where(*conditions)) or 0
         count = _page_size(q.count)
         if count == 0:
-            return total, []
+            return await self._count(Group, conditions), []
         order = _order(query.group_sort(q.sort_by), q.sort_order) if q.sort_by else []
         stmt = (
             select(Group)
@@ -326,6 +325,7 @@ class ScimService:
             .limit(count)
         )
         groups = list((await self.session.scalars(stmt)).all())
+        total = await self._total(Group, conditions, q.start_index, count, len(groups))
         return total, [await self.group_resource(g, with_members=with_members) for g in groups]
 
     async def group_resource(self, group: Group, *, with_members: bool = True) -> Resource:
@@ -479,6 +479,22 @@ class ScimService:
         return group
 
     # --- shared ---------------------------------------------------------------------------------
+    async def _count(self, model: type[User] | type[Group], conditions: list[ColumnElement[bool]]) -> int:
+        return await self.session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0
+
+    async def _total(
+        self,
+        model: type[User] | type[Group],
+        conditions: list[ColumnElement[bool]],
+        start_index: int,
+        count: int,
+        found: int,
+    ) -> int:
+        """Return ``totalResults``; a short first page already is the whole result, so no COUNT runs."""
+        if (start_index <= 1 and found < count) or (found and found < count):
+            return max(start_index, 1) - 1 + found
+        return await self._count(model, conditions)
+
     @staticmethod
     def _check_if_match(version: int, if_match: str | None) -> None:
         """Refuse a write whose ``If-Match`` names another version (RFC 7644 §3.14, RFC 7232 §3.1)."""

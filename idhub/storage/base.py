@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,3 +59,19 @@ def utcnow() -> datetime:
 def new_uuid() -> uuid.UUID:
     """Return a random UUID for a primary key."""
     return uuid.uuid4()
+
+
+def include_for_dialect(dialect_name: str) -> Callable[..., bool]:
+    """Return an Alembic ``include_object`` hook that skips objects meant for another database.
+
+    Objects declared with ``.ddl_if(dialect=...)`` (the PostgreSQL-only trigram index) exist only on
+    that database, so autogenerate must not expect them elsewhere.
+    """
+
+    def include(obj: Any, _name: str | None, _type: str, _reflected: bool, _compare_to: Any) -> bool:
+        ddl_if = getattr(obj, "_ddl_if", None)
+        if ddl_if is not None and ddl_if.dialect is not None:
+            return bool(ddl_if.dialect == dialect_name)
+        return True
+
+    return include

@@ -17,7 +17,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, make_url
 
 from idhub.storage import models  # noqa: F401  (registers every table)
-from idhub.storage.base import Base
+from idhub.storage.base import Base, include_for_dialect
 from idhub.storage.engine import create_engine
 from idhub.storage.migrate import alembic_config, upgrade
 from tests.conftest import PG_ENV, _pg_reachable, postgres_url
@@ -25,7 +25,13 @@ from tests.conftest import PG_ENV, _pg_reachable, postgres_url
 
 def _diff(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(
-        connection, opts={"compare_type": True, "compare_server_default": True, "target_metadata": Base.metadata}
+        connection,
+        opts={
+            "compare_type": True,
+            "compare_server_default": True,
+            "target_metadata": Base.metadata,
+            "include_object": include_for_dialect(connection.dialect.name),
+        },
     )
     return list(compare_metadata(context, Base.metadata))
 

@@ -34,7 +34,16 @@ class User(Base):
             sqlite_where=text("deleted_at IS NULL"),
             postgresql_where=text("deleted_at IS NULL"),
         ),
-        Index("ix_user_tenant_id_external_id", "tenant_id", "external_id"),
+        # Not (tenant_id, external_id): a second index led by tenant_id lures the planner away from the
+        # username index when statistics are stale (as right after a bulk onboarding).
+        Index("ix_user_external_id", "external_id"),
+        # PostgreSQL only: trigram index so SCIM ``co``/``sw``/``ew`` on userName use an index, not a scan.
+        Index(
+            "ix_user_username_trgm",
+            "username",
+            postgresql_using="gin",
+            postgresql_ops={"username": "gin_trgm_ops"},
+        ).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_uuid)
