@@ -328,8 +328,15 @@ async def search_all(request: Request, service: ServiceDep) -> Response:
     found: list[Resource] = []
     total = 0
     start, count = q.start_index, q.count
+    refused: list[errors.InvalidFilter] = []
     for rt, runner in ((schemas.USER_TYPE, service.list_users), (schemas.GROUP_TYPE, service.list_groups)):
-        sub_total, _ = await runner(ListQuery(filter=q.filter, count=0))
+        try:
+            sub_total, _ = await runner(ListQuery(filter=q.filter, count=0))
+        except errors.InvalidFilter as exc:
+            # An attribute this resource type lacks matches none of its resources (RFC 7644 §3.4.2:
+            # a root query covers every type "subject to filtering"); a filter no type knows is an error.
+            refused.append(exc)
+            continue
         offset = max(start - 1 - total, 0)
         want = (100 if count is None else min(max(count, 0), 1000)) - len(found)
         if want > 0 and offset < sub_total:
@@ -340,6 +347,8 @@ async def search_all(request: Request, service: ServiceDep) -> Response:
             )
             found.extend(project(rt, r, attributes=attributes, excluded=excluded) for r in page)
         total += sub_total
+    if len(refused) == 2:
+        raise refused[0]
     body = {
         "schemas": [LIST_SCHEMA],
         "totalResults": total,
