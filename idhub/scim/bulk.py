@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -28,7 +28,6 @@ BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 BULK_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
 BULK_ID_RE = re.compile(r"^bulkId:(.{1,200})$")
 METHODS = ("POST", "PUT", "PATCH", "DELETE")
-INSERT_CHUNK = 250  # rows per multi-row INSERT: about 9,000 bind parameters, under every driver's limit
 
 
 class UnresolvedBulkId(errors.ScimError):
@@ -284,12 +283,12 @@ async def _insert_users(
     session = service.session
     dialect = service.ctx.engine.dialect.name
     builder = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    inserted: set[uuid.UUID] = set()
-    rows = [row for _, row, _ in prepared]
-    for chunk_start in range(0, len(rows), INSERT_CHUNK):
-        chunk = rows[chunk_start : chunk_start + INSERT_CHUNK]
-        statement = builder(User).values(chunk).on_conflict_do_nothing().returning(User.id)
-        inserted.update((await session.execute(statement)).scalars().all())
+    table = cast(Table, User.__table__)
+    # One cached statement run as executemany: SQLAlchemy batches it into multi-row VALUES itself
+    # ("insertmanyvalues"), without compiling a new statement for every batch.
+    statement = builder(table).on_conflict_do_nothing().returning(table.c.id)
+    result = await session.execute(statement, [row for _, row, _ in prepared])
+    inserted: set[uuid.UUID] = set(result.scalars().all())
     fresh = [(row, values) for _, row, values in prepared if row["id"] in inserted]
     value_rows = [{"id": uuid.uuid4(), "user_id": row["id"], **value} for row, values in fresh for value in values]
     if value_rows:
