@@ -16,6 +16,7 @@ from idhub.directory.passwords import PasswordHasher
 from idhub.metrics import Metrics
 from idhub.settings import Settings
 from idhub.storage.engine import create_engine, create_sessionmaker
+from idhub.storage.statistics import StatisticsRefresher
 from idhub.tenants.service import TenantCache
 from idhub.throttle import RedisCounter, Throttle
 from idhub.tokens.revocation import RevocationState
@@ -42,11 +43,13 @@ class AppContext:
     tokens: TokenService
     throttle: Throttle
     metrics: Metrics
+    statistics: StatisticsRefresher
     redis: Any = None
 
     async def close(self) -> None:
         """Stop background work and release connections."""
         await self.revocations.stop()
+        await self.statistics.wait()
         self.tokens.close()
         if self.redis is not None:
             await self.redis.aclose()
@@ -85,5 +88,6 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         tokens=TokenService(keys=keys, revocations=revocations, settings=settings.tokens),
         throttle=throttle,
         metrics=metrics or Metrics(),
+        statistics=StatisticsRefresher(engine),
         redis=redis,
     )

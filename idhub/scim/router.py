@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Request, Response
 
 from idhub.audit.service import Actor
 from idhub.deps import ContextDep, SessionDep, TenantDep
@@ -360,10 +360,14 @@ async def search_all(request: Request, service: ServiceDep) -> Response:
 
 
 @router.post("/Bulk", summary="Bulk operations (RFC 7644 §3.7)", responses=ERRORS, openapi_extra=BODY)
-async def bulk(request: Request, service: ServiceDep) -> Response:
+async def bulk(request: Request, service: ServiceDep, background: BackgroundTasks) -> Response:
     """Run up to ``maxOperations`` operations; 413 before anything runs when over the advertised limits."""
     body = await read_json(request, limit=discovery.BULK_MAX_PAYLOAD)
-    return scim_json(await run_bulk(service, body))
+    answer = await run_bulk(service, body)
+    created = sum(1 for op in answer["Operations"] if op.get("status") == "201")
+    # After the response (so after the commit): refresh planner statistics once enough rows arrived.
+    background.add_task(service.ctx.statistics.inserted, ("user", "user_value"), created)
+    return scim_json(answer)
 
 
 def _search_params(body: dict[str, Any]) -> dict[str, Any]:

@@ -179,8 +179,8 @@ class ScimService:
                 if parent not in seen:
                     seen.add(parent)
                     frontier.add(parent)
-        rows = await self.session.execute(select(Group.id, Group.display_name).where(Group.id.in_(seen)))
-        names = {gid: name for gid, name in rows}
+        group_rows = await self.session.execute(select(Group.id, Group.display_name).where(Group.id.in_(seen)))
+        names = {gid: name for gid, name in group_rows}
         out: dict[uuid.UUID, list[dict[str, Any]]] = {}
         by_user: dict[uuid.UUID, set[uuid.UUID]] = {}
         for uid, gid in direct:
