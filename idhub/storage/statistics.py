@@ -31,8 +31,11 @@ class StatisticsRefresher:
         self._baseline: dict[tuple[str, ...], int] = {}
         self._running: dict[tuple[str, ...], asyncio.Task[None]] = {}
 
-    def inserted(self, tables: tuple[str, ...], rows: int) -> None:
-        """Note ``rows`` new rows (committed) in ``tables``; start one background ANALYZE when due."""
+    async def inserted(self, tables: tuple[str, ...], rows: int) -> None:
+        """Note ``rows`` new rows (committed) in ``tables``; start one background ANALYZE when due.
+
+        A coroutine so that, as a background task, it runs on the event loop (not in a thread).
+        """
         if not self._enabled or rows <= 0:
             return
         pending = self._pending.get(tables, 0) + rows

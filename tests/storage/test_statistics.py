@@ -11,9 +11,9 @@ from tests.conftest import Env
 def test_statistics_refresher_analyzes_after_enough_rows_on_postgresql(env: Env) -> None:
     async def work() -> tuple[bool, int]:
         refresher = StatisticsRefresher(env.ctx.engine)
-        refresher.inserted(("user",), MIN_ROWS - 1)
+        await refresher.inserted(("user",), MIN_ROWS - 1)
         started_early = bool(refresher._running)
-        refresher.inserted(("user",), 1)
+        await refresher.inserted(("user",), 1)
         await refresher.wait()
         if env.backend != "postgresql":
             return started_early, 1
