@@ -14,6 +14,7 @@ from idhub.crypto.keys import KeyStore
 from idhub.crypto.secrets import SecretHasher
 from idhub.directory.passwords import PasswordHasher
 from idhub.metrics import Metrics
+from idhub.scim.tokens import ProvisioningTokenCache
 from idhub.settings import Settings
 from idhub.storage.engine import create_engine, create_sessionmaker
 from idhub.storage.statistics import StatisticsRefresher
@@ -44,6 +45,7 @@ class AppContext:
     throttle: Throttle
     metrics: Metrics
     statistics: StatisticsRefresher
+    provisioning_tokens: ProvisioningTokenCache
     redis: Any = None
 
     async def close(self) -> None:
@@ -63,6 +65,7 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
     sessionmaker = create_sessionmaker(engine)
     sealer = Sealer(master)
     keys = KeyStore(sessionmaker, sealer)
+    secret_hasher = SecretHasher(derive_key(master, "secret-hash"))
     revocations = RevocationState(
         sessionmaker, poll_seconds=settings.revocation_poll_seconds, redis_url=settings.redis_url
     )
@@ -78,7 +81,7 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         engine=engine,
         sessionmaker=sessionmaker,
         sealer=sealer,
-        secret_hasher=SecretHasher(derive_key(master, "secret-hash")),
+        secret_hasher=secret_hasher,
         cookie_key=derive_key(master, "cookies"),
         passwords=PasswordHasher(settings.passwords),
         keys=keys,
@@ -89,5 +92,6 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         throttle=throttle,
         metrics=metrics or Metrics(),
         statistics=StatisticsRefresher(engine),
+        provisioning_tokens=ProvisioningTokenCache(sessionmaker, secret_hasher),
         redis=redis,
     )

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from idhub.audit.service import Actor
 from idhub.context import AppContext
 from idhub.scim import errors
-from idhub.scim.tokens import TOKEN_PREFIX, find_provisioning_token
+from idhub.scim.tokens import TOKEN_PREFIX
 from idhub.tenants.service import TenantInfo
 from idhub.tokens.service import TokenInvalid
 
@@ -34,10 +34,10 @@ async def authenticate(ctx: AppContext, session: AsyncSession, tenant: TenantInf
     """
     token = bearer(authorization)
     if token.startswith(TOKEN_PREFIX):
-        row = await find_provisioning_token(session, tenant_id=tenant.id, token=token, hasher=ctx.secret_hasher)
-        if row is None:
+        info = await ctx.provisioning_tokens.find(tenant_id=tenant.id, token=token)
+        if info is None:
             raise errors.Unauthorized("the provisioning token is not valid")
-        return Actor(type="provisioning_token", id=str(row.id))
+        return Actor(type="provisioning_token", id=str(info.id))
     try:
         claims = await ctx.tokens.validate_access_token(tenant=tenant, token=token)
     except TokenInvalid as exc:
