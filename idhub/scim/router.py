@@ -145,6 +145,20 @@ def _projection(params: dict[str, Any]) -> tuple[list[str] | None, list[str] | N
     return names("attributes"), names("excludedAttributes")
 
 
+def _project(
+    rt: schemas.ResourceType, resource: Resource, attributes: list[str] | None, excluded: list[str] | None
+) -> Resource:
+    """Apply ``attributes``/``excludedAttributes`` (RFC 7644 §3.9).
+
+    Without either, the default set is the whole stored resource: the service never puts ``password``
+    (``returned: never``) into a resource and no attribute is ``returned: request``, so projecting would
+    copy it unchanged (and a page of 100 users would spend milliseconds doing so).
+    """
+    if attributes is None and excluded is None:
+        return resource
+    return project(rt, resource, attributes=attributes, excluded=excluded)
+
+
 def _list_response(
     rt: schemas.ResourceType, total: int, start: int, resources: list[Resource], params: dict[str, Any]
 ) -> Response:
@@ -154,7 +168,7 @@ def _list_response(
         "totalResults": total,
         "startIndex": start,
         "itemsPerPage": len(resources),
-        "Resources": [project(rt, r, attributes=attributes, excluded=excluded) for r in resources],
+        "Resources": [_project(rt, r, attributes, excluded) for r in resources],
     }
     return scim_json(body)
 

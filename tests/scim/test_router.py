@@ -493,3 +493,15 @@ def test_bulk_user_batch_many_created_with_values(scim: Scim) -> None:
 def test_unknown_scim_path_404_scim_error(scim: Scim) -> None:
     _error(scim.request("GET", "/Me"), 404)
     _error(scim.env.client.get("/tenants/no-such-tenant/scim/v2/Users"), 404)
+
+
+def test_default_projection_shortcut_holds_no_attribute_returned_on_request_only() -> None:
+    from idhub.scim import schemas
+
+    # The router returns stored resources unprojected when no attributes are asked for; that is only
+    # right while no attribute is ``returned: request`` (and ``password`` never enters a resource).
+    for rt in (schemas.USER_TYPE, schemas.GROUP_TYPE):
+        for schema in (rt.schema, *(ext for ext, _ in rt.extensions)):
+            for attribute in schema.attributes:
+                assert attribute.returned != "request", attribute.name
+                assert all(sub.returned != "request" for sub in attribute.sub_attributes), attribute.name
