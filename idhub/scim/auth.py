@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from idhub.audit.service import Actor
 from idhub.context import AppContext
 from idhub.scim import errors
@@ -25,7 +23,7 @@ def bearer(authorization: str | None) -> str:
     return token
 
 
-async def authenticate(ctx: AppContext, session: AsyncSession, tenant: TenantInfo, authorization: str | None) -> Actor:
+async def authenticate(ctx: AppContext, tenant: TenantInfo, authorization: str | None) -> Actor:
     """Return the caller of a SCIM request, or raise 401 (wrong tenant, revoked, expired) / 403 (no ``scim``).
 
     A provisioning token is looked up by its keyed hash within this tenant only; an access token must

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -13,9 +12,10 @@ from idhub.deps import ContextDep, SessionDep, TenantDep
 from idhub.scim import discovery, errors, schemas
 from idhub.scim.auth import authenticate
 from idhub.scim.bulk import run_bulk
-from idhub.scim.mapping import Resource, etag
+from idhub.scim.mapping import Resource
 from idhub.scim.projection import parse_attribute_list, project
 from idhub.scim.service import ListQuery, ScimService
+from idhub.tenants.service import TenantInfo
 
 SCIM_MEDIA_TYPE = "application/scim+json"
 LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
@@ -50,15 +50,15 @@ def scim_json(body: Any, *, status: int = 200, headers: dict[str, str] | None = 
     return Response(orjson.dumps(body), status_code=status, media_type=SCIM_MEDIA_TYPE, headers=headers)
 
 
-def base_url(request: Request, tenant: TenantDep) -> str:
+def base_url(tenant: TenantInfo) -> str:
     """Return the SCIM base URL of the tenant (``{issuer}/scim/v2``)."""
     return f"{tenant.issuer}/scim/v2"
 
 
 async def scim_service(request: Request, ctx: ContextDep, session: SessionDep, tenant: TenantDep) -> ScimService:
     """Authenticate the caller and return the service for this request."""
-    actor: Actor = await authenticate(ctx, session, tenant, request.headers.get("authorization"))
-    return ScimService(ctx=ctx, session=session, tenant=tenant, actor=actor, base_url=base_url(request, tenant))
+    actor: Actor = await authenticate(ctx, tenant, request.headers.get("authorization"))
+    return ScimService(ctx=ctx, session=session, tenant=tenant, actor=actor, base_url=base_url(tenant))
 
 
 ServiceDep = Annotated[ScimService, Depends(scim_service)]
@@ -191,33 +191,33 @@ def _members_wanted(params: dict[str, Any]) -> bool:
 
 # --- discovery (RFC 7644 §4): open to anyone, they describe the server, not the tenant's data ---------
 @router.get("/ServiceProviderConfig", summary="Service provider configuration (RFC 7644 §4)", responses=ERRORS)
-async def service_provider_config(request: Request, tenant: TenantDep) -> Response:
+async def service_provider_config(tenant: TenantDep) -> Response:
     """Describe what this SCIM service supports."""
-    return scim_json(discovery.service_provider_config(base_url(request, tenant)))
+    return scim_json(discovery.service_provider_config(base_url(tenant)))
 
 
 @router.get("/ResourceTypes", summary="Resource types (RFC 7644 §4)", responses=ERRORS)
-async def resource_types(request: Request, tenant: TenantDep) -> Response:
+async def resource_types(tenant: TenantDep) -> Response:
     """List the resource types."""
-    return scim_json(discovery.resource_types(base_url(request, tenant)))
+    return scim_json(discovery.resource_types(base_url(tenant)))
 
 
 @router.get("/ResourceTypes/{name}", summary="One resource type", responses=ERRORS)
-async def resource_type(name: str, request: Request, tenant: TenantDep) -> Response:
+async def resource_type(name: str, tenant: TenantDep) -> Response:
     """Return one resource type."""
-    return scim_json(discovery.resource_type(base_url(request, tenant), name))
+    return scim_json(discovery.resource_type(base_url(tenant), name))
 
 
 @router.get("/Schemas", summary="Schemas (RFC 7644 §4, RFC 7643 §7)", responses=ERRORS)
-async def schemas_list(request: Request, tenant: TenantDep) -> Response:
+async def schemas_list(tenant: TenantDep) -> Response:
     """List the schemas."""
-    return scim_json(discovery.schemas_list(base_url(request, tenant)))
+    return scim_json(discovery.schemas_list(base_url(tenant)))
 
 
 @router.get("/Schemas/{schema_id}", summary="One schema", responses=ERRORS)
-async def schema_one(schema_id: str, request: Request, tenant: TenantDep) -> Response:
+async def schema_one(schema_id: str, tenant: TenantDep) -> Response:
     """Return one schema."""
-    return scim_json(discovery.schema(base_url(request, tenant), schema_id))
+    return scim_json(discovery.schema(base_url(tenant), schema_id))
 
 
 # --- Users ------------------------------------------------------------------------------------------
@@ -408,7 +408,3 @@ def _conditional(rt: schemas.ResourceType, resource: Resource, request: Request,
 async def unknown(rest: str) -> Response:
     """Answer unknown SCIM paths with a SCIM 404 (``/Me`` is not offered: callers are clients, not users)."""
     raise errors.NotFound(f"no SCIM endpoint at /{rest[:100]}")
-
-
-Handler = Callable[..., Awaitable[Response]]
-__all__ = ["etag", "router", "scim_error_response"]
