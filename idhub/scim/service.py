@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select
+from sqlalchemy import ColumnElement, delete, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
@@ -126,8 +126,9 @@ class ScimService:
             return await self._count(User, conditions), []
         order = _order(query.user_sort(q.sort_by), q.sort_order) if q.sort_by else []
         # The total rides along as a window count, so a filter that must scan (a short substring) scans once.
+        is_member = exists().where(GroupMember.user_id == User.id)
         stmt = (
-            select(User, func.count().over().label("total"))
+            select(User, func.count().over().label("total"), is_member.label("is_member"))
             .where(*conditions)
             .order_by(*order, User.created_at, User.id)
             .offset(max(q.start_index, 1) - 1)
@@ -139,20 +140,23 @@ class ScimService:
             total = int(rows[0][1])
         else:
             total = await self._total(User, conditions, q.start_index, count, 0)
-        return total, await self._user_resources(users)
+        members = {row[0].id for row in rows if row[2]}
+        return total, await self._user_resources(users, members)
 
     async def user_resource(self, user: User) -> Resource:
         """Return the SCIM representation of one loaded user."""
         return (await self._user_resources([user]))[0]
 
-    async def _user_resources(self, users: list[User]) -> list[Resource]:
+    async def _user_resources(self, users: list[User], members: set[uuid.UUID] | None = None) -> list[Resource]:
+        """Build resources; ``members`` (when known) are the users in any group, the others skip that query."""
         if not users:
             return []
         ids = [user.id for user in users]
         values: dict[uuid.UUID, list[UserValue]] = {uid: [] for uid in ids}
         for row in (await self.session.scalars(select(UserValue).where(UserValue.user_id.in_(ids)))).all():
             values[row.user_id].append(row)
-        groups = await self._groups_of(ids)
+        in_groups = ids if members is None else [uid for uid in ids if uid in members]
+        groups = await self._groups_of(in_groups) if in_groups else {}
         return [mapping.user_resource(u, values[u.id], groups.get(u.id, []), self.base_url) for u in users]
 
     async def _groups_of(self, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:

@@ -343,6 +343,10 @@ def test_groups_members_nested_and_user_groups(scim: Scim) -> None:
     assert member_types == {inner["id"]: "Group"}
     groups = {g["value"]: g["type"] for g in scim.request("GET", f"/Users/{alice['id']}").json()["groups"]}
     assert groups == {inner["id"]: "direct", outer["id"]: "indirect"}
+    scim.create_user("loner")
+    listed = {r["userName"]: r for r in scim.request("GET", "/Users").json()["Resources"]}
+    assert {g["value"] for g in listed["alice"]["groups"]} == {inner["id"], outer["id"]}
+    assert "groups" not in listed["loner"]
     cycle = {
         "schemas": [PATCH_URN],
         "Operations": [{"op": "add", "path": "members", "value": [{"value": outer["id"]}]}],
