@@ -114,7 +114,7 @@ async def run_bulk(service: ScimService, body: dict[str, Any]) -> dict[str, Any]
             if len(run) > 1:
                 for i, result in zip(run, await _create_users(service, [operations[i] for i in run]), strict=True):
                     results[i] = result
-                    failures += result["status"] >= "400"
+                    failures += _failed(result)
                     if result["status"] == "201" and operations[i].get("bulkId"):
                         ids[str(operations[i]["bulkId"])] = result["location"].rsplit("/", 1)[1]
                         pending.discard(str(operations[i]["bulkId"]))
@@ -127,7 +127,7 @@ async def run_bulk(service: ScimService, body: dict[str, Any]) -> dict[str, Any]
             except _Deferred:
                 deferred.append(i)
                 continue
-            if results[i]["status"] >= "400":  # type: ignore[index]
+            if _failed(results[i]):
                 failures += 1
                 bulk_id = operations[i].get("bulkId")
                 if isinstance(bulk_id, str):
@@ -143,6 +143,11 @@ async def run_bulk(service: ScimService, body: dict[str, Any]) -> dict[str, Any]
             break
         queue = deferred
     return {"schemas": [BULK_RESPONSE], "Operations": [r for r in results if r is not None]}
+
+
+def _failed(result: dict[str, Any] | None) -> bool:
+    """Whether an operation's result is an error (its ``status`` is the HTTP code as a string)."""
+    return result is not None and int(result["status"]) >= 400
 
 
 def _user_creation_run(

@@ -14,13 +14,8 @@ from typing import Any
 
 from idhub.directory.users import USERNAME_RE, normalise_username
 from idhub.scim.errors import InvalidValue
+from idhub.scim.schemas import ENTERPRISE_URN, GROUP_URN, USER_URN, Resource
 from idhub.storage.models import Group, User, UserValue
-
-USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP_URN = "urn:ietf:params:scim:schemas:core:2.0:Group"
-ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-
-Resource = dict[str, Any]
 
 # Single-valued core attributes stored in a column of the same meaning.
 USER_COLUMNS = {

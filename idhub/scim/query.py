@@ -64,11 +64,8 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from idhub.scim.errors import InvalidFilter, InvalidPath
 from idhub.scim.filter import And, AttrPath, CompareOp, Expr, Not, Or, Present, ValuePath, parse_path
+from idhub.scim.schemas import ENTERPRISE_URN, GROUP_URN, USER_URN
 from idhub.storage.models import Group, GroupMember, User, UserValue
-
-USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP_URN = "urn:ietf:params:scim:schemas:core:2.0:Group"
-ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
 Kind = Literal["string", "boolean", "datetime", "uuid"]
 Value = str | bool | int | float | None

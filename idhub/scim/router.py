@@ -12,13 +12,13 @@ from idhub.deps import ContextDep, SessionDep, TenantDep
 from idhub.scim import discovery, errors, schemas
 from idhub.scim.auth import authenticate
 from idhub.scim.bulk import run_bulk
-from idhub.scim.mapping import Resource
+from idhub.scim.mapping import parse_etag
 from idhub.scim.projection import parse_attribute_list, project
+from idhub.scim.schemas import Resource
 from idhub.scim.service import ListQuery, ScimService
 from idhub.tenants.service import TenantInfo
 
 SCIM_MEDIA_TYPE = "application/scim+json"
-LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 MAX_BODY = 1024 * 1024
 MAX_START_INDEX = 2**31 - 1  # a single resource; /Bulk has its own advertised maxPayloadSize
@@ -164,13 +164,27 @@ def _list_response(
 ) -> Response:
     attributes, excluded = _projection(params)
     body = {
-        "schemas": [LIST_SCHEMA],
+        "schemas": [discovery.LIST_SCHEMA],
         "totalResults": total,
         "startIndex": start,
         "itemsPerPage": len(resources),
         "Resources": [_project(rt, r, attributes, excluded) for r in resources],
     }
     return scim_json(body)
+
+
+async def _query_users(service: ScimService, params: dict[str, Any]) -> Response:
+    """Answer a user query given as query parameters or a SearchRequest (RFC 7644 §3.4.2, §3.4.3)."""
+    q = list_query(params)
+    total, resources = await service.list_users(q)
+    return _list_response(schemas.USER_TYPE, total, q.start_index, resources, params)
+
+
+async def _query_groups(service: ScimService, params: dict[str, Any]) -> Response:
+    """Answer a group query; members are loaded only when the answer shows them."""
+    q = list_query(params)
+    total, resources = await service.list_groups(q, with_members=_members_wanted(params))
+    return _list_response(schemas.GROUP_TYPE, total, q.start_index, resources, params)
 
 
 def _resource_response(
@@ -224,19 +238,13 @@ async def schema_one(schema_id: str, tenant: TenantDep) -> Response:
 @router.get("/Users", summary="List or filter users (RFC 7644 §3.4.2)", responses=ERRORS)
 async def list_users(request: Request, service: ServiceDep) -> Response:
     """Query users."""
-    params = dict(request.query_params)
-    q = list_query(params)
-    total, resources = await service.list_users(q)
-    return _list_response(schemas.USER_TYPE, total, q.start_index, resources, params)
+    return await _query_users(service, dict(request.query_params))
 
 
 @router.post("/Users/.search", summary="Search users with POST (RFC 7644 §3.4.3)", responses=ERRORS, openapi_extra=BODY)
 async def search_users(request: Request, service: ServiceDep) -> Response:
     """Query users with a SearchRequest body."""
-    params = _search_params(await read_json(request))
-    q = list_query(params)
-    total, resources = await service.list_users(q)
-    return _list_response(schemas.USER_TYPE, total, q.start_index, resources, params)
+    return await _query_users(service, _search_params(await read_json(request)))
 
 
 @router.post("/Users", status_code=201, summary="Create a user (RFC 7644 §3.3)", responses=ERRORS, openapi_extra=BODY)
@@ -278,10 +286,7 @@ async def delete_user(user_id: str, service: ServiceDep, if_match: IfMatch = Non
 @router.get("/Groups", summary="List or filter groups (RFC 7644 §3.4.2)", responses=ERRORS)
 async def list_groups(request: Request, service: ServiceDep) -> Response:
     """Query groups."""
-    params = dict(request.query_params)
-    q = list_query(params)
-    total, resources = await service.list_groups(q, with_members=_members_wanted(params))
-    return _list_response(schemas.GROUP_TYPE, total, q.start_index, resources, params)
+    return await _query_groups(service, dict(request.query_params))
 
 
 @router.post(
@@ -289,10 +294,7 @@ async def list_groups(request: Request, service: ServiceDep) -> Response:
 )
 async def search_groups(request: Request, service: ServiceDep) -> Response:
     """Query groups with a SearchRequest body."""
-    params = _search_params(await read_json(request))
-    q = list_query(params)
-    total, resources = await service.list_groups(q, with_members=_members_wanted(params))
-    return _list_response(schemas.GROUP_TYPE, total, q.start_index, resources, params)
+    return await _query_groups(service, _search_params(await read_json(request)))
 
 
 @router.post("/Groups", status_code=201, summary="Create a group (RFC 7644 §3.3)", responses=ERRORS, openapi_extra=BODY)
@@ -364,7 +366,7 @@ async def search_all(request: Request, service: ServiceDep) -> Response:
     if len(refused) == 2:
         raise refused[0]
     body = {
-        "schemas": [LIST_SCHEMA],
+        "schemas": [discovery.LIST_SCHEMA],
         "totalResults": total,
         "startIndex": start,
         "itemsPerPage": len(found),
@@ -394,8 +396,10 @@ def _search_params(body: dict[str, Any]) -> dict[str, Any]:
 
 def _conditional(rt: schemas.ResourceType, resource: Resource, request: Request, if_none_match: str | None) -> Response:
     if if_none_match is not None:
-        tags = {tag.strip() for tag in if_none_match.split(",")}
-        if "*" in tags or resource["meta"]["version"] in tags or resource["meta"]["version"][2:] in tags:
+        # RFC 7232 §3.2 (weak comparison): "*" or any listed tag of the current version is 304.
+        wanted = parse_etag(if_none_match)
+        current = parse_etag(resource["meta"]["version"]) or set()
+        if wanted is None or wanted & current:
             return Response(status_code=304, headers={"etag": resource["meta"]["version"]})
     return _resource_response(rt, resource, request)
 

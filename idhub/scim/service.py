@@ -23,7 +23,7 @@ from idhub.context import AppContext
 from idhub.directory.users import normalise_username, set_user_enabled
 from idhub.scim import errors, mapping, patch, query, schemas
 from idhub.scim.filter import parse_filter
-from idhub.scim.mapping import Resource
+from idhub.scim.schemas import Resource
 from idhub.storage.base import utcnow
 from idhub.storage.models import Group, GroupMember, User, UserValue
 from idhub.tenants.service import TenantInfo
