@@ -120,11 +120,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     _install_error_handlers(app)
+    # SCIM first: routes are tried in order, and provisioning engines send the most requests that go
+    # through the router (the hottest OAuth endpoints skip it, see BackChannelFastPath).
+    app.include_router(scim_router, prefix=ISSUER_PREFIX)
     app.include_router(ops_router)
     for module in (discovery, authorize, token, userinfo, introspection, revocation, logout):
         app.include_router(module.router, prefix=ISSUER_PREFIX)
     app.include_router(web_router, prefix=ISSUER_PREFIX)
-    app.include_router(scim_router, prefix=ISSUER_PREFIX)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Outermost: the hot back-channel POSTs skip the framework's router and middleware stack.
     app.add_middleware(token.BackChannelFastPath, metrics=metrics)

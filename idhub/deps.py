@@ -13,8 +13,8 @@ from idhub.settings import Settings
 from idhub.tenants.service import TenantInfo
 
 
-def get_context(request: Request) -> AppContext:
-    """Return the app's shared services."""
+async def get_context(request: Request) -> AppContext:
+    """Return the app's shared services (async: a plain function would cost a thread-pool hop per request)."""
     ctx: AppContext = request.app.state.ctx
     return ctx
 
@@ -22,7 +22,7 @@ def get_context(request: Request) -> AppContext:
 ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-def get_settings(ctx: ContextDep) -> Settings:
+async def get_settings(ctx: ContextDep) -> Settings:
     """Return the app's settings."""
     return ctx.settings
 

@@ -227,29 +227,22 @@ async def _create_users(service: ScimService, ops: list[dict[str, Any]]) -> list
     results: list[dict[str, Any] | None] = [None] * len(ops)
     prepared: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = []
     seen: set[str] = set()
+    template = dict.fromkeys(c.key for c in User.__table__.columns if c.key != "archive")
+    template.update(tenant_id=service.tenant.id, version=1, created_by=service.actor.label(), email_verified=False)
     for i, op in enumerate(ops):
         try:
             resource = schemas.normalise_resource(schemas.USER_TYPE, op["data"], existing=None)
-            user = User(tenant_id=service.tenant.id)
-            values = mapping.apply_user_resource(user, resource)
-            if user.username in seen:
+            columns, values = mapping.user_columns(resource)
+            if columns["username"] in seen:
                 raise errors.Uniqueness("userName is already taken")
-            seen.add(user.username)
+            seen.add(columns["username"])
         except errors.ScimError as exc:
             results[i] = _error_result(op, exc)
             continue
         now = utcnow()
         # Every row carries every column, so the INSERT runs as one executemany batch.
-        row = {column.key: getattr(user, column.key) for column in User.__table__.columns if column.key != "archive"}
-        row.update(
-            id=new_uuid(),
-            enabled=bool(resource.get("active", True)),
-            version=1,
-            created_at=now,
-            updated_at=now,
-            created_by=service.actor.label(),
-            email_verified=False,
-        )
+        row = {**template, **columns}
+        row.update(id=new_uuid(), enabled=bool(resource.get("active", True)), created_at=now, updated_at=now)
         prepared.append((i, row, values))
     if prepared:
         try:

@@ -9,8 +9,11 @@ that :func:`idhub.scim.schemas.normalise_resource` produces.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import Row
 
 from idhub.directory.users import USERNAME_RE, normalise_username
 from idhub.scim.errors import InvalidValue
@@ -44,6 +47,21 @@ ENTERPRISE_COLUMNS = {
     "division": "division",
     "department": "department",
 }
+# The user columns a resource is built from.
+_READ_COLUMNS = (
+    "id",
+    "external_id",
+    "user_name",
+    "username",
+    "enabled",
+    "manager_id",
+    "created_at",
+    "updated_at",
+    "version",
+    *USER_COLUMNS.values(),
+    *NAME_COLUMNS.values(),
+    *ENTERPRISE_COLUMNS.values(),
+)
 MULTI_VALUED = ("emails", "phoneNumbers", "ims", "photos", "addresses", "entitlements", "roles", "x509Certificates")
 ADDRESS_PARTS = {
     "formatted": "formatted",
@@ -56,8 +74,10 @@ ADDRESS_PARTS = {
 
 
 def timestamp(value: datetime) -> str:
-    """Return an RFC 3339 UTC timestamp (``meta.created``/``lastModified``, RFC 7643 §3.1)."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """Return an RFC 3339 UTC timestamp with milliseconds (``meta.created``/``lastModified``, RFC 7643 §3.1)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="milliseconds") + "Z"
 
 
 def etag(version: int) -> str:
@@ -82,7 +102,12 @@ def parse_etag(header: str) -> set[int] | None:
     return versions
 
 
-def _value_element(row: UserValue) -> dict[str, Any]:
+# A user or value as an ORM entity (writes) or as a plain row of the same columns (list pages).
+UserRow = User | Row[*tuple[Any, ...]]
+ValueRow = UserValue | Row[*tuple[Any, ...]]
+
+
+def _value_element(row: ValueRow) -> dict[str, Any]:
     element: dict[str, Any] = {}
     if row.attribute == "addresses":
         for name, column in ADDRESS_PARTS.items():
@@ -100,69 +125,75 @@ def _value_element(row: UserValue) -> dict[str, Any]:
     return element
 
 
-def user_resource(user: User, values: list[UserValue], groups: list[dict[str, Any]], base_url: str) -> Resource:
+def _columns_of(user: UserRow) -> Mapping[Any, Any]:
+    if isinstance(user, Row):
+        return user._mapping
+    return {column: getattr(user, column) for column in _READ_COLUMNS}
+
+
+def user_resource(user: UserRow, values: list[ValueRow], groups: list[dict[str, Any]], base_url: str) -> Resource:
     """Return the full SCIM representation of a user (every attribute it has; ``password`` never)."""
-    resource: Resource = {"schemas": [USER_URN], "id": str(user.id)}
-    if user.external_id is not None:
-        resource["externalId"] = user.external_id
-    resource["userName"] = user.user_name or user.username
-    name = {attr: getattr(user, column) for attr, column in NAME_COLUMNS.items() if getattr(user, column) is not None}
+    u = _columns_of(user)
+    uid = str(u["id"])
+    resource: Resource = {"schemas": [USER_URN], "id": uid}
+    if u["external_id"] is not None:
+        resource["externalId"] = u["external_id"]
+    resource["userName"] = u["user_name"] or u["username"]
+    name = {attr: u[column] for attr, column in NAME_COLUMNS.items() if u[column] is not None}
     if name:
         resource["name"] = name
     for attr, column in USER_COLUMNS.items():
-        if attr != "externalId" and getattr(user, column) is not None:
-            resource[attr] = getattr(user, column)
-    resource["active"] = user.enabled
+        if attr != "externalId" and u[column] is not None:
+            resource[attr] = u[column]
+    resource["active"] = u["enabled"]
     for row in sorted(values, key=lambda v: v.position):
         resource.setdefault(row.attribute, []).append(_value_element(row))
     if groups:
         resource["groups"] = groups
-    enterprise = {
-        attr: getattr(user, column) for attr, column in ENTERPRISE_COLUMNS.items() if getattr(user, column) is not None
-    }
-    if user.manager_id is not None:
-        enterprise["manager"] = {"value": user.manager_id, "$ref": f"{base_url}/Users/{user.manager_id}"}
+    enterprise = {attr: u[column] for attr, column in ENTERPRISE_COLUMNS.items() if u[column] is not None}
+    if u["manager_id"] is not None:
+        enterprise["manager"] = {"value": u["manager_id"], "$ref": f"{base_url}/Users/{u['manager_id']}"}
     if enterprise:
         resource["schemas"].append(ENTERPRISE_URN)
         resource[ENTERPRISE_URN] = enterprise
     resource["meta"] = {
         "resourceType": "User",
-        "created": timestamp(user.created_at),
-        "lastModified": timestamp(user.updated_at),
-        "location": f"{base_url}/Users/{user.id}",
-        "version": etag(user.version),
+        "created": timestamp(u["created_at"]),
+        "lastModified": timestamp(u["updated_at"]),
+        "location": f"{base_url}/Users/{uid}",
+        "version": etag(u["version"]),
     }
     return resource
 
 
-def apply_user_resource(user: User, resource: Resource) -> list[dict[str, Any]]:
-    """Copy a canonical resource onto ``user``; return the multi-valued rows to store (as column dicts).
+def user_columns(resource: Resource) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return the user-row columns a canonical resource sets, and its multi-valued rows (as column dicts).
 
-    Attributes absent from ``resource`` are cleared: this implements PUT's replace semantics (RFC 7644
-    §3.5.1) and, since PATCH is applied to the whole resource first, PATCH too.
+    Every SCIM-managed column is in the result, ``None`` when the resource lacks the attribute: this
+    implements PUT's replace semantics (RFC 7644 §3.5.1) and, since PATCH is applied to the whole
+    resource first, PATCH too. ``email`` is the primary (else first) work address of ``emails``.
     """
     user_name = str(resource["userName"])
     username = normalise_username(user_name)
     if not USERNAME_RE.fullmatch(username):
         # The directory's one rule for usernames, whichever surface creates the account.
         raise InvalidValue("userName must be 1-255 characters without spaces or control characters")
-    user.username = username
-    user.user_name = user_name
+    columns: dict[str, Any] = {"username": username, "user_name": user_name}
     for attr, column in USER_COLUMNS.items():
-        setattr(user, column, resource.get(attr))
+        columns[column] = resource.get(attr)
     name = resource.get("name") or {}
     for attr, column in NAME_COLUMNS.items():
-        setattr(user, column, name.get(attr))
+        columns[column] = name.get(attr)
     enterprise = resource.get(ENTERPRISE_URN) or {}
     for attr, column in ENTERPRISE_COLUMNS.items():
-        setattr(user, column, enterprise.get(attr))
+        columns[column] = enterprise.get(attr)
     manager = enterprise.get("manager")
-    user.manager_id = str(manager["value"]) if isinstance(manager, dict) and manager.get("value") else None
+    columns["manager_id"] = str(manager["value"]) if isinstance(manager, dict) and manager.get("value") else None
     rows: list[dict[str, Any]] = []
     primary_email: str | None = None
     first_email: str | None = None
     for attr in MULTI_VALUED:
-        for position, element in enumerate(resource.get(attr) or []):
+        for position, element in enumerate(resource.get(attr) or ()):
             row: dict[str, Any] = {
                 "attribute": attr,
                 "position": position,
@@ -180,7 +211,16 @@ def apply_user_resource(user: User, resource: Resource) -> list[dict[str, Any]]:
                 first_email = first_email or row["value"]
                 if row["primary"]:
                     primary_email = row["value"]
-    email = primary_email or first_email
+    columns["email"] = primary_email or first_email
+    return columns, rows
+
+
+def apply_user_resource(user: User, resource: Resource) -> list[dict[str, Any]]:
+    """Copy a canonical resource onto ``user`` (see :func:`user_columns`); return the multi-valued rows."""
+    columns, rows = user_columns(resource)
+    email = columns.pop("email")
+    for column, value in columns.items():
+        setattr(user, column, value)
     if email != user.email:
         user.email = email
         user.email_verified = False  # an HR feed asserts an address, it does not prove the person controls it

@@ -48,16 +48,17 @@ Semantics (all predicates are two-valued, so ``not`` is an exact complement):
 
 from __future__ import annotations
 
+import operator
 import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any, Literal, cast
 
-from sqlalchemy import Integer, String, Uuid, and_, case, false, func, literal, not_, or_, select, true
+from sqlalchemy import Boolean, Integer, String, Table, Uuid, and_, case, false, func, literal, not_, or_, select, true
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import QueryableAttribute, aliased
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
@@ -68,6 +69,12 @@ from idhub.scim.schemas import ENTERPRISE_URN, GROUP_URN, USER_URN
 from idhub.storage.models import Group, GroupMember, User, UserValue
 
 Kind = Literal["string", "boolean", "datetime", "uuid"]
+
+# Core tables, not ORM entities: the filters go into plain SELECTs, with no ORM compile or loading step.
+_USERS = cast(Table, User.__table__)
+_VALUES = cast(Table, UserValue.__table__)
+_GROUPS = cast(Table, Group.__table__)
+_MEMBERS = cast(Table, GroupMember.__table__)
 Value = str | bool | int | float | None
 Op = CompareOp | Literal["pr"]
 
@@ -112,6 +119,34 @@ def _compile_uuid_text_pg(element: _UuidText, compiler: SQLCompiler, **kw: Any) 
     return f"CAST({compiler.process(element.clauses, **kw)} AS TEXT)"
 
 
+class _HasBigrams(FunctionElement[bool]):
+    """``idhub_bigrams(column) @> ARRAY[<bigrams>]`` on PostgreSQL, true elsewhere.
+
+    Added next to a ``LIKE`` on ``username`` so the bigram GIN index (migration 0003) can serve it; the
+    ``LIKE`` stays the exact check. Every substring of the column holds the needle's bigrams, so the
+    conjunction never drops a match.
+    """
+
+    type = Boolean()
+    inherit_cache = True
+
+
+@compiles(_HasBigrams)
+def _compile_has_bigrams(element: _HasBigrams, compiler: SQLCompiler, **kw: Any) -> str:
+    return "1 = 1"
+
+
+@compiles(_HasBigrams, "postgresql")
+def _compile_has_bigrams_pg(element: _HasBigrams, compiler: SQLCompiler, **kw: Any) -> str:
+    column, *grams = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"idhub_bigrams({column}) @> CAST(ARRAY[{', '.join(grams)}] AS TEXT[])"
+
+
+def _bigrams(needle: str) -> list[str]:
+    """Return the distinct two-character substrings of ``needle`` (none below two characters)."""
+    return sorted({needle[i : i + 2] for i in range(len(needle) - 1)})
+
+
 # ------------------------------------------------------------------------------------------------- schema
 
 
@@ -123,6 +158,7 @@ class _Scalar:
     kind: Kind = "string"
     case_exact: bool = False
     folded: bool = False  # stored case-folded: compare with ``value.casefold()``, no ``lower()``
+    bigram_index: bool = False  # substring filters may use the bigram GIN index (``username``, PostgreSQL)
     true_only: bool = False  # ``primary``: false is not rendered, so only true is "present"
 
 
@@ -165,23 +201,16 @@ class _Schema:
     never: frozenset[str] = field(default_factory=frozenset)  # names that exist but are never filterable
 
 
-Column = ColumnElement[Any] | QueryableAttribute[Any]
-
-
-def _col(expr: Column) -> ColumnElement[Any]:
-    return expr.expression if isinstance(expr, QueryableAttribute) else expr
-
-
-def _s(expr: Column, **kw: Any) -> _Scalar:
-    return _Scalar(_col(expr), **kw)
+def _s(expr: ColumnElement[Any], **kw: Any) -> _Scalar:
+    return _Scalar(expr, **kw)
 
 
 def _user_value_multi(attribute: str, subs: Mapping[str, _Scalar], default: str | None) -> _Multi:
     def exists(cond: ColumnElement[bool]) -> ColumnElement[bool]:
         return (
-            select(UserValue.id)
-            .where(UserValue.user_id == User.id, UserValue.attribute == attribute, cond)
-            .correlate(User)
+            select(_VALUES.c.id)
+            .where(_VALUES.c.user_id == _USERS.c.id, _VALUES.c.attribute == attribute, cond)
+            .correlate(_USERS)
             .exists()
         )
 
@@ -189,31 +218,31 @@ def _user_value_multi(attribute: str, subs: Mapping[str, _Scalar], default: str 
         # RFC 7644 §3.4.2.3: a multi-valued attribute sorts by its primary value, else its first.
         return (
             select(key)
-            .where(UserValue.user_id == User.id, UserValue.attribute == attribute)
-            .order_by(UserValue.primary.desc(), UserValue.position, UserValue.id)
+            .where(_VALUES.c.user_id == _USERS.c.id, _VALUES.c.attribute == attribute)
+            .order_by(_VALUES.c.primary.desc(), _VALUES.c.position, _VALUES.c.id)
             .limit(1)
-            .correlate(User)
+            .correlate(_USERS)
             .scalar_subquery()
         )
 
     return _Multi(subs, default, exists, first)
 
 
-_ELEMENT_COMMON = {"type": _s(UserValue.type), "primary": _s(UserValue.primary, kind="boolean", true_only=True)}
-_PLAIN_ELEMENT = {"value": _s(UserValue.value), "display": _s(UserValue.display), **_ELEMENT_COMMON}
-_CERT_ELEMENT = {**_PLAIN_ELEMENT, "value": _s(UserValue.value, case_exact=True)}
+_ELEMENT_COMMON = {"type": _s(_VALUES.c.type), "primary": _s(_VALUES.c.primary, kind="boolean", true_only=True)}
+_PLAIN_ELEMENT = {"value": _s(_VALUES.c.value), "display": _s(_VALUES.c.display), **_ELEMENT_COMMON}
+_CERT_ELEMENT = {**_PLAIN_ELEMENT, "value": _s(_VALUES.c.value, case_exact=True)}
 _ADDRESS_ELEMENT = {
-    "formatted": _s(UserValue.formatted),
-    "streetaddress": _s(UserValue.street_address),
-    "locality": _s(UserValue.locality),
-    "region": _s(UserValue.region),
-    "postalcode": _s(UserValue.postal_code),
-    "country": _s(UserValue.country),
+    "formatted": _s(_VALUES.c.formatted),
+    "streetaddress": _s(_VALUES.c.street_address),
+    "locality": _s(_VALUES.c.locality),
+    "region": _s(_VALUES.c.region),
+    "postalcode": _s(_VALUES.c.postal_code),
+    "country": _s(_VALUES.c.country),
     **_ELEMENT_COMMON,
 }
 
 
-def _meta(created: Column, modified: Column, resource_type: str) -> _Complex:
+def _meta(created: ColumnElement[Any], modified: ColumnElement[Any], resource_type: str) -> _Complex:
     return _Complex(
         {
             "created": _s(created, kind="datetime"),
@@ -225,13 +254,16 @@ def _meta(created: Column, modified: Column, resource_type: str) -> _Complex:
 
 def _user_groups(tenant_id: uuid.UUID | None) -> _Multi:
     """``groups``: the user's direct groups and every group containing one of them (RFC 7643 §4.1.2)."""
-    direct = aliased(GroupMember)
+    direct = _MEMBERS.alias()
     is_direct = (
-        select(direct.id).where(direct.user_id == User.id, direct.group_id == Group.id).correlate(User, Group).exists()
+        select(direct.c.id)
+        .where(direct.c.user_id == _USERS.c.id, direct.c.group_id == _GROUPS.c.id)
+        .correlate(_USERS, _GROUPS)
+        .exists()
     )
     subs = {
-        "value": _s(Group.id, kind="uuid"),
-        "display": _s(Group.display_name_key, folded=True),
+        "value": _s(_GROUPS.c.id, kind="uuid"),
+        "display": _s(_GROUPS.c.display_name_key, folded=True),
         "type": _s(case((is_direct, "direct"), else_="indirect")),
     }
 
@@ -239,23 +271,29 @@ def _user_groups(tenant_id: uuid.UUID | None) -> _Multi:
         if tenant_id is None:
             raise InvalidFilter("groups cannot be used here")
         # (descendant, ancestor) pairs over the tenant's groups, each group its own ancestor; UNION stops on cycles.
-        base = select(Group.id.label("descendant"), Group.id.label("ancestor")).where(Group.tenant_id == tenant_id)
+        base = select(_GROUPS.c.id.label("descendant"), _GROUPS.c.id.label("ancestor")).where(
+            _GROUPS.c.tenant_id == tenant_id
+        )
         tree = base.cte(recursive=True, nesting=True)
-        link = aliased(GroupMember)
-        tree = tree.union(select(tree.c.descendant, link.group_id).join(link, link.member_group_id == tree.c.ancestor))
+        link = _MEMBERS.alias()
+        tree = tree.union(
+            select(tree.c.descendant, link.c.group_id).join(link, link.c.member_group_id == tree.c.ancestor)
+        )
         return (
-            select(GroupMember.id)
-            .join(tree, tree.c.descendant == GroupMember.group_id)
-            .join(Group, Group.id == tree.c.ancestor)
-            .where(GroupMember.user_id == User.id, cond)
-            .correlate(User)
+            select(_MEMBERS.c.id)
+            .join(tree, tree.c.descendant == _MEMBERS.c.group_id)
+            .join(_GROUPS, _GROUPS.c.id == tree.c.ancestor)
+            .where(_MEMBERS.c.user_id == _USERS.c.id, cond)
+            .correlate(_USERS)
             .exists()
         )
 
     return _Multi(subs, "value", exists)
 
 
+@lru_cache(maxsize=256)
 def _user_schema(tenant_id: uuid.UUID | None) -> _Schema:
+    """Return the user schema; built once per tenant (the ``groups`` tree is scoped to it), then reused."""
     multi = {
         name.lower(): _user_value_multi(name, _PLAIN_ELEMENT, "value")
         for name in ("emails", "phoneNumbers", "ims", "photos", "entitlements", "roles")
@@ -263,72 +301,75 @@ def _user_schema(tenant_id: uuid.UUID | None) -> _Schema:
     multi["x509certificates"] = _user_value_multi("x509Certificates", _CERT_ELEMENT, "value")
     multi["addresses"] = _user_value_multi("addresses", _ADDRESS_ELEMENT, None)
     core: dict[str, Attr] = {
-        "id": _s(User.id, kind="uuid"),
-        "externalid": _s(User.external_id, case_exact=True),
-        "username": _s(User.username, folded=True),
+        "id": _s(_USERS.c.id, kind="uuid"),
+        "externalid": _s(_USERS.c.external_id, case_exact=True),
+        "username": _s(_USERS.c.username, folded=True, bigram_index=True),
         "name": _Complex(
             {
-                "formatted": _s(User.name),
-                "familyname": _s(User.family_name),
-                "givenname": _s(User.given_name),
-                "middlename": _s(User.middle_name),
-                "honorificprefix": _s(User.honorific_prefix),
-                "honorificsuffix": _s(User.honorific_suffix),
+                "formatted": _s(_USERS.c.name),
+                "familyname": _s(_USERS.c.family_name),
+                "givenname": _s(_USERS.c.given_name),
+                "middlename": _s(_USERS.c.middle_name),
+                "honorificprefix": _s(_USERS.c.honorific_prefix),
+                "honorificsuffix": _s(_USERS.c.honorific_suffix),
             }
         ),
-        "displayname": _s(User.display_name),
-        "nickname": _s(User.nick_name),
-        "profileurl": _s(User.profile_url),
-        "title": _s(User.title),
-        "usertype": _s(User.user_type),
-        "preferredlanguage": _s(User.preferred_language),
-        "locale": _s(User.locale),
-        "timezone": _s(User.timezone),
-        "active": _s(User.enabled, kind="boolean"),
-        "meta": _meta(User.created_at, User.updated_at, "User"),
+        "displayname": _s(_USERS.c.display_name),
+        "nickname": _s(_USERS.c.nick_name),
+        "profileurl": _s(_USERS.c.profile_url),
+        "title": _s(_USERS.c.title),
+        "usertype": _s(_USERS.c.user_type),
+        "preferredlanguage": _s(_USERS.c.preferred_language),
+        "locale": _s(_USERS.c.locale),
+        "timezone": _s(_USERS.c.timezone),
+        "active": _s(_USERS.c.enabled, kind="boolean"),
+        "meta": _meta(_USERS.c.created_at, _USERS.c.updated_at, "User"),
         "groups": _user_groups(tenant_id),
         **multi,
     }
     enterprise: dict[str, Attr] = {
-        "employeenumber": _s(User.employee_number),
-        "costcenter": _s(User.cost_center),
-        "organization": _s(User.organization),
-        "division": _s(User.division),
-        "department": _s(User.department),
-        "manager": _Complex({"value": _s(User.manager_id)}, default="value"),
+        "employeenumber": _s(_USERS.c.employee_number),
+        "costcenter": _s(_USERS.c.cost_center),
+        "organization": _s(_USERS.c.organization),
+        "division": _s(_USERS.c.division),
+        "department": _s(_USERS.c.department),
+        "manager": _Complex({"value": _s(_USERS.c.manager_id)}, default="value"),
     }
     return _Schema({USER_URN.lower(): core, ENTERPRISE_URN.lower(): enterprise}, frozenset({"password"}))
 
 
 def _group_members() -> _Multi:
     """``members``: the group's direct members, users or groups (RFC 7643 §4.2)."""
-    member_group = aliased(Group)
+    member_group = _GROUPS.alias()
     subs = {
-        "value": _s(func.coalesce(GroupMember.user_id, GroupMember.member_group_id, type_=Uuid()), kind="uuid"),
-        "type": _s(case((GroupMember.user_id.is_not(None), "User"), else_="Group")),
-        "display": _s(func.coalesce(User.display_name, User.user_name, User.username, member_group.display_name)),
+        "value": _s(func.coalesce(_MEMBERS.c.user_id, _MEMBERS.c.member_group_id, type_=Uuid()), kind="uuid"),
+        "type": _s(case((_MEMBERS.c.user_id.is_not(None), "User"), else_="Group")),
+        "display": _s(
+            func.coalesce(_USERS.c.display_name, _USERS.c.user_name, _USERS.c.username, member_group.c.display_name)
+        ),
     }
 
     def exists(cond: ColumnElement[bool]) -> ColumnElement[bool]:
         return (
-            select(GroupMember.id)
-            .outerjoin(User, User.id == GroupMember.user_id)
-            .outerjoin(member_group, member_group.id == GroupMember.member_group_id)
-            .where(GroupMember.group_id == Group.id, cond)
-            .correlate(Group)
+            select(_MEMBERS.c.id)
+            .outerjoin(_USERS, _USERS.c.id == _MEMBERS.c.user_id)
+            .outerjoin(member_group, member_group.c.id == _MEMBERS.c.member_group_id)
+            .where(_MEMBERS.c.group_id == _GROUPS.c.id, cond)
+            .correlate(_GROUPS)
             .exists()
         )
 
     return _Multi(subs, "value", exists)
 
 
+@lru_cache(maxsize=1)
 def _group_schema() -> _Schema:
     core: dict[str, Attr] = {
-        "id": _s(Group.id, kind="uuid"),
-        "externalid": _s(Group.external_id, case_exact=True),
-        "displayname": _s(Group.display_name_key, folded=True),
+        "id": _s(_GROUPS.c.id, kind="uuid"),
+        "externalid": _s(_GROUPS.c.external_id, case_exact=True),
+        "displayname": _s(_GROUPS.c.display_name_key, folded=True),
         "members": _group_members(),
-        "meta": _meta(Group.created_at, Group.updated_at, "Group"),
+        "meta": _meta(_GROUPS.c.created_at, _GROUPS.c.updated_at, "Group"),
     }
     return _Schema({GROUP_URN.lower(): core})
 
@@ -438,6 +479,9 @@ def _exact_substring(col: ColumnElement[Any], op: CompareOp, value: str) -> Colu
     return and_(func.length(col) >= len(value), func.substr(col, func.length(col) - len(value) + 1) == value)
 
 
+_ORDERING = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
+
+
 def _string_compare(target: _Scalar, col: ColumnElement[Any], op: CompareOp, value: str) -> ColumnElement[bool]:
     lhs: ColumnElement[Any]
     exact = target.case_exact or target.kind == "uuid"
@@ -462,9 +506,13 @@ def _string_compare(target: _Scalar, col: ColumnElement[Any], op: CompareOp, val
             pred = lhs.endswith(value, autoescape=True)
         if exact:
             pred = and_(pred, _exact_substring(col, op, value))
+        # U+0001 separates the indexed bigrams, so a needle holding it is left to the LIKE alone.
+        if target.bigram_index and "\x01" not in value and (grams := _bigrams(value)):
+            pred = and_(_HasBigrams(col, *(literal(g, String()) for g in grams)), pred)
     else:
-        pred = {"gt": lhs > value, "ge": lhs >= value, "lt": lhs < value, "le": lhs <= value}[op]
-    return and_(col.is_not(None), pred)
+        pred = _ORDERING[op](lhs, value)
+    # Two-valued for NOT: an absent value fails every comparison (a NOT NULL column is never absent).
+    return and_(col.is_not(None), pred) if getattr(col, "nullable", True) else pred
 
 
 def _compare(target: Leaf, op: CompareOp, value: Value) -> ColumnElement[bool]:
@@ -484,12 +532,16 @@ def _compare(target: Leaf, op: CompareOp, value: Value) -> ColumnElement[bool]:
         start, end = _parse_datetime(value)
         if op == "ne":
             return or_(col.is_(None), col < start, col >= end)
-        preds = {"eq": and_(col >= start, col < end), "gt": col >= end, "ge": col >= start, "lt": col < start}
-        if op == "le":
-            return and_(col.is_not(None), col < end)
+        preds: dict[str, Callable[[], ColumnElement[bool]]] = {
+            "eq": lambda: and_(col >= start, col < end),
+            "gt": lambda: col >= end,
+            "ge": lambda: col >= start,
+            "lt": lambda: col < start,
+            "le": lambda: col < end,
+        }
         if op not in preds:
             raise _invalid_op(op, "dateTime attributes")
-        return and_(col.is_not(None), preds[op])
+        return and_(col.is_not(None), preds[op]())
     if not isinstance(value, str):
         raise InvalidFilter("this attribute takes a string value")
     if target.kind == "uuid":

@@ -29,7 +29,7 @@ import binascii
 import copy
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -71,14 +71,14 @@ class Attribute:
     canonical_values: tuple[str, ...] = ()
     reference_types: tuple[str, ...] = ()
     description: str = ""
+    _subs: dict[str, Attribute] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_subs", {sub.name.casefold(): sub for sub in self.sub_attributes})
 
     def sub(self, name: str) -> Attribute | None:
         """Return the sub-attribute called ``name`` (case-insensitive, RFC 7643 §2.1), or None."""
-        folded = name.casefold()
-        for sub in self.sub_attributes:
-            if sub.name.casefold() == folded:
-                return sub
-        return None
+        return self._subs.get(name.casefold())
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +89,14 @@ class Schema:
     name: str
     description: str
     attributes: tuple[Attribute, ...]
+    _by_name: dict[str, Attribute] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {attr.name.casefold(): attr for attr in self.attributes})
 
     def attribute(self, name: str) -> Attribute | None:
         """Return the attribute called ``name`` (case-insensitive), or None."""
-        folded = name.casefold()
-        for attr in self.attributes:
-            if attr.name.casefold() == folded:
-                return attr
-        return None
+        return self._by_name.get(name.casefold())
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,19 +131,18 @@ class ResourceType:
     schema: Schema
     extensions: tuple[tuple[Schema, bool], ...] = ()
     description: str = ""
+    # The core schema followed by the extensions.
+    schemas: tuple[Schema, ...] = field(init=False, repr=False, compare=False, hash=False)
+    _by_urn: dict[str, Schema] = field(init=False, repr=False, compare=False, hash=False)
 
-    @property
-    def schemas(self) -> tuple[Schema, ...]:
-        """Return the core schema followed by the extensions."""
-        return (self.schema, *(ext for ext, _required in self.extensions))
+    def __post_init__(self) -> None:
+        schemas = (self.schema, *(ext for ext, _required in self.extensions))
+        object.__setattr__(self, "schemas", schemas)
+        object.__setattr__(self, "_by_urn", {schema.id.casefold(): schema for schema in schemas})
 
     def find_schema(self, urn: str) -> Schema | None:
         """Return the core or extension schema whose URN is ``urn`` (case-insensitive), or None."""
-        folded = urn.casefold()
-        for schema in self.schemas:
-            if schema.id.casefold() == folded:
-                return schema
-        return None
+        return self._by_urn.get(urn.casefold())
 
     def extension(self, urn: str) -> Schema | None:
         """Return the extension schema whose URN is ``urn`` (case-insensitive), or None."""
@@ -153,10 +152,7 @@ class ResourceType:
     def core_attribute(self, name: str) -> Attribute | None:
         """Return the common (``id``, ``externalId``, ``meta``) or core attribute ``name``, or None."""
         folded = name.casefold()
-        for attr in COMMON_ATTRIBUTES:
-            if attr.name.casefold() == folded:
-                return attr
-        return self.schema.attribute(name)
+        return _COMMON_BY_NAME.get(folded) or self.schema._by_name.get(folded)
 
     def resolve(self, path: AttrPath, error: type[ScimError] = InvalidPath) -> ResolvedAttribute:
         """Resolve a filter or PATCH attribute path; raise ``error`` when it names nothing this type has.
@@ -263,6 +259,7 @@ META = Attribute(
     ),
 )
 COMMON_ATTRIBUTES = (ID, EXTERNAL_ID, META)
+_COMMON_BY_NAME = {attr.name.casefold(): attr for attr in COMMON_ATTRIBUTES}
 
 USER_NAME = _string(
     "userName",
@@ -871,8 +868,14 @@ def normalise_resource(rt: ResourceType, body: Mapping[str, Any], *, existing: M
         attrs = (*COMMON_ATTRIBUTES, *schema.attributes) if schema is rt.schema else schema.attributes
         part: dict[str, Any] = {}
         for attr in attrs:
+            present, was = attr.name in given, current.get(attr.name)
             where = attr.name if schema is rt.schema else f"{schema.id}:{attr.name}"
-            value = _normalise_attribute(attr, attr.name in given, given.get(attr.name), current.get(attr.name), where)
+            # Neither given nor held: unassigned, whatever its mutability (the common case, kept cheap).
+            value = (
+                None
+                if not present and was is None
+                else _normalise_attribute(attr, present, given.get(attr.name), was, where)
+            )
             if value is None:
                 if attr.required:  # RFC 7643 §2.2 required
                     raise InvalidValue(f"{where} is required")

@@ -10,10 +10,12 @@ function, which revokes sessions, refresh and access tokens in the same transact
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import groupby
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, exists, func, insert, select
+from sqlalchemy import ColumnElement, Table, delete, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
@@ -25,9 +27,17 @@ from idhub.scim import errors, mapping, patch, query, schemas
 from idhub.scim.filter import parse_filter
 from idhub.scim.schemas import Resource
 from idhub.storage.base import utcnow
+from idhub.storage.engine import read_only
 from idhub.storage.models import Group, GroupMember, User, UserValue
 from idhub.tenants.service import TenantInfo
 
+# Everything a resource shows; never the password hash or the archive of a deleted account.
+_USERS = cast(Table, User.__table__)
+_VALUES = cast(Table, UserValue.__table__)
+_MEMBERS = cast(Table, GroupMember.__table__)
+_USER_READ_COLUMNS = tuple(c for c in _USERS.c if c.key not in ("password_hash", "archive"))
+# A value's own columns; none shares a name with a user column, so both fit in one result row.
+_VALUE_READ_COLUMNS = tuple(c for c in _VALUES.c if c.key not in ("id", "user_id"))
 MAX_RESULTS = 1000  # advertised as filter.maxResults; larger ``count`` values are capped (RFC 7644 §3.4.2.4)
 DEFAULT_COUNT = 100
 MAX_NESTING = 32  # group nesting depth followed when computing indirect memberships
@@ -118,43 +128,77 @@ class ScimService:
 
     async def list_users(self, q: ListQuery) -> tuple[int, list[Resource]]:
         """Return the total and one page of users matching the query (RFC 7644 §3.4.2)."""
-        conditions = [User.tenant_id == self.tenant.id, User.deleted_at.is_(None)]
+        # Core columns, not ORM entities: a page is read, never written, so the ORM's compile and
+        # identity-map steps would be pure overhead.
+        users = _USERS
+        conditions = [users.c.tenant_id == self.tenant.id, users.c.deleted_at.is_(None)]
         if q.filter is not None:
             conditions.append(query.user_filter(parse_filter(q.filter), tenant_id=self.tenant.id))
         count = _page_size(q.count)
         if count == 0:
-            return await self._count(User, conditions), []
-        order = _order(query.user_sort(q.sort_by), q.sort_order) if q.sort_by else []
-        # The total rides along as a window count, so a filter that must scan (a short substring) scans once.
-        is_member = exists().where(GroupMember.user_id == User.id)
-        stmt = (
-            select(User, func.count().over().label("total"), is_member.label("is_member"))
+            return await self._count(users, conditions), []
+        # The page: ids in order, with the total riding along as a window count (a filter that must
+        # scan does so once). Only the page's rows are then read whole, and only they are checked for
+        # group membership (the groups query runs for those that are in one).
+        sort_key = query.user_sort(q.sort_by) if q.sort_by else None
+        keys: list[ColumnElement[Any]] = [users.c.id, users.c.created_at, func.count().over().label("total")]
+        if sort_key is not None:
+            keys.append(sort_key.label("sort_key"))
+        page = (
+            select(*keys)
             .where(*conditions)
-            .order_by(*order, User.created_at, User.id)
+            .order_by(*_order(sort_key, q.sort_order), users.c.created_at, users.c.id)
             .offset(max(q.start_index, 1) - 1)
             .limit(count)
+            .subquery("page")
         )
+        is_member = exists().where(_MEMBERS.c.user_id == users.c.id)
+        outer_order: list[ColumnElement[Any]] = [page.c.created_at, page.c.id]
+        if sort_key is not None:
+            outer_order = [*_order(page.c.sort_key, q.sort_order), *outer_order]
+        # One statement reads the page's users with their multi-valued rows (one row per value, a user
+        # without values once): one round trip and one snapshot for the whole page.
+        stmt = (
+            select(*_USER_READ_COLUMNS, page.c.total, is_member.label("is_member"), *_VALUE_READ_COLUMNS)
+            .select_from(users.join(page, page.c.id == users.c.id).outerjoin(_VALUES, _VALUES.c.user_id == users.c.id))
+            .order_by(*outer_order)
+        )
+        await read_only(self.session)
         rows = (await self.session.execute(stmt)).all()
-        users = [row[0] for row in rows]
-        if rows:
-            total = int(rows[0][1])
-        else:
-            total = await self._total(User, conditions, q.start_index, count, 0)
-        members = {row[0].id for row in rows if row[2]}
-        return total, await self._user_resources(users, members)
+        if not rows:
+            return await self._total(users, conditions, q.start_index, count, 0), []
+        page_users: list[mapping.UserRow] = []
+        values: dict[uuid.UUID, list[mapping.ValueRow]] = {}
+        members: set[uuid.UUID] = set()
+        for uid, user_rows in groupby(rows, key=lambda row: row.id):
+            first = next(user_rows)
+            page_users.append(first)
+            values[uid] = [row for row in (first, *user_rows) if row.attribute is not None]
+            if first.is_member:
+                members.add(uid)
+        return int(rows[0].total), await self._user_resources(page_users, members, values)
 
     async def user_resource(self, user: User) -> Resource:
         """Return the SCIM representation of one loaded user."""
         return (await self._user_resources([user]))[0]
 
-    async def _user_resources(self, users: list[User], members: set[uuid.UUID] | None = None) -> list[Resource]:
-        """Build resources; ``members`` (when known) are the users in any group, the others skip that query."""
+    async def _user_resources(
+        self,
+        users: Sequence[mapping.UserRow],
+        members: set[uuid.UUID] | None = None,
+        values: dict[uuid.UUID, list[mapping.ValueRow]] | None = None,
+    ) -> list[Resource]:
+        """Build resources; ``members`` (when known) are the users in any group, the others skip that query.
+
+        ``values`` are the users' multi-valued rows when the caller already read them.
+        """
         if not users:
             return []
         ids = [user.id for user in users]
-        values: dict[uuid.UUID, list[UserValue]] = {uid: [] for uid in ids}
-        for row in (await self.session.scalars(select(UserValue).where(UserValue.user_id.in_(ids)))).all():
-            values[row.user_id].append(row)
+        if values is None:
+            values = {uid: [] for uid in ids}
+            for row in (await self.session.execute(select(_VALUES).where(_VALUES.c.user_id.in_(ids)))).all():
+                values[row.user_id].append(row)
         in_groups = ids if members is None else [uid for uid in ids if uid in members]
         groups = await self._groups_of(in_groups) if in_groups else {}
         return [mapping.user_resource(u, values[u.id], groups.get(u.id, []), self.base_url) for u in users]
@@ -324,7 +368,7 @@ class ScimService:
         count = _page_size(q.count)
         if count == 0:
             return await self._count(Group, conditions), []
-        order = _order(query.group_sort(q.sort_by), q.sort_order) if q.sort_by else []
+        order = _order(query.group_sort(q.sort_by) if q.sort_by else None, q.sort_order)
         stmt = (
             select(Group)
             .where(*conditions)
@@ -487,12 +531,12 @@ class ScimService:
         return group
 
     # --- shared ---------------------------------------------------------------------------------
-    async def _count(self, model: type[User] | type[Group], conditions: list[ColumnElement[bool]]) -> int:
+    async def _count(self, model: type[User] | type[Group] | Table, conditions: list[ColumnElement[bool]]) -> int:
         return await self.session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0
 
     async def _total(
         self,
-        model: type[User] | type[Group],
+        model: type[User] | type[Group] | Table,
         conditions: list[ColumnElement[bool]],
         start_index: int,
         count: int,
@@ -534,8 +578,10 @@ class ScimService:
         )
 
 
-def _order(key: ColumnElement[Any], sort_order: str | None) -> list[ColumnElement[Any]]:
+def _order(key: ColumnElement[Any] | None, sort_order: str | None) -> list[ColumnElement[Any]]:
     """Order by ``key``; resources without a value sort last ascending, first descending (RFC 7644 §3.4.2.3)."""
+    if key is None:
+        return []
     if (sort_order or "ascending").lower() == "descending":
         return [key.desc().nulls_first()]
     return [key.asc().nulls_last()]

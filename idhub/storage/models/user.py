@@ -37,12 +37,14 @@ class User(Base):
         # Not (tenant_id, external_id): a second index led by tenant_id lures the planner away from the
         # username index when statistics are stale (as right after a bulk onboarding).
         Index("ix_user_external_id", "external_id"),
-        # PostgreSQL only: trigram index so SCIM ``co``/``sw``/``ew`` on userName use an index, not a scan.
+        # PostgreSQL only: GIN over the username's two-character substrings, so SCIM ``co``/``sw``/``ew``
+        # filters on userName with a needle of two or more characters use an index, not a scan
+        # (``idhub_bigrams`` is created by migration 0003; see there).
         Index(
-            "ix_user_username_trgm",
-            "username",
+            "ix_user_username_bigrams",
+            text("idhub_bigrams(username)"),
             postgresql_using="gin",
-            postgresql_ops={"username": "gin_trgm_ops"},
+            postgresql_where=text("deleted_at IS NULL"),
         ).ddl_if(dialect="postgresql"),
     )
 
