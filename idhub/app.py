@@ -24,6 +24,7 @@ from idhub.ops import router as ops_router
 from idhub.scim.errors import ScimError
 from idhub.scim.router import router as scim_router
 from idhub.scim.router import scim_error_response
+from idhub.scim.router import versions as scim_versions
 from idhub.settings import Settings
 from idhub.storage.migrate import upgrade
 from idhub.web.router import router as web_router
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # SCIM first: routes are tried in order, and provisioning engines send the most requests that go
     # through the router (the hottest OAuth endpoints skip it, see BackChannelFastPath).
     app.include_router(scim_router, prefix=ISSUER_PREFIX)
+    app.include_router(scim_versions, prefix=ISSUER_PREFIX)
     app.include_router(ops_router)
     for module in (discovery, authorize, token, userinfo, introspection, revocation, logout):
         app.include_router(module.router, prefix=ISSUER_PREFIX)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import orjson
@@ -412,3 +413,19 @@ def _conditional(rt: schemas.ResourceType, resource: Resource, request: Request,
 async def unknown(rest: str) -> Response:
     """Answer unknown SCIM paths with a SCIM 404 (``/Me`` is not offered: callers are clients, not users)."""
     raise errors.NotFound(f"no SCIM endpoint at /{rest[:100]}")
+
+
+# RFC 7644 §3.13: a version segment before the endpoint names the protocol version, and a service
+# provider "MUST perform the operation using the desired version or reject the request".
+versions = APIRouter(prefix="/scim", include_in_schema=False)
+_VERSION_SEGMENT = re.compile(r"v\d{1,9}")
+_ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@versions.api_route("/{version}", methods=_ANY_METHOD)
+@versions.api_route("/{version}/{rest:path}", methods=_ANY_METHOD)
+async def other_version(version: str) -> Response:
+    """Refuse SCIM versions other than 2 with 400 ``invalidVers``; anything else here is a SCIM 404."""
+    if _VERSION_SEGMENT.fullmatch(version) and version != "v2":
+        raise errors.InvalidVersion(f"SCIM version {version[1:]} is not supported; this service speaks v2 at /scim/v2")
+    raise errors.NotFound("no SCIM endpoint here; the SCIM base URL is /scim/v2")

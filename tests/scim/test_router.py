@@ -499,6 +499,18 @@ def test_unknown_scim_path_404_scim_error(scim: Scim) -> None:
     _error(scim.env.client.get("/tenants/no-such-tenant/scim/v2/Users"), 404)
 
 
+def test_other_protocol_versions_400_invalid_vers(scim: Scim) -> None:
+    # RFC 7644 §3.13: a version segment names the protocol version; one we do not speak is rejected.
+    root = scim.base.removesuffix("/v2")
+    auth = {"authorization": f"Bearer {scim.token}"}
+    for method, path in (("GET", "/v1/Users"), ("POST", "/v3/Users"), ("GET", "/v1"), ("DELETE", "/v10/Groups/x")):
+        response = scim.env.client.request(method, root + path, headers=auth)
+        assert response.headers["content-type"].startswith(SCIM_JSON)
+        _error(response, 400, "invalidVers")
+    _error(scim.env.client.get(root + "/v2", headers=auth), 404)
+    _error(scim.env.client.get(root + "/nope/Users", headers=auth), 404)
+
+
 def test_default_projection_shortcut_holds_no_attribute_returned_on_request_only() -> None:
     from idhub.scim import schemas
 
