@@ -12,10 +12,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import groupby
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, delete, exists, func, insert, select
+from sqlalchemy import ColumnElement, Table, bindparam, delete, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
@@ -38,6 +37,16 @@ _MEMBERS = cast(Table, GroupMember.__table__)
 _USER_READ_COLUMNS = tuple(c for c in _USERS.c if c.key not in ("password_hash", "archive"))
 # A value's own columns; none shares a name with a user column, so both fit in one result row.
 _VALUE_READ_COLUMNS = tuple(c for c in _VALUES.c if c.key not in ("id", "user_id"))
+# Live users by id, each with its multi-valued rows (one row per value; a user without values once).
+_PAGE_USERS = (
+    select(
+        *_USER_READ_COLUMNS,
+        exists().where(_MEMBERS.c.user_id == _USERS.c.id).label("is_member"),
+        *_VALUE_READ_COLUMNS,
+    )
+    .select_from(_USERS.outerjoin(_VALUES, _VALUES.c.user_id == _USERS.c.id))
+    .where(_USERS.c.id.in_(bindparam("ids", expanding=True)), _USERS.c.deleted_at.is_(None))
+)
 MAX_RESULTS = 1000  # advertised as filter.maxResults; larger ``count`` values are capped (RFC 7644 §3.4.2.4)
 DEFAULT_COUNT = 100
 MAX_NESTING = 32  # group nesting depth followed when computing indirect memberships
@@ -137,46 +146,37 @@ class ScimService:
         count = _page_size(q.count)
         if count == 0:
             return await self._count(users, conditions), []
-        # The page: ids in order, with the total riding along as a window count (a filter that must
-        # scan does so once). Only the page's rows are then read whole, and only they are checked for
-        # group membership (the groups query runs for those that are in one).
+        # Two statements, both without a transaction (read_only): the page's ids in order, with the
+        # total riding along as a window count (a filter that must scan does so once); then those users
+        # with their multi-valued rows, through one statement built once at import (building a wide
+        # SELECT costs more than a round trip). Only page rows are checked for group membership.
         sort_key = query.user_sort(q.sort_by) if q.sort_by else None
-        keys: list[ColumnElement[Any]] = [users.c.id, users.c.created_at, func.count().over().label("total")]
-        if sort_key is not None:
-            keys.append(sort_key.label("sort_key"))
         page = (
-            select(*keys)
+            select(users.c.id, func.count().over())
             .where(*conditions)
             .order_by(*_order(sort_key, q.sort_order), users.c.created_at, users.c.id)
             .offset(max(q.start_index, 1) - 1)
             .limit(count)
-            .subquery("page")
-        )
-        is_member = exists().where(_MEMBERS.c.user_id == users.c.id)
-        outer_order: list[ColumnElement[Any]] = [page.c.created_at, page.c.id]
-        if sort_key is not None:
-            outer_order = [*_order(page.c.sort_key, q.sort_order), *outer_order]
-        # One statement reads the page's users with their multi-valued rows (one row per value, a user
-        # without values once): one round trip and one snapshot for the whole page.
-        stmt = (
-            select(*_USER_READ_COLUMNS, page.c.total, is_member.label("is_member"), *_VALUE_READ_COLUMNS)
-            .select_from(users.join(page, page.c.id == users.c.id).outerjoin(_VALUES, _VALUES.c.user_id == users.c.id))
-            .order_by(*outer_order)
         )
         await read_only(self.session)
-        rows = (await self.session.execute(stmt)).all()
-        if not rows:
+        ids = (await self.session.execute(page)).all()
+        if not ids:
             return await self._total(users, conditions, q.start_index, count, 0), []
-        page_users: list[mapping.UserRow] = []
+        rows = (await self.session.execute(_PAGE_USERS, {"ids": [uid for uid, _ in ids]})).all()
+        found: dict[uuid.UUID, mapping.UserRow] = {}
         values: dict[uuid.UUID, list[mapping.ValueRow]] = {}
         members: set[uuid.UUID] = set()
-        for uid, user_rows in groupby(rows, key=lambda row: row.id):
-            first = next(user_rows)
-            page_users.append(first)
-            values[uid] = [row for row in (first, *user_rows) if row.attribute is not None]
-            if first.is_member:
-                members.add(uid)
-        return int(rows[0].total), await self._user_resources(page_users, members, values)
+        for row in rows:
+            if row.id not in found:
+                found[row.id] = row
+                values[row.id] = []
+                if row.is_member:
+                    members.add(row.id)
+            if row.attribute is not None:
+                values[row.id].append(row)
+        # A user deleted between the two statements is left out, as if deleted before the request.
+        page_users = [found[uid] for uid, _ in ids if uid in found]
+        return int(ids[0][1]), await self._user_resources(page_users, members, values)
 
     async def user_resource(self, user: User) -> Resource:
         """Return the SCIM representation of one loaded user."""

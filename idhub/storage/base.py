@@ -64,7 +64,7 @@ def new_uuid() -> uuid.UUID:
 def include_for_dialect(dialect_name: str) -> Callable[..., bool]:
     """Return an Alembic ``include_object`` hook that skips objects meant for another database.
 
-    Objects declared with ``.ddl_if(dialect=...)`` (the PostgreSQL-only trigram index) exist only on
+    Objects declared with ``.ddl_if(dialect=...)`` (the PostgreSQL-only bigram index) exist only on
     that database, so autogenerate must not expect them elsewhere.
     """
 
