@@ -45,7 +45,11 @@ _PAGE_USERS = (
         *_VALUE_READ_COLUMNS,
     )
     .select_from(_USERS.outerjoin(_VALUES, _VALUES.c.user_id == _USERS.c.id))
-    .where(_USERS.c.id.in_(bindparam("ids", expanding=True)), _USERS.c.deleted_at.is_(None))
+    .where(
+        _USERS.c.id.in_(bindparam("ids", expanding=True)),
+        _USERS.c.tenant_id == bindparam("tenant_id"),  # the ids come from this tenant's page; checked anyway
+        _USERS.c.deleted_at.is_(None),
+    )
 )
 MAX_RESULTS = 1000  # advertised as filter.maxResults; larger ``count`` values are capped (RFC 7644 §3.4.2.4)
 DEFAULT_COUNT = 100
@@ -162,7 +166,9 @@ class ScimService:
         ids = (await self.session.execute(page)).all()
         if not ids:
             return await self._total(users, conditions, q.start_index, count, 0), []
-        rows = (await self.session.execute(_PAGE_USERS, {"ids": [uid for uid, _ in ids]})).all()
+        rows = (
+            await self.session.execute(_PAGE_USERS, {"ids": [uid for uid, _ in ids], "tenant_id": self.tenant.id})
+        ).all()
         found: dict[uuid.UUID, mapping.UserRow] = {}
         values: dict[uuid.UUID, list[mapping.ValueRow]] = {}
         members: set[uuid.UUID] = set()
