@@ -30,10 +30,10 @@ from idhub.storage.engine import read_only
 from idhub.storage.models import Group, GroupMember, User, UserValue
 from idhub.tenants.service import TenantInfo
 
-# Everything a resource shows; never the password hash or the archive of a deleted account.
 _USERS = cast(Table, User.__table__)
 _VALUES = cast(Table, UserValue.__table__)
 _MEMBERS = cast(Table, GroupMember.__table__)
+# Everything a resource shows; never the password hash or the archive of a deleted account.
 _USER_READ_COLUMNS = tuple(c for c in _USERS.c if c.key not in ("password_hash", "archive"))
 # A value's own columns; none shares a name with a user column, so both fit in one result row.
 _VALUE_READ_COLUMNS = tuple(c for c in _VALUES.c if c.key not in ("id", "user_id"))
