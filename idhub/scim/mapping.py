@@ -47,8 +47,8 @@ ENTERPRISE_COLUMNS = {
     "division": "division",
     "department": "department",
 }
-# The user columns a resource is built from.
-_READ_COLUMNS = (
+# The user columns a resource is built from (list pages read exactly these).
+READ_COLUMNS = (
     "id",
     "external_id",
     "user_name",
@@ -128,7 +128,7 @@ def _value_element(row: ValueRow) -> dict[str, Any]:
 def _columns_of(user: UserRow) -> Mapping[Any, Any]:
     if isinstance(user, Row):
         return user._mapping
-    return {column: getattr(user, column) for column in _READ_COLUMNS}
+    return {column: getattr(user, column) for column in READ_COLUMNS}
 
 
 def user_resource(user: UserRow, values: list[ValueRow], groups: list[dict[str, Any]], base_url: str) -> Resource:

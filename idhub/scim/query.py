@@ -70,11 +70,12 @@ from idhub.storage.models import Group, GroupMember, User, UserValue
 
 Kind = Literal["string", "boolean", "datetime", "uuid"]
 
-# Core tables, not ORM entities: the filters go into plain SELECTs, with no ORM compile or loading step.
-_USERS = cast(Table, User.__table__)
-_VALUES = cast(Table, UserValue.__table__)
-_GROUPS = cast(Table, Group.__table__)
-_MEMBERS = cast(Table, GroupMember.__table__)
+# Core tables, not ORM entities: the filters (and the service's list pages) are plain SELECTs, with no
+# ORM compile or loading step.
+USERS = cast(Table, User.__table__)
+USER_VALUES = cast(Table, UserValue.__table__)
+GROUPS = cast(Table, Group.__table__)
+GROUP_MEMBERS = cast(Table, GroupMember.__table__)
 Value = str | bool | int | float | None
 Op = CompareOp | Literal["pr"]
 
@@ -201,16 +202,12 @@ class _Schema:
     never: frozenset[str] = field(default_factory=frozenset)  # names that exist but are never filterable
 
 
-def _s(expr: ColumnElement[Any], **kw: Any) -> _Scalar:
-    return _Scalar(expr, **kw)
-
-
 def _user_value_multi(attribute: str, subs: Mapping[str, _Scalar], default: str | None) -> _Multi:
     def exists(cond: ColumnElement[bool]) -> ColumnElement[bool]:
         return (
-            select(_VALUES.c.id)
-            .where(_VALUES.c.user_id == _USERS.c.id, _VALUES.c.attribute == attribute, cond)
-            .correlate(_USERS)
+            select(USER_VALUES.c.id)
+            .where(USER_VALUES.c.user_id == USERS.c.id, USER_VALUES.c.attribute == attribute, cond)
+            .correlate(USERS)
             .exists()
         )
 
@@ -218,26 +215,29 @@ def _user_value_multi(attribute: str, subs: Mapping[str, _Scalar], default: str 
         # RFC 7644 §3.4.2.3: a multi-valued attribute sorts by its primary value, else its first.
         return (
             select(key)
-            .where(_VALUES.c.user_id == _USERS.c.id, _VALUES.c.attribute == attribute)
-            .order_by(_VALUES.c.primary.desc(), _VALUES.c.position, _VALUES.c.id)
+            .where(USER_VALUES.c.user_id == USERS.c.id, USER_VALUES.c.attribute == attribute)
+            .order_by(USER_VALUES.c.primary.desc(), USER_VALUES.c.position, USER_VALUES.c.id)
             .limit(1)
-            .correlate(_USERS)
+            .correlate(USERS)
             .scalar_subquery()
         )
 
     return _Multi(subs, default, exists, first)
 
 
-_ELEMENT_COMMON = {"type": _s(_VALUES.c.type), "primary": _s(_VALUES.c.primary, kind="boolean", true_only=True)}
-_PLAIN_ELEMENT = {"value": _s(_VALUES.c.value), "display": _s(_VALUES.c.display), **_ELEMENT_COMMON}
-_CERT_ELEMENT = {**_PLAIN_ELEMENT, "value": _s(_VALUES.c.value, case_exact=True)}
+_ELEMENT_COMMON = {
+    "type": _Scalar(USER_VALUES.c.type),
+    "primary": _Scalar(USER_VALUES.c.primary, kind="boolean", true_only=True),
+}
+_PLAIN_ELEMENT = {"value": _Scalar(USER_VALUES.c.value), "display": _Scalar(USER_VALUES.c.display), **_ELEMENT_COMMON}
+_CERT_ELEMENT = {**_PLAIN_ELEMENT, "value": _Scalar(USER_VALUES.c.value, case_exact=True)}
 _ADDRESS_ELEMENT = {
-    "formatted": _s(_VALUES.c.formatted),
-    "streetaddress": _s(_VALUES.c.street_address),
-    "locality": _s(_VALUES.c.locality),
-    "region": _s(_VALUES.c.region),
-    "postalcode": _s(_VALUES.c.postal_code),
-    "country": _s(_VALUES.c.country),
+    "formatted": _Scalar(USER_VALUES.c.formatted),
+    "streetaddress": _Scalar(USER_VALUES.c.street_address),
+    "locality": _Scalar(USER_VALUES.c.locality),
+    "region": _Scalar(USER_VALUES.c.region),
+    "postalcode": _Scalar(USER_VALUES.c.postal_code),
+    "country": _Scalar(USER_VALUES.c.country),
     **_ELEMENT_COMMON,
 }
 
@@ -245,8 +245,8 @@ _ADDRESS_ELEMENT = {
 def _meta(created: ColumnElement[Any], modified: ColumnElement[Any], resource_type: str) -> _Complex:
     return _Complex(
         {
-            "created": _s(created, kind="datetime"),
-            "lastmodified": _s(modified, kind="datetime"),
+            "created": _Scalar(created, kind="datetime"),
+            "lastmodified": _Scalar(modified, kind="datetime"),
             "resourcetype": _Const(resource_type),
         }
     )
@@ -254,37 +254,37 @@ def _meta(created: ColumnElement[Any], modified: ColumnElement[Any], resource_ty
 
 def _user_groups(tenant_id: uuid.UUID | None) -> _Multi:
     """``groups``: the user's direct groups and every group containing one of them (RFC 7643 §4.1.2)."""
-    direct = _MEMBERS.alias()
+    direct = GROUP_MEMBERS.alias()
     is_direct = (
         select(direct.c.id)
-        .where(direct.c.user_id == _USERS.c.id, direct.c.group_id == _GROUPS.c.id)
-        .correlate(_USERS, _GROUPS)
+        .where(direct.c.user_id == USERS.c.id, direct.c.group_id == GROUPS.c.id)
+        .correlate(USERS, GROUPS)
         .exists()
     )
     subs = {
-        "value": _s(_GROUPS.c.id, kind="uuid"),
-        "display": _s(_GROUPS.c.display_name_key, folded=True),
-        "type": _s(case((is_direct, "direct"), else_="indirect")),
+        "value": _Scalar(GROUPS.c.id, kind="uuid"),
+        "display": _Scalar(GROUPS.c.display_name_key, folded=True),
+        "type": _Scalar(case((is_direct, "direct"), else_="indirect")),
     }
 
     def exists(cond: ColumnElement[bool]) -> ColumnElement[bool]:
         if tenant_id is None:
             raise InvalidFilter("groups cannot be used here")
         # (descendant, ancestor) pairs over the tenant's groups, each group its own ancestor; UNION stops on cycles.
-        base = select(_GROUPS.c.id.label("descendant"), _GROUPS.c.id.label("ancestor")).where(
-            _GROUPS.c.tenant_id == tenant_id
+        base = select(GROUPS.c.id.label("descendant"), GROUPS.c.id.label("ancestor")).where(
+            GROUPS.c.tenant_id == tenant_id
         )
         tree = base.cte(recursive=True, nesting=True)
-        link = _MEMBERS.alias()
+        link = GROUP_MEMBERS.alias()
         tree = tree.union(
             select(tree.c.descendant, link.c.group_id).join(link, link.c.member_group_id == tree.c.ancestor)
         )
         return (
-            select(_MEMBERS.c.id)
-            .join(tree, tree.c.descendant == _MEMBERS.c.group_id)
-            .join(_GROUPS, _GROUPS.c.id == tree.c.ancestor)
-            .where(_MEMBERS.c.user_id == _USERS.c.id, cond)
-            .correlate(_USERS)
+            select(GROUP_MEMBERS.c.id)
+            .join(tree, tree.c.descendant == GROUP_MEMBERS.c.group_id)
+            .join(GROUPS, GROUPS.c.id == tree.c.ancestor)
+            .where(GROUP_MEMBERS.c.user_id == USERS.c.id, cond)
+            .correlate(USERS)
             .exists()
         )
 
@@ -301,61 +301,63 @@ def _user_schema(tenant_id: uuid.UUID | None) -> _Schema:
     multi["x509certificates"] = _user_value_multi("x509Certificates", _CERT_ELEMENT, "value")
     multi["addresses"] = _user_value_multi("addresses", _ADDRESS_ELEMENT, None)
     core: dict[str, Attr] = {
-        "id": _s(_USERS.c.id, kind="uuid"),
-        "externalid": _s(_USERS.c.external_id, case_exact=True),
-        "username": _s(_USERS.c.username, folded=True, bigram_index=True),
+        "id": _Scalar(USERS.c.id, kind="uuid"),
+        "externalid": _Scalar(USERS.c.external_id, case_exact=True),
+        "username": _Scalar(USERS.c.username, folded=True, bigram_index=True),
         "name": _Complex(
             {
-                "formatted": _s(_USERS.c.name),
-                "familyname": _s(_USERS.c.family_name),
-                "givenname": _s(_USERS.c.given_name),
-                "middlename": _s(_USERS.c.middle_name),
-                "honorificprefix": _s(_USERS.c.honorific_prefix),
-                "honorificsuffix": _s(_USERS.c.honorific_suffix),
+                "formatted": _Scalar(USERS.c.name),
+                "familyname": _Scalar(USERS.c.family_name),
+                "givenname": _Scalar(USERS.c.given_name),
+                "middlename": _Scalar(USERS.c.middle_name),
+                "honorificprefix": _Scalar(USERS.c.honorific_prefix),
+                "honorificsuffix": _Scalar(USERS.c.honorific_suffix),
             }
         ),
-        "displayname": _s(_USERS.c.display_name),
-        "nickname": _s(_USERS.c.nick_name),
-        "profileurl": _s(_USERS.c.profile_url),
-        "title": _s(_USERS.c.title),
-        "usertype": _s(_USERS.c.user_type),
-        "preferredlanguage": _s(_USERS.c.preferred_language),
-        "locale": _s(_USERS.c.locale),
-        "timezone": _s(_USERS.c.timezone),
-        "active": _s(_USERS.c.enabled, kind="boolean"),
-        "meta": _meta(_USERS.c.created_at, _USERS.c.updated_at, "User"),
+        "displayname": _Scalar(USERS.c.display_name),
+        "nickname": _Scalar(USERS.c.nick_name),
+        "profileurl": _Scalar(USERS.c.profile_url),
+        "title": _Scalar(USERS.c.title),
+        "usertype": _Scalar(USERS.c.user_type),
+        "preferredlanguage": _Scalar(USERS.c.preferred_language),
+        "locale": _Scalar(USERS.c.locale),
+        "timezone": _Scalar(USERS.c.timezone),
+        "active": _Scalar(USERS.c.enabled, kind="boolean"),
+        "meta": _meta(USERS.c.created_at, USERS.c.updated_at, "User"),
         "groups": _user_groups(tenant_id),
         **multi,
     }
     enterprise: dict[str, Attr] = {
-        "employeenumber": _s(_USERS.c.employee_number),
-        "costcenter": _s(_USERS.c.cost_center),
-        "organization": _s(_USERS.c.organization),
-        "division": _s(_USERS.c.division),
-        "department": _s(_USERS.c.department),
-        "manager": _Complex({"value": _s(_USERS.c.manager_id)}, default="value"),
+        "employeenumber": _Scalar(USERS.c.employee_number),
+        "costcenter": _Scalar(USERS.c.cost_center),
+        "organization": _Scalar(USERS.c.organization),
+        "division": _Scalar(USERS.c.division),
+        "department": _Scalar(USERS.c.department),
+        "manager": _Complex({"value": _Scalar(USERS.c.manager_id)}, default="value"),
     }
     return _Schema({USER_URN.lower(): core, ENTERPRISE_URN.lower(): enterprise}, frozenset({"password"}))
 
 
 def _group_members() -> _Multi:
     """``members``: the group's direct members, users or groups (RFC 7643 §4.2)."""
-    member_group = _GROUPS.alias()
+    member_group = GROUPS.alias()
     subs = {
-        "value": _s(func.coalesce(_MEMBERS.c.user_id, _MEMBERS.c.member_group_id, type_=Uuid()), kind="uuid"),
-        "type": _s(case((_MEMBERS.c.user_id.is_not(None), "User"), else_="Group")),
-        "display": _s(
-            func.coalesce(_USERS.c.display_name, _USERS.c.user_name, _USERS.c.username, member_group.c.display_name)
+        "value": _Scalar(
+            func.coalesce(GROUP_MEMBERS.c.user_id, GROUP_MEMBERS.c.member_group_id, type_=Uuid()), kind="uuid"
+        ),
+        "type": _Scalar(case((GROUP_MEMBERS.c.user_id.is_not(None), "User"), else_="Group")),
+        "display": _Scalar(
+            func.coalesce(USERS.c.display_name, USERS.c.user_name, USERS.c.username, member_group.c.display_name)
         ),
     }
 
     def exists(cond: ColumnElement[bool]) -> ColumnElement[bool]:
         return (
-            select(_MEMBERS.c.id)
-            .outerjoin(_USERS, _USERS.c.id == _MEMBERS.c.user_id)
-            .outerjoin(member_group, member_group.c.id == _MEMBERS.c.member_group_id)
-            .where(_MEMBERS.c.group_id == _GROUPS.c.id, cond)
-            .correlate(_GROUPS)
+            select(GROUP_MEMBERS.c.id)
+            .outerjoin(USERS, USERS.c.id == GROUP_MEMBERS.c.user_id)
+            .outerjoin(member_group, member_group.c.id == GROUP_MEMBERS.c.member_group_id)
+            .where(GROUP_MEMBERS.c.group_id == GROUPS.c.id, cond)
+            .correlate(GROUPS)
             .exists()
         )
 
@@ -365,11 +367,11 @@ def _group_members() -> _Multi:
 @lru_cache(maxsize=1)
 def _group_schema() -> _Schema:
     core: dict[str, Attr] = {
-        "id": _s(_GROUPS.c.id, kind="uuid"),
-        "externalid": _s(_GROUPS.c.external_id, case_exact=True),
-        "displayname": _s(_GROUPS.c.display_name_key, folded=True),
+        "id": _Scalar(GROUPS.c.id, kind="uuid"),
+        "externalid": _Scalar(GROUPS.c.external_id, case_exact=True),
+        "displayname": _Scalar(GROUPS.c.display_name_key, folded=True),
         "members": _group_members(),
-        "meta": _meta(_GROUPS.c.created_at, _GROUPS.c.updated_at, "Group"),
+        "meta": _meta(GROUPS.c.created_at, GROUPS.c.updated_at, "Group"),
     }
     return _Schema({GROUP_URN.lower(): core})
 

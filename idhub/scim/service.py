@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import ColumnElement, Table, bindparam, delete, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -30,11 +30,9 @@ from idhub.storage.engine import read_only
 from idhub.storage.models import Group, GroupMember, User, UserValue
 from idhub.tenants.service import TenantInfo
 
-_USERS = cast(Table, User.__table__)
-_VALUES = cast(Table, UserValue.__table__)
-_MEMBERS = cast(Table, GroupMember.__table__)
-# Everything a resource shows; never the password hash or the archive of a deleted account.
-_USER_READ_COLUMNS = tuple(c for c in _USERS.c if c.key not in ("password_hash", "archive"))
+_USERS, _VALUES, _MEMBERS = query.USERS, query.USER_VALUES, query.GROUP_MEMBERS
+# What a resource shows (never the password hash or the archive of a deleted account).
+_USER_READ_COLUMNS = tuple(_USERS.c[name] for name in mapping.READ_COLUMNS)
 # A value's own columns; none shares a name with a user column, so both fit in one result row.
 _VALUE_READ_COLUMNS = tuple(c for c in _VALUES.c if c.key not in ("id", "user_id"))
 # Live users by id, each with its multi-valued rows (one row per value; a user without values once).
