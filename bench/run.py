@@ -11,6 +11,12 @@
    redirect back to the client with a code), driven by an asyncio httpx client.
 4. A table: requests/s, ratio to echo, p50/p99 latency, target and PASS/FAIL, plus machine information.
 
+The server under test runs on one CPU core and the load generator on another (``--server-cpu``, default 0;
+``--client-cpu``, default 1): servers are started under ``taskset -c <server-cpu>``, wrk under ``taskset -c
+<client-cpu>``, and this process pins itself to the client CPU while it drives the sign-ins. With fewer than
+two usable CPUs, or ``--no-pin``, everything runs unpinned and the report says so. PostgreSQL is a separate
+system service and is not pinned.
+
 This is not a test: it prints figures. Usage: ``python bench/run.py [--duration 10] [--json-out FILE]``.
 Every server it starts is stopped at the end.
 """
@@ -33,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -49,6 +55,103 @@ IDHUB = [sys.executable, "-c", "import sys; from idhub.cli import main; sys.exit
 TENANT = "bench"
 REDIRECT_URI = "http://127.0.0.1:9/callback"
 PASSWORD = "bench-password-0123456789"
+
+
+# --- CPU pinning ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pinning:
+    """Where the server under test and the load generator run: one CPU each, or unpinned (both None)."""
+
+    server_cpu: int | None = None
+    client_cpu: int | None = None
+    method: str = ""  # "taskset" or "sched_setaffinity" (taskset not installed)
+    warning: str = ""  # why the run is not pinned
+
+    @property
+    def pinned(self) -> bool:
+        """Tell whether the server and the load generator are pinned."""
+        return self.server_cpu is not None and self.client_cpu is not None
+
+    def command(self, argv: list[str], cpu: int | None) -> tuple[list[str], Callable[[], None] | None]:
+        """Return ``argv`` pinned to ``cpu`` (``taskset -c`` prefix, or a ``preexec_fn`` setting the affinity)."""
+        if cpu is None:
+            return argv, None
+        if self.method == "taskset":
+            return ["taskset", "-c", str(cpu), *argv], None
+        return argv, lambda: os.sched_setaffinity(0, {cpu})
+
+    def server_command(self, argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+        """Return a server's ``argv`` (and ``preexec_fn``) pinned to the server CPU."""
+        return self.command(argv, self.server_cpu)
+
+    def client_command(self, argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+        """Return a load generator's ``argv`` (and ``preexec_fn``) pinned to the client CPU."""
+        return self.command(argv, self.client_cpu)
+
+    @contextlib.contextmanager
+    def load_generator(self) -> Iterator[None]:
+        """Pin this process to the client CPU for the block (an in-process load generator); restore after."""
+        if self.client_cpu is None:
+            yield
+            return
+        previous = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {self.client_cpu})
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, previous)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Describe the pinning for the JSON output."""
+        return {
+            "pinned": self.pinned,
+            "server_cpu": self.server_cpu,
+            "client_cpu": self.client_cpu,
+            "method": self.method or None,
+            "warning": self.warning or None,
+            "postgresql": "not pinned (system service)",
+        }
+
+
+def add_pinning_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--server-cpu``, ``--client-cpu`` and ``--no-pin``."""
+    parser.add_argument("--server-cpu", type=int, default=0, help="CPU the server under test is pinned to")
+    parser.add_argument("--client-cpu", type=int, default=1, help="CPU the load generator is pinned to")
+    parser.add_argument("--no-pin", action="store_true", help="run the server and the load generator unpinned")
+
+
+def pinning_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pinning:
+    """Decide the pinning: the two CPUs asked for, or unpinned (with a warning) when that is not possible."""
+    if args.no_pin:
+        return Pinning(warning="--no-pin given: server and load generator run unpinned; figures are noisier")
+    if not hasattr(os, "sched_setaffinity"):
+        return Pinning(warning="CPU affinity is not supported on this platform: running unpinned")
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        return Pinning(
+            warning=f"only {len(usable)} usable CPU ({usable}): server and load generator run unpinned on it"
+        )
+    if args.server_cpu == args.client_cpu:
+        parser.error("--server-cpu and --client-cpu must differ")
+    for option, cpu in (("--server-cpu", args.server_cpu), ("--client-cpu", args.client_cpu)):
+        if cpu not in usable:
+            parser.error(f"{option} {cpu} is not a usable CPU here (usable: {usable}); or pass --no-pin")
+    method = "taskset" if shutil.which("taskset") else "sched_setaffinity"
+    return Pinning(server_cpu=args.server_cpu, client_cpu=args.client_cpu, method=method)
+
+
+def pinning_header(info: dict[str, Any] | None) -> list[str]:
+    """Return the report's pinning line, and a warning line when unpinned, from ``Pinning.as_dict()``."""
+    info = info or {}
+    if not info.get("pinned"):
+        return [
+            "pinning: none (server and load generator share every CPU)",
+            f"WARNING: not pinned: {info.get('warning') or 'unknown reason'}",
+        ]
+    return [
+        f"pinning: server on CPU {info['server_cpu']}, load generator on CPU {info['client_cpu']} "
+        f"({info['method']}; PostgreSQL not pinned)"
+    ]
 
 
 # --- wrk ------------------------------------------------------------------------------------------
@@ -106,14 +209,27 @@ def lua_post(path: Path, *, body: str, headers: dict[str, str]) -> Path:
     return path
 
 
-def run_wrk(url: str, script: Path, *, name: str, duration: float, connections: int, warmup: float) -> Figure:
-    """Warm up, then measure ``url`` with wrk (1 thread, ``connections`` keep-alive connections)."""
+def run_wrk(
+    url: str,
+    script: Path,
+    *,
+    name: str,
+    duration: float,
+    connections: int,
+    warmup: float,
+    pinning: Pinning | None = None,
+) -> Figure:
+    """Warm up, then measure ``url`` with wrk (1 thread, ``connections`` keep-alive connections).
+
+    wrk runs on the client CPU of ``pinning`` (``taskset -c``) when there is one.
+    """
+    pinning = pinning or Pinning()
     base = ["wrk", "-t1", f"-c{connections}", "--timeout", "5s", "-s", str(script)]
     if warmup > 0:
-        subprocess.run([*base, f"-d{max(1, round(warmup))}s", url], capture_output=True, text=True, check=False)
-    completed = subprocess.run(
-        [*base, f"-d{max(1, round(duration))}s", "--latency", url], capture_output=True, text=True, check=False
-    )
+        argv, preexec = pinning.client_command([*base, f"-d{max(1, round(warmup))}s", url])
+        subprocess.run(argv, preexec_fn=preexec, capture_output=True, text=True, check=False)
+    argv, preexec = pinning.client_command([*base, f"-d{max(1, round(duration))}s", "--latency", url])
+    completed = subprocess.run(argv, preexec_fn=preexec, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr or completed.stdout}")
     return parse_wrk(completed.stdout, name)
@@ -141,21 +257,40 @@ def free_port() -> int:
 
 
 class Server:
-    """A server process started by this script (and only stopped by it, by its pid)."""
+    """A server process started by this script (and only stopped by it, by its pid).
 
-    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path, log_dir: Path) -> None:
+    With a ``pinning``, the process runs on its server CPU (``taskset -c <cpu> argv...``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: Path,
+        log_dir: Path,
+        pinning: Pinning | None = None,
+    ) -> None:
         self.name = name
-        self.argv = argv
+        self.pinning = pinning or Pinning()
+        self.argv, self.preexec_fn = self.pinning.server_command(argv)
         self.env = env
         self.cwd = cwd
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, health_url: str, timeout: float = 60.0) -> None:
-        """Start the process and wait until ``health_url`` answers 200."""
+        """Start the process, wait until ``health_url`` answers 200 and check that it runs on its CPU."""
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -163,9 +298,19 @@ class Server:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(health_url, timeout=1).status_code == 200:
+                    self.check_affinity()
                     return
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not become healthy:\n{self.log_tail()}")
+
+    def check_affinity(self) -> None:
+        """Raise when the (pinned) server process may run on another CPU than its server CPU."""
+        cpu = self.pinning.server_cpu
+        if cpu is None or self.process is None:
+            return
+        allowed = os.sched_getaffinity(self.process.pid)
+        if allowed != {cpu}:
+            raise RuntimeError(f"{self.name} (pid {self.process.pid}) may run on CPUs {sorted(allowed)}, not {cpu}")
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL after 10 s)."""
@@ -409,8 +554,8 @@ TARGETS = {
 }
 
 
-def machine_info() -> dict[str, Any]:
-    """Describe the machine the figures come from."""
+def machine_info(pinning: Pinning | None = None) -> dict[str, Any]:
+    """Describe the machine the figures come from, and where the server and the load generator run."""
     model = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -429,6 +574,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "wrk": wrk_version,
+        "pinning": (pinning or Pinning(warning="no pinning asked for")).as_dict(),
     }
 
 
@@ -452,7 +598,7 @@ class Report:
         """Render the table and machine information."""
         echo = self.echo_rps()
         header = f"{'scenario':<32} {'req/s':>9} {'x echo':>7} {'p50 ms':>8} {'p99 ms':>8}  {'target':<28} result"
-        lines = [header, "-" * len(header)]
+        lines = [*pinning_header(self.machine.get("pinning")), "", header, "-" * len(header)]
         for figure in self.figures:
             target = TARGETS.get(figure.name)
             shows_ratio = target is None or target.min_ratio is not None
@@ -470,13 +616,13 @@ class Report:
         for name, reason in self.skipped.items():
             lines.append(f"{name:<32} skipped: {reason}")
         lines.append("")
-        lines.append("machine: " + ", ".join(f"{k}={v}" for k, v in self.machine.items()))
+        lines.append("machine: " + ", ".join(f"{k}={v}" for k, v in self.machine.items() if k != "pinning"))
         lines.append("settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()))
         return "\n".join(lines)
 
 
 # --- the run --------------------------------------------------------------------------------------
-def bench_echo(args: argparse.Namespace, work: Path, report: Report) -> None:
+def bench_echo(args: argparse.Namespace, work: Path, report: Report, pinning: Pinning) -> None:
     """Measure the bare echo app."""
     port = free_port()
     argv = [
@@ -502,7 +648,7 @@ def bench_echo(args: argparse.Namespace, work: Path, report: Report) -> None:
         "--log-level",
         "warning",
     ]
-    server = Server("echo", argv, env=dict(os.environ), cwd=BENCH_DIR, log_dir=work)
+    server = Server("echo", argv, env=dict(os.environ), cwd=BENCH_DIR, log_dir=work, pinning=pinning)
     with running(server, f"http://127.0.0.1:{port}/healthz"):
         script = lua_post(
             work / "echo.lua",
@@ -516,12 +662,13 @@ def bench_echo(args: argparse.Namespace, work: Path, report: Report) -> None:
             duration=args.duration,
             connections=args.connections,
             warmup=args.warmup,
+            pinning=pinning,
         )
     report.figures.append(figure)
     print(f"  echo: {figure.requests_per_second:.0f} req/s", flush=True)
 
 
-def bench_idhub(args: argparse.Namespace, work: Path, report: Report) -> None:
+def bench_idhub(args: argparse.Namespace, work: Path, report: Report, pinning: Pinning) -> None:
     """Set up and measure one idhub server process on PostgreSQL."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -595,7 +742,7 @@ def bench_idhub(args: argparse.Namespace, work: Path, report: Report) -> None:
             raise RuntimeError(f"idhub user create failed: {err.strip()}")
 
     argv = [*IDHUB, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    server = Server("idhub", argv, env=env, cwd=work, log_dir=work)
+    server = Server("idhub", argv, env=env, cwd=work, log_dir=work, pinning=pinning)
     with running(server, f"{base_url}/healthz"):
         meta = httpx.get(f"{init['issuer']}/.well-known/openid-configuration", timeout=10).json()
         token_endpoint = meta["token_endpoint"]
@@ -626,6 +773,7 @@ def bench_idhub(args: argparse.Namespace, work: Path, report: Report) -> None:
                 duration=args.duration,
                 connections=args.connections,
                 warmup=args.warmup,
+                pinning=pinning,
             )
             report.figures.append(figure)
 
@@ -645,6 +793,7 @@ def bench_idhub(args: argparse.Namespace, work: Path, report: Report) -> None:
                     duration=args.duration,
                     connections=args.connections,
                     warmup=args.warmup,
+                    pinning=pinning,
                 )
                 after = httpx.post(endpoint, content=introspect_body, headers=auth)
                 if after.status_code != 200 or after.json().get("active") is not True:
@@ -661,9 +810,10 @@ def bench_idhub(args: argparse.Namespace, work: Path, report: Report) -> None:
         print("  password sign-ins ...", flush=True)
         setup = SignInSetup(meta["authorization_endpoint"], init["issuer"], web["client_id"], usernames)
         try:
-            figure = asyncio.run(
-                run_sign_ins(setup, duration=args.signin_duration, concurrency=args.signin_concurrency, warmup=2)
-            )
+            with pinning.load_generator():  # this process is the load generator: on the client CPU
+                figure = asyncio.run(
+                    run_sign_ins(setup, duration=args.signin_duration, concurrency=args.signin_concurrency, warmup=2)
+                )
             report.figures.append(figure)
         except Exception as exc:
             report.skipped["password sign-ins (login form)"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -683,11 +833,13 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=8, help="users created for the sign-in run")
     parser.add_argument("--echo-only", action="store_true", help="measure only the echo ceiling")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the figures as JSON")
+    add_pinning_arguments(parser)
     args = parser.parse_args()
+    pinning = pinning_from_args(parser, args)
 
     ensure_wrk()
     report = Report(
-        machine=machine_info(),
+        machine=machine_info(pinning),
         settings={
             "connections": args.connections,
             "wrk_threads": 1,
@@ -697,14 +849,15 @@ def main() -> int:
             "database": urlsplit(args.database_url.replace("+asyncpg", "")).path.lstrip("/"),
         },
     )
+    print("\n".join(pinning_header(report.machine["pinning"])), flush=True)
     with tempfile.TemporaryDirectory(prefix="idhub-bench-") as tmp:
         work = Path(tmp)
         print("echo ceiling ...", flush=True)
-        bench_echo(args, work, report)
+        bench_echo(args, work, report, pinning)
         if not args.echo_only:
             print("idhub (one worker, PostgreSQL) ...", flush=True)
             try:
-                bench_idhub(args, work, report)
+                bench_idhub(args, work, report, pinning)
             except Exception as exc:
                 report.skipped["idhub"] = f"{type(exc).__name__}: {exc}"[:2000]
     print()

@@ -20,6 +20,11 @@ is one keep-alive httpx client sending requests one after another (no concurrenc
    (active), then ``PATCH /Users/<id>`` sets ``active`` to false and the very next introspection must
    answer ``active: false``. The PATCH latency is reported.
 
+The server runs on one CPU core and this process, the load generator, on another (``--server-cpu``,
+default 0; ``--client-cpu``, default 1): the server is started under ``taskset -c <server-cpu>`` and this
+process pins itself to the client CPU once the server is up, for all SCIM requests. With fewer than two
+usable CPUs, or ``--no-pin``, both run unpinned and the report says so. PostgreSQL is not pinned.
+
 Latencies are client-side (``time.perf_counter`` around each request). The targets are set for 100,000
 users; a smaller ``--users`` is a smoke run. This is not a test: it prints figures and exits non-zero when
 a target is missed or a scenario could not run.
@@ -28,7 +33,7 @@ The report lists PostgreSQL's version and ``autovacuum`` setting: right after th
 statistics are stale until autovacuum analyzes the tables. ``--analyze`` runs ``ANALYZE`` after onboarding
 to separate that effect from idhub's own cost; the default run does not.
 
-Usage: ``python bench/scim.py [--users 100000] [--analyze] [--json-out FILE]``; ``python bench/scim.py
+Usage: ``python bench/scim.py [--users 100000] [--analyze] [--json-out FILE] [--no-pin]``; ``python bench/scim.py
 --users 2000`` is a quick smoke run. The server it starts is stopped at the end.
 """
 
@@ -101,7 +106,7 @@ class Report:
     def render(self) -> str:
         """Render the table and machine information."""
         header = f"{'scenario':<36} {'figure':<34} {'p50 ms':>8} {'p99 ms':>8}  {'target':<34} result"
-        lines = [header, "-" * len(header)]
+        lines = [*base.pinning_header(self.machine.get("pinning")), "", header, "-" * len(header)]
         for result in self.results:
             p50 = f"{result.p50_ms:.2f}" if result.p50_ms is not None else "-"
             p99 = f"{result.p99_ms:.2f}" if result.p99_ms is not None else "-"
@@ -117,7 +122,7 @@ class Report:
         lines.append("")
         if self.settings.get("users") != TARGET_USERS:
             lines.append(f"note: targets are set for {TARGET_USERS} users; this run had {self.settings.get('users')}")
-        lines.append("machine: " + ", ".join(f"{k}={v}" for k, v in self.machine.items()))
+        lines.append("machine: " + ", ".join(f"{k}={v}" for k, v in self.machine.items() if k != "pinning"))
         lines.append("settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()))
         return "\n".join(lines)
 
@@ -489,7 +494,7 @@ def bench_deactivation(env: dict[str, str], issuer: str, scim: str, scim_http: h
 
 
 # --- the run --------------------------------------------------------------------------------------
-def bench_scim(args: argparse.Namespace, work: Path, report: Report) -> None:
+def bench_scim(args: argparse.Namespace, work: Path, report: Report, pinning: base.Pinning) -> None:
     """Set up one idhub server process on PostgreSQL and run the four scenarios against it."""
     port = base.free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -513,9 +518,14 @@ def bench_scim(args: argparse.Namespace, work: Path, report: Report) -> None:
     scim = f"{issuer}/scim/v2"
 
     argv = [*base.IDHUB, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    server = base.Server("idhub", argv, env=env, cwd=work, log_dir=work)
+    server = base.Server("idhub", argv, env=env, cwd=work, log_dir=work, pinning=pinning)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": SCIM_MEDIA_TYPE, "Accept": SCIM_MEDIA_TYPE}
-    with base.running(server, f"{base_url}/healthz"), httpx.Client(headers=headers, timeout=120) as http:
+    # The server starts first (on its own CPU), then this process, the load generator, moves to the client CPU.
+    with (
+        base.running(server, f"{base_url}/healthz"),
+        pinning.load_generator(),
+        httpx.Client(headers=headers, timeout=120) as http,
+    ):
         probe = http.get(f"{scim}/Users", params={"count": "0"})
         if probe.status_code != 200:
             raise RuntimeError(f"GET /Users answered {probe.status_code}: {probe.text[:300]}")
@@ -553,12 +563,14 @@ def main() -> int:
         help="run ANALYZE after onboarding (fresh planner statistics, as autovacuum would eventually give)",
     )
     parser.add_argument("--json-out", type=Path, default=None, help="also write the figures as JSON")
+    base.add_pinning_arguments(parser)
     args = parser.parse_args()
     if args.users < 1:
         parser.error("--users must be at least 1")
+    pinning = base.pinning_from_args(parser, args)
 
     report = Report(
-        machine={k: v for k, v in base.machine_info().items() if k != "wrk"},
+        machine={k: v for k, v in base.machine_info(pinning).items() if k != "wrk"},
         settings={
             "users": args.users,
             "bulk_ops_per_request": BULK_SIZE,
@@ -568,10 +580,11 @@ def main() -> int:
             "analyze_after_onboarding": args.analyze,
         },
     )
+    print("\n".join(base.pinning_header(report.machine["pinning"])), flush=True)
     with tempfile.TemporaryDirectory(prefix="idhub-bench-scim-") as tmp:
         print("idhub SCIM (one worker, PostgreSQL) ...", flush=True)
         try:
-            bench_scim(args, Path(tmp), report)
+            bench_scim(args, Path(tmp), report, pinning)
         except Exception as exc:
             report.skipped["idhub"] = f"{type(exc).__name__}: {exc}"[:2000]
     print()

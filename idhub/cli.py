@@ -1,28 +1,34 @@
-"""The ``idhub`` command: serve, migrate, init, client, user, keys.
+"""The ``idhub`` command: serve, migrate, init, client, user, group, keys, tenant, provisioning-token.
 
 Every subcommand prints one JSON object with ``--json`` (``init`` always does) and exits non-zero with
-a one-line error on bad input.
+a one-line error on bad input. A command that changes anything runs in one unit of work acting as the
+operator (``cli:<login name>``), so each change is audited like any other surface's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.clients.service import create_client
 from idhub.context import AppContext, build_context
-from idhub.directory.users import create_user
+from idhub.directory.groups import MemberIds
+from idhub.directory.profile import UserProfile, ValueRecord
 from idhub.errors import DomainError
+from idhub.events import Actor
 from idhub.settings import Settings
 from idhub.storage.migrate import upgrade
+from idhub.storage.models import Group, User
+from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import get_or_create_tenant, issuer_for, require_tenant
 
 T = TypeVar("T")
@@ -55,8 +61,17 @@ def _settings() -> Settings:
         raise  # unreachable
 
 
-def _run(work: Callable[[AppContext, AsyncSession], Awaitable[T]]) -> T:
-    """Run ``work`` in one transaction against the configured database (migrating SQLite first)."""
+def _operator() -> Actor:
+    """Return the acting operator: the login name of whoever runs the command."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "operator"
+    return Actor("cli", name[:64] or "operator")
+
+
+def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]]) -> T:
+    """Run ``work`` in one unit of work against the configured database (migrating SQLite first)."""
     settings = _settings()
     if settings.is_sqlite:
         upgrade(settings.database_url)
@@ -64,12 +79,10 @@ def _run(work: Callable[[AppContext, AsyncSession], Awaitable[T]]) -> T:
     async def runner() -> T:
         ctx = build_context(settings)
         try:
-            async with ctx.sessionmaker() as session:
-                result = await work(ctx, session)
-                await session.commit()
-                return result
+            async with ctx.uow(actor=_operator(), surface="cli") as uow:
+                return await work(ctx, uow)
         finally:
-            await ctx.engine.dispose()
+            await ctx.close()
 
     try:
         return asyncio.run(runner())
@@ -120,10 +133,10 @@ def migrate() -> None:
 def init(slug: str) -> None:
     """Create the tenant if missing plus a new admin client; print the credentials as JSON."""
 
-    async def work(ctx: AppContext, session: AsyncSession) -> dict[str, Any]:
-        tenant, _created = await get_or_create_tenant(session, slug=slug, sealer=ctx.sealer)
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant, _created = await get_or_create_tenant(uow, slug=slug, sealer=ctx.sealer)
         client, secret = await create_client(
-            session,
+            uow,
             tenant_id=tenant.id,
             name="idhub admin",
             hasher=ctx.secret_hasher,
@@ -176,10 +189,10 @@ def client_create(
 ) -> None:
     """Register a client and print its id and (once) its secret."""
 
-    async def work(ctx: AppContext, session: AsyncSession) -> dict[str, Any]:
-        tenant = await require_tenant(session, slug)
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
         row, secret = await create_client(
-            session,
+            uow,
             tenant_id=tenant.id,
             name=name,
             hasher=ctx.secret_hasher,
@@ -201,7 +214,7 @@ def client_create(
 
 @main.group()
 def user() -> None:
-    """Manage local users."""
+    """Manage the directory's users."""
 
 
 @user.command("create")
@@ -214,23 +227,155 @@ def user() -> None:
 def user_create(
     slug: str, username: str, email: str | None, name: str | None, password_stdin: bool, as_json: bool
 ) -> None:
-    """Create a local user and print its id."""
+    """Create a user and print its id."""
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    values = (ValueRecord("emails", value=email, type="work", primary=True),) if email else ()
 
-    async def work(ctx: AppContext, session: AsyncSession) -> dict[str, Any]:
-        tenant = await require_tenant(session, slug)
-        row = await create_user(
-            session,
-            tenant_id=tenant.id,
-            username=username,
-            email=email,
-            name=name,
-            password=password,
-            hasher=ctx.passwords,
-        )
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        profile = UserProfile(user_name=username, name=name, values=values)
+        row = await ctx.directory(uow).users.create(tenant.id, profile, password=password)
         return {"id": str(row.id)}
 
     _emit(_run(work), as_json)
+
+
+def _user_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add ``--tenant`` and ``--username``/``--id`` (exactly one) to a user command."""
+    for decorator in reversed(
+        (
+            click.option("--tenant", "slug", required=True),
+            click.option("--username", default=None, help="the user's username"),
+            click.option("--id", "user_id", default=None, help="the user's id"),
+            click.option("--json", "as_json", is_flag=True),
+        )
+    ):
+        command = decorator(command)
+    return command
+
+
+async def _find_user(
+    ctx: AppContext, uow: UnitOfWork, tenant_id: uuid.UUID, username: str | None, user_id: str | None
+) -> User:
+    """Return the live user named by ``--username`` or ``--id`` (exactly one of them)."""
+    if (username is None) == (user_id is None):
+        raise click.UsageError("give exactly one of --username and --id")
+    users = ctx.directory(uow).users
+    if username is not None:
+        found = await users.find(tenant_id, username)
+        if found is None:
+            raise DomainError(f"no user {username!r} in this tenant")
+        return found
+    return await users.get(tenant_id, _uuid(user_id or "", "--id"))
+
+
+def _uuid(value: str, option: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise click.UsageError(f"{option} must be an id (a UUID)") from None
+
+
+def _set_active(slug: str, username: str | None, user_id: str | None, active: bool, as_json: bool) -> None:
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        row = await _find_user(ctx, uow, tenant.id, username, user_id)
+        await ctx.directory(uow).users.set_active(row, active)
+        return {"id": str(row.id), "active": active}
+
+    _emit(_run(work), as_json)
+
+
+@user.command("disable")
+@_user_options
+def user_disable(slug: str, username: str | None, user_id: str | None, as_json: bool) -> None:
+    """Disable a user: sessions, refresh and access tokens are revoked at once."""
+    _set_active(slug, username, user_id, False, as_json)
+
+
+@user.command("enable")
+@_user_options
+def user_enable(slug: str, username: str | None, user_id: str | None, as_json: bool) -> None:
+    """Let a disabled user sign in again."""
+    _set_active(slug, username, user_id, True, as_json)
+
+
+@user.command("delete")
+@_user_options
+def user_delete(slug: str, username: str | None, user_id: str | None, as_json: bool) -> None:
+    """Delete a user: cut off at once, archived, and the username freed for a re-hire."""
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        row = await _find_user(ctx, uow, tenant.id, username, user_id)
+        await ctx.directory(uow).users.delete(row)
+        return {"id": str(row.id), "active": False, "deleted": True}
+
+    _emit(_run(work), as_json)
+
+
+@main.group()
+def group() -> None:
+    """Manage the directory's groups."""
+
+
+@group.command("create")
+@click.option("--tenant", "slug", required=True)
+@click.option("--name", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def group_create(slug: str, name: str, as_json: bool) -> None:
+    """Create a group and print its id."""
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        row = await ctx.directory(uow).groups.create(tenant.id, name=name)
+        return {"id": str(row.id), "name": row.display_name}
+
+    _emit(_run(work), as_json)
+
+
+async def _find_group(ctx: AppContext, uow: UnitOfWork, tenant_id: uuid.UUID, name_or_id: str) -> Group:
+    """Return the group named ``name_or_id``, or the one with that id."""
+    groups = ctx.directory(uow).groups
+    found = await groups.find(tenant_id, name_or_id)
+    if found is not None:
+        return found
+    try:
+        group_id = uuid.UUID(name_or_id)
+    except ValueError:
+        raise DomainError(f"no group {name_or_id!r} in this tenant") from None
+    return await groups.get(tenant_id, group_id)
+
+
+def _change_member(
+    slug: str, name_or_id: str, username: str | None, user_id: str | None, add: bool, as_json: bool
+) -> None:
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        found = await _find_group(ctx, uow, tenant.id, name_or_id)
+        member = await _find_user(ctx, uow, tenant.id, username, user_id)
+        groups = ctx.directory(uow).groups
+        change = MemberIds(users=frozenset({member.id}))
+        await (groups.add_members(found, change) if add else groups.remove_members(found, change))
+        return {"group": str(found.id), "user": str(member.id), "member": add}
+
+    _emit(_run(work), as_json)
+
+
+@group.command("add-member")
+@click.option("--group", "name_or_id", required=True, help="the group's name or id")
+@_user_options
+def group_add_member(slug: str, name_or_id: str, username: str | None, user_id: str | None, as_json: bool) -> None:
+    """Make a user a direct member of a group."""
+    _change_member(slug, name_or_id, username, user_id, True, as_json)
+
+
+@group.command("remove-member")
+@click.option("--group", "name_or_id", required=True, help="the group's name or id")
+@_user_options
+def group_remove_member(slug: str, name_or_id: str, username: str | None, user_id: str | None, as_json: bool) -> None:
+    """Remove a user from a group's direct members."""
+    _change_member(slug, name_or_id, username, user_id, False, as_json)
 
 
 @main.group()
@@ -245,12 +390,12 @@ def keys_rotate(slug: str, as_json: bool) -> None:
     """Rotate keys: next -> active -> retired (published until its tokens expire)."""
     from idhub.crypto.keys import rotate_keys
 
-    async def work(ctx: AppContext, session: AsyncSession) -> dict[str, Any]:
-        tenant = await require_tenant(session, slug)
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
         tokens = ctx.settings.tokens
         lifetime = max(tokens.access_token_ttl, tokens.id_token_ttl) + 300
         active = await rotate_keys(
-            session, tenant_id=tenant.id, sealer=ctx.sealer, max_token_lifetime=timedelta(seconds=lifetime)
+            uow, tenant_id=tenant.id, sealer=ctx.sealer, max_token_lifetime=timedelta(seconds=lifetime)
         )
         return {"tenant": tenant.slug, "active_kids": active}
 
@@ -268,24 +413,60 @@ def provisioning_token() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def provisioning_token_create(slug: str, name: str, as_json: bool) -> None:
     """Create a SCIM bearer token; it is printed once and only its keyed hash is stored."""
-    from idhub.audit.service import Actor, record
-    from idhub.scim.tokens import create_provisioning_token
+    from idhub.credentials.provisioning import create_provisioning_token
 
-    async def work(ctx: AppContext, session: AsyncSession) -> dict[str, Any]:
-        tenant = await require_tenant(session, slug)
-        row, token = await create_provisioning_token(session, tenant_id=tenant.id, name=name, hasher=ctx.secret_hasher)
-        await record(
-            session,
-            tenant_id=tenant.id,
-            actor=Actor(type="cli", id="operator"),
-            action="provisioning_token.create",
-            target_type="ProvisioningToken",
-            target_id=str(row.id),
-            details={"name": name},
-        )
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        row, token = await create_provisioning_token(uow, tenant_id=tenant.id, name=name, hasher=ctx.secret_hasher)
         return {"tenant": tenant.slug, "id": str(row.id), "token": token}
 
     _emit(_run(work), as_json)
+
+
+@provisioning_token.command("list")
+@click.option("--tenant", "slug", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def provisioning_token_list(slug: str, as_json: bool) -> None:
+    """List the tenant's provisioning tokens (never the tokens themselves)."""
+    from idhub.credentials.provisioning import list_provisioning_tokens
+
+    async def work(_ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        listed = await list_provisioning_tokens(uow, tenant_id=tenant.id)
+        return {"tenant": tenant.slug, "tokens": [_token_json(t) for t in listed]}
+
+    result = _run(work)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for token in result["tokens"]:
+            state = f"revoked {token['revoked_at']}" if token["revoked_at"] else "active"
+            click.echo(f"{token['id']}  {token['name']}  created {token['created_at']}  {state}")
+
+
+@provisioning_token.command("revoke")
+@click.option("--tenant", "slug", required=True)
+@click.option("--id", "token_id", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def provisioning_token_revoke(slug: str, token_id: str, as_json: bool) -> None:
+    """Revoke a provisioning token; every process refuses it from now on."""
+    from idhub.credentials.provisioning import revoke_provisioning_token
+
+    async def work(_ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        listed = await revoke_provisioning_token(uow, tenant_id=tenant.id, token_id=_uuid(token_id, "--id"))
+        return _token_json(listed)
+
+    _emit(_run(work), as_json)
+
+
+def _token_json(token: Any) -> dict[str, Any]:
+    return {
+        "id": str(token.id),
+        "name": token.name,
+        "created_at": token.created_at.isoformat(),
+        "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
+    }
 
 
 @main.command("openapi")
@@ -321,8 +502,8 @@ def tenant_update(slug: str, access_token_alg: str | None, name: str | None, as_
     """Change a tenant's settings (other processes pick the change up within seconds)."""
     from idhub.tenants.service import update_tenant
 
-    async def work(ctx: AppContext, session: AsyncSession) -> dict[str, Any]:
-        row = await update_tenant(session, slug=slug, name=name, access_token_alg=access_token_alg)
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        row = await update_tenant(uow, slug=slug, name=name, access_token_alg=access_token_alg)
         return {"tenant": row.slug, "name": row.name, "settings": row.settings}
 
     _emit(_run(work), as_json)

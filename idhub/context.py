@@ -1,4 +1,8 @@
-"""Everything one app instance builds at start-up and shares between requests."""
+"""Everything one app instance builds at start-up and shares between requests: the composition root.
+
+This is where the unit of work meets its consumers: the audit log writes each audited event in the
+transaction, and after a commit the revocation state, the caches and the audit stream hear about it.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,21 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from idhub.audit.service import AuditLog, AuditWriter
 from idhub.clients.service import ClientCache
+from idhub.credentials.provisioning import ProvisioningTokenCache
 from idhub.crypto.encryption import Sealer, derive_key
 from idhub.crypto.keys import KeyStore
 from idhub.crypto.secrets import SecretHasher
+from idhub.directory import Directory
 from idhub.directory.passwords import PasswordHasher
+from idhub.events import ANONYMOUS, Actor, ClientChanged, DomainEvent, KeysRotated, RevocationRecorded, TenantChanged
 from idhub.metrics import Metrics
-from idhub.scim.tokens import ProvisioningTokenCache
 from idhub.settings import Settings
 from idhub.storage.engine import create_engine, create_sessionmaker
+from idhub.storage.purge import Purger
 from idhub.storage.statistics import StatisticsRefresher
+from idhub.storage.uow import EventBus, UnitOfWork, UnitOfWorkFactory
 from idhub.tenants.service import TenantCache
 from idhub.throttle import RedisCounter, Throttle
 from idhub.tokens.revocation import RevocationState
@@ -33,6 +42,8 @@ class AppContext:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    uow_factory: UnitOfWorkFactory
+    audit: AuditLog
     sealer: Sealer
     secret_hasher: SecretHasher
     cookie_key: bytes
@@ -46,11 +57,31 @@ class AppContext:
     metrics: Metrics
     statistics: StatisticsRefresher
     provisioning_tokens: ProvisioningTokenCache
+    purger: Purger
     redis: Any = None
+
+    def uow(self, *, actor: Actor = ANONYMOUS, surface: str = "") -> UnitOfWork:
+        """Start a unit of work for ``actor`` acting through ``surface``."""
+        return self.uow_factory(actor=actor, surface=surface)
+
+    def directory(self, uow: UnitOfWork) -> Directory:
+        """Return the directory's commands acting in ``uow``."""
+        return Directory.open(uow, passwords=self.passwords, token_lifetime=self.settings.tokens.access_token_ttl)
+
+    async def start(self) -> None:
+        """Start background work: revocation following, batched audit writes, the purge."""
+        await self.revocations.start()
+        self.audit.writer.start()
+        self.purger.start()
 
     async def close(self) -> None:
         """Stop background work and release connections."""
+        await self.purger.stop()
         await self.revocations.stop()
+        try:
+            await self.audit.writer.stop()
+        except Exception:
+            log.exception("audit entries could not be written at shutdown")
         await self.statistics.wait()
         self.tokens.close()
         if self.redis is not None:
@@ -76,22 +107,39 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
 
         redis = aioredis.from_url(settings.redis_url)
         throttle = Throttle(settings.throttle, RedisCounter(redis))
+    tenants = TenantCache(sessionmaker, settings.public_url)
+    clients = ClientCache(sessionmaker, ttl=settings.client_cache_ttl)
+    audit = AuditLog(AuditWriter())
+
+    bus = EventBus()
+    bus.subscribe(RevocationRecorded, revocations.on_revocation)
+    bus.subscribe(ClientChanged, clients.on_change)
+    bus.subscribe(TenantChanged, tenants.on_change)
+    bus.subscribe(KeysRotated, keys.on_rotation)
+    bus.subscribe(DomainEvent, audit.committed)
+    uow_factory = UnitOfWorkFactory(
+        sessionmaker, bus=bus, before_commit=[audit.before_commit], after_rollback=[audit.after_rollback]
+    )
+    audit.writer.uow_factory = uow_factory
     return AppContext(
         settings=settings,
         engine=engine,
         sessionmaker=sessionmaker,
+        uow_factory=uow_factory,
+        audit=audit,
         sealer=sealer,
         secret_hasher=secret_hasher,
         cookie_key=derive_key(master, "cookies"),
         passwords=PasswordHasher(settings.passwords),
         keys=keys,
-        tenants=TenantCache(sessionmaker, settings.public_url),
-        clients=ClientCache(sessionmaker, ttl=settings.client_cache_ttl),
+        tenants=tenants,
+        clients=clients,
         revocations=revocations,
         tokens=TokenService(keys=keys, revocations=revocations, settings=settings.tokens),
         throttle=throttle,
         metrics=metrics or Metrics(),
         statistics=StatisticsRefresher(engine),
-        provisioning_tokens=ProvisioningTokenCache(sessionmaker, secret_hasher),
+        provisioning_tokens=ProvisioningTokenCache(sessionmaker, secret_hasher, revocations),
+        purger=Purger(uow_factory, interval=settings.purge_interval_seconds),
         redis=redis,
     )

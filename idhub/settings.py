@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
     revocation_poll_seconds: float = Field(default=1.0, gt=0)
     client_cache_ttl: float = Field(default=5.0, ge=0)
+    # Seconds between purges of expired revocation, single-use and interaction rows (0: never).
+    purge_interval_seconds: float = Field(default=300.0, ge=0)
 
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     sessions: SessionSettings = Field(default_factory=SessionSettings)

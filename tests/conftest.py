@@ -21,9 +21,14 @@ from fastapi.testclient import TestClient
 from idhub.app import create_app
 from idhub.clients.service import create_client
 from idhub.context import AppContext
-from idhub.directory.users import create_user
+from idhub.directory.profile import UserProfile, ValueRecord
+from idhub.events import Actor, RevocationRecorded
 from idhub.settings import Settings
+from idhub.storage.uow import EventBus, UnitOfWork, UnitOfWorkFactory
 from idhub.tenants.service import TenantInfo, get_or_create_tenant
+from idhub.tokens.revocation import RevocationState
+
+TEST_ACTOR = Actor("test", "fixture")
 
 # Throwaway master key for tests only (never used outside the test suite).
 TEST_MASTER_KEY = base64.urlsafe_b64encode(bytes(range(32))).decode()
@@ -117,9 +122,8 @@ class Env:
         slug = slug or f"t-{uuid.uuid4().hex[:12]}"
 
         async def work() -> TenantInfo:
-            async with self.ctx.sessionmaker() as session:
-                await get_or_create_tenant(session, slug=slug, sealer=self.ctx.sealer)
-                await session.commit()
+            async with self.ctx.uow(actor=TEST_ACTOR, surface="test") as uow:
+                await get_or_create_tenant(uow, slug=slug, sealer=self.ctx.sealer)
             info = await self.ctx.tenants.get(slug)
             assert info is not None
             return info
@@ -131,27 +135,58 @@ class Env:
         kwargs.setdefault("name", "test app")
 
         async def work() -> tuple[str, str | None]:
-            async with self.ctx.sessionmaker() as session:
-                row, secret = await create_client(session, tenant_id=tenant.id, hasher=self.ctx.secret_hasher, **kwargs)
-                await session.commit()
+            async with self.ctx.uow(actor=TEST_ACTOR, surface="test") as uow:
+                row, secret = await create_client(uow, tenant_id=tenant.id, hasher=self.ctx.secret_hasher, **kwargs)
             return row.client_id, secret
 
         return self.run(work)
 
     def user(
-        self, tenant: TenantInfo, username: str = "alice", password: str | None = "correct horse", **kw: Any
+        self,
+        tenant: TenantInfo,
+        username: str = "alice",
+        password: str | None = "correct horse",
+        *,
+        email: str | None = None,
+        email_verified: bool = False,
+        **profile: Any,
     ) -> str:
-        """Create a user in ``tenant``; return its id."""
+        """Create a user in ``tenant`` through the directory; return its id."""
+        values = (ValueRecord("emails", value=email, type="work", primary=True),) if email else ()
 
         async def work() -> str:
-            async with self.ctx.sessionmaker() as session:
-                row = await create_user(
-                    session, tenant_id=tenant.id, username=username, password=password, hasher=self.ctx.passwords, **kw
+            async with self.ctx.uow(actor=TEST_ACTOR, surface="test") as uow:
+                row = await self.ctx.directory(uow).users.create(
+                    tenant.id,
+                    UserProfile(user_name=username, values=values, **profile),
+                    password=password,
+                    email_verified=email_verified,
                 )
-                await session.commit()
             return str(row.id)
 
         return self.run(work)
+
+    def disable_user(self, tenant: TenantInfo, user_id: str) -> None:
+        """Disable a user through the directory's one disabling path (revocations applied on commit)."""
+
+        async def work() -> None:
+            async with self.uow() as uow:
+                users = self.ctx.directory(uow).users
+                await users.set_active(await users.get(tenant.id, uuid.UUID(user_id)), False)
+
+        self.run(work)
+
+    def uow(self) -> Any:
+        """Start a unit of work acting as the test fixture (``async with env.uow() as uow``)."""
+        return self.ctx.uow(actor=TEST_ACTOR, surface="test")
+
+
+def uow_publishing_to(env: Env, state: RevocationState | None = None) -> UnitOfWork:
+    """Return a unit of work whose committed revocations reach ``state`` only (another process's view)."""
+    bus = EventBus()
+    if state is not None:
+        bus.subscribe(RevocationRecorded, state.on_revocation)
+    return UnitOfWorkFactory(env.ctx.sessionmaker, bus=bus)(actor=TEST_ACTOR, surface="test")
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -1,74 +1,179 @@
-"""Record audit events (the same unit of work as the change, so an event exists iff the change does)."""
+"""The audit log: one row per audited domain event, written in the transaction of the change.
+
+The unit of work calls :meth:`AuditLog.before_commit` just before it commits, so an entry exists if and
+only if the change does. Two kinds of events have no transaction of their own to ride on: refused
+attempts whose transaction rolled back (:meth:`AuditLog.after_rollback`), and events of requests that
+changed nothing in the database (a ``client_credentials`` token opens no session, and must not pay
+three round trips for its audit entry). Those go to :class:`AuditWriter`, which writes them in batches
+from the background, within a fraction of a second. Every entry also goes to the ``idhub.audit`` log
+stream after its commit, for log shipping.
+"""
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from idhub import request_context
+from idhub.events import ANONYMOUS, Actor, DomainEvent
 from idhub.storage.base import new_uuid, utcnow
 from idhub.storage.models import AuditEvent
+from idhub.storage.uow import UnitOfWork, UnitOfWorkFactory
+
+log = logging.getLogger(__name__)
+stream = logging.getLogger("idhub.audit")
+
+__all__ = ["ANONYMOUS", "Actor", "AuditLog", "AuditWriter", "audit_rows"]
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who acts: an OAuth client (``client``), a provisioning token (``provisioning_token``), an operator (``cli``)."""
-
-    type: str
-    id: str
-
-    def label(self) -> str:
-        """Return ``type:id``, the form kept on archived records."""
-        return f"{self.type}:{self.id}"
-
-
-def event_row(
-    *, tenant_id: uuid.UUID, actor: Actor, action: str, target_type: str, target_id: str, details: dict[str, Any]
-) -> dict[str, Any]:
-    """Return one audit row as a dict for a multi-row INSERT (bulk writes record many at once)."""
-    return {
-        "id": new_uuid(),
-        "tenant_id": tenant_id,
-        "occurred_at": utcnow(),
-        "actor_type": actor.type,
-        "actor_id": actor.id,
-        "action": action,
-        "target_type": target_type,
-        "target_id": target_id,
-        "details": details,
-    }
+def audit_rows(events: Sequence[DomainEvent], *, actor: Actor, surface: str) -> list[dict[str, Any]]:
+    """Return the audit rows of the audited ``events`` (one multi-row INSERT writes them all)."""
+    info = request_context.current()
+    address = info.address if info is not None else None
+    request_id = info.request_id if info is not None else None
+    now = utcnow()
+    return [
+        {
+            "id": new_uuid(),
+            "tenant_id": event.tenant_id,
+            "occurred_at": now,
+            "actor_type": actor.type,
+            "actor_id": actor.id[:255],
+            "action": event.action,
+            "target_type": event.target_type,
+            "target_id": event.target_id[:255],
+            "outcome": event.outcome,
+            "surface": surface or None,
+            "source_address": address[:64] if address else None,
+            "request_id": request_id,
+            "details": event.details(),
+        }
+        for event in events
+        if event.action
+    ]
 
 
-async def record(
-    session: AsyncSession,
-    *,
-    tenant_id: uuid.UUID,
-    actor: Actor,
-    action: str,
-    target_type: str,
-    target_id: str,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Record one event; never put secrets in ``details``."""
-    await record_many(
-        session,
-        [
-            event_row(
-                tenant_id=tenant_id,
-                actor=actor,
-                action=action,
-                target_type=target_type,
-                target_id=target_id,
-                details=details or {},
-            )
-        ],
-    )
-
-
-async def record_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Record prepared events with one statement."""
+async def insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert prepared audit rows with one statement."""
     if rows:
         await session.execute(insert(AuditEvent), rows)
+
+
+class AuditWriter:
+    """Write audit rows that have no transaction of their own, in batches, from one background task.
+
+    The queue is bounded: when the database cannot keep up, the oldest waiting rows are dropped and
+    counted (``dropped``), so a flood of refused requests cannot exhaust memory. Without a running task
+    (a CLI command), rows are written at once.
+    """
+
+    def __init__(self, *, interval: float = 0.1, batch: int = 1000, limit: int = 50_000) -> None:
+        self.uow_factory: UnitOfWorkFactory | None = None  # set by the composition root
+        self._interval = interval
+        self._batch = batch
+        self._queue: deque[dict[str, Any]] = deque(maxlen=limit)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.written = 0
+
+    async def submit(self, rows: list[dict[str, Any]]) -> None:
+        """Queue rows for writing (or write them now when no background task runs)."""
+        if not rows:
+            return
+        if self._task is None:
+            await self._write(rows)
+            return
+        overflow = len(self._queue) + len(rows) - (self._queue.maxlen or 0)
+        if overflow > 0:
+            self.dropped += min(overflow, len(rows) + len(self._queue))
+            log.warning("audit queue full: %d entries dropped", overflow)
+        self._queue.extend(rows)
+        if len(self._queue) >= self._batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        """Start the background task (the app's lifespan does)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="idhub-audit-writer")
+
+    async def stop(self) -> None:
+        """Stop the task and write what is still queued."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything queued now."""
+        while self._queue:
+            rows = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+            try:
+                await self._write(rows)
+            except Exception:
+                log.exception("could not write %d audit entries; they are retried", len(rows))
+                self._queue.extendleft(reversed(rows))
+                raise
+
+    async def _write(self, rows: list[dict[str, Any]]) -> None:
+        assert self.uow_factory is not None, "AuditWriter.uow_factory is set when the context is built"
+        async with self.uow_factory(surface="audit") as uow:
+            await insert_rows(uow.session, rows)
+        self.written += len(rows)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                await asyncio.sleep(1.0)  # the database is away; the rows stay queued
+
+
+class AuditLog:
+    """The unit of work's audit hooks and the consumer that streams committed entries to the log."""
+
+    def __init__(self, writer: AuditWriter) -> None:
+        self.writer = writer
+
+    async def before_commit(self, uow: UnitOfWork, events: Sequence[DomainEvent]) -> None:
+        """Write the entries in the unit of work's transaction, or queue them when it opened none."""
+        rows = audit_rows(events, actor=uow.actor, surface=uow.surface)
+        if not rows:
+            return
+        if uow.opened:
+            await insert_rows(uow.session, rows)
+        else:
+            await self.writer.submit(rows)
+
+    async def after_rollback(self, uow: UnitOfWork, events: Sequence[DomainEvent]) -> None:
+        """Record refused attempts whose transaction rolled back."""
+        rows = audit_rows(events, actor=uow.actor, surface=uow.surface)
+        await self.writer.submit(rows)
+        for row in rows:
+            _log_row(row)
+
+    def committed(self, event: DomainEvent) -> None:
+        """Stream one committed, audited event to the ``idhub.audit`` logger."""
+        if event.action and stream.isEnabledFor(logging.INFO):
+            stream.info(
+                "%s %s %s:%s %s", event.action, event.outcome, event.target_type, event.target_id, event.details()
+            )
+
+
+def _log_row(row: dict[str, Any]) -> None:
+    if stream.isEnabledFor(logging.INFO):
+        stream.info(
+            "%s %s %s:%s %s", row["action"], row["outcome"], row["target_type"], row["target_id"], row["details"]
+        )

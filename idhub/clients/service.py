@@ -16,7 +16,9 @@ from idhub.cache import RefreshingCache
 from idhub.crypto.jwt import SIGNING_ALGS
 from idhub.crypto.secrets import SecretHasher, random_token
 from idhub.errors import Conflict, Invalid
+from idhub.events import ClientChanged, ClientCreated
 from idhub.storage.models import Client
+from idhub.storage.uow import UnitOfWork
 
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
@@ -125,7 +127,7 @@ def _check_redirect_uri(uri: str) -> None:
 
 
 async def create_client(
-    session: AsyncSession,
+    uow: UnitOfWork,
     *,
     tenant_id: uuid.UUID,
     name: str,
@@ -192,12 +194,14 @@ async def create_client(
         first_party=first_party,
         backchannel_logout_uri=backchannel_logout_uri,
     )
+    session = uow.session
     session.add(client)
     try:
         async with session.begin_nested():
             await session.flush()
     except IntegrityError as exc:
         raise Conflict("client_id already exists") from exc
+    uow.raise_event(ClientCreated(tenant_id=tenant_id, client_id=client.client_id, name=client.name))
     return client, secret
 
 
@@ -211,6 +215,10 @@ class ClientCache:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], ttl: float = 5.0):
         self._sessionmaker = sessionmaker
         self._cache: RefreshingCache[tuple[uuid.UUID, str], ClientInfo | None] = RefreshingCache(self._load, ttl=ttl)
+
+    def on_change(self, event: ClientChanged) -> None:
+        """Drop a changed client once its change commits (the unit of work's consumer)."""
+        self.invalidate(event.tenant_id, event.client_id)
 
     def invalidate(self, tenant_id: uuid.UUID | None = None, client_id: str | None = None) -> None:
         """Forget one client, a tenant's clients, or everything."""

@@ -17,8 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from idhub.crypto.encryption import Sealer
 from idhub.crypto.jwt import SigningKeyType
 from idhub.crypto.secrets import random_token
+from idhub.events import KeysRotated
 from idhub.storage.base import utcnow
 from idhub.storage.models import SigningKey
+from idhub.storage.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +64,14 @@ async def create_initial_keys(session: AsyncSession, *, tenant_id: uuid.UUID, se
 
 
 async def rotate_keys(
-    session: AsyncSession, *, tenant_id: uuid.UUID, sealer: Sealer, max_token_lifetime: timedelta
+    uow: UnitOfWork, *, tenant_id: uuid.UUID, sealer: Sealer, max_token_lifetime: timedelta
 ) -> list[str]:
     """Move next -> active -> retired for every algorithm and create a new next key.
 
     A retired key stays published until every token it may have signed has expired. Returns the kids
-    that became active.
+    that became active; every process reloads the tenant's keys once the rotation commits.
     """
+    session = uow.session
     now = utcnow()
     rows = (
         await session.scalars(
@@ -92,6 +95,7 @@ async def rotate_keys(
                 activated.append(row.kid)
         session.add(_new_row(tenant_id=tenant_id, alg=alg, state=STATE_NEXT, sealer=sealer, now=now))
     await session.flush()
+    uow.raise_event(KeysRotated(tenant_id=tenant_id, active_kids=tuple(activated)))
     return activated
 
 
@@ -139,6 +143,10 @@ class KeyStore:
         self._refreshing: dict[uuid.UUID, asyncio.Task[None]] = {}
         # Decrypted keys by kid: a reload re-imports only keys it has not seen (RSA imports are slow).
         self._imported: dict[uuid.UUID, dict[str, SigningKeyType]] = {}
+
+    def on_rotation(self, event: KeysRotated) -> None:
+        """Reload a tenant's keys once their rotation commits (the unit of work's consumer)."""
+        self.invalidate(event.tenant_id)
 
     def invalidate(self, tenant_id: uuid.UUID | None = None) -> None:
         """Forget cached keys (after a rotation in this process)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from passlib.context import CryptContext
 
 from idhub.settings import PasswordSettings
@@ -24,6 +26,14 @@ class PasswordHasher:
     def hash(self, password: str) -> str:
         """Return an argon2id hash of ``password``."""
         return str(self._context.hash(password))
+
+    async def hash_off_loop(self, password: str) -> str:
+        """Hash on a worker thread: argon2 takes tens of milliseconds and releases the GIL."""
+        return await asyncio.to_thread(self.hash, password)
+
+    async def verify_off_loop(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
+        """Verify on a worker thread (see :meth:`hash_off_loop`); same answer as :meth:`verify`."""
+        return await asyncio.to_thread(self.verify, password, stored_hash)
 
     def verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
         """Verify ``password``; return ``(ok, new_hash)`` where ``new_hash`` is set when parameters changed."""

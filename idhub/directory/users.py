@@ -1,119 +1,395 @@
-"""Users of a tenant's directory: creation, lookup, disabling (one function for every surface)."""
+"""Users of a tenant's directory: every write any surface makes to a person goes through :class:`Users`.
+
+SCIM, the CLI, the admin API and the broker's just-in-time accounts call the same commands, so each
+rule lives here once: the username rule and its uniqueness among live accounts, the password rule and
+its hashing (off the event loop), the email that sign-in and ID tokens use, the version check of
+conditional writes, the one disabling path that revokes every session and token in the same commit,
+and the archive a deleted account leaves behind.
+
+Commands never commit; they change state through the unit of work's session and raise
+:mod:`idhub.events` on it (audited in the same transaction).
+"""
 
 from __future__ import annotations
 
-import re
 import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from idhub.directory.passwords import PasswordHasher
-from idhub.errors import Conflict, Invalid, NotFound
-from idhub.storage.base import utcnow
-from idhub.storage.models import Grant, RefreshToken, User, UserSession
+from idhub.directory.profile import MULTI_VALUED, PROFILE_COLUMNS, VALUE_FIELDS, UserProfile
+from idhub.directory.rules import check_email, check_password, checked_username, is_live, normalise_username
+from idhub.directory.tables import USER_VALUES, USERS
+from idhub.errors import Conflict, DomainError, Invalid, NotFound, PreconditionFailed
+from idhub.events import UserCreated, UserDeleted, UserDisabled, UserEnabled, UserUpdated
+from idhub.storage.base import new_uuid, utcnow
+from idhub.storage.models import Grant, Group, GroupMember, RefreshToken, User, UserSession, UserValue
+from idhub.storage.uow import UnitOfWork
 from idhub.tokens.revocation import record_revocation
 
-USERNAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,255}$")
-EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+USERNAME_TAKEN = "userName is already taken"
 
 
-def normalise_username(username: str) -> str:
-    """Case-fold a username so lookups are case-insensitive (RFC 7643 §4.1.1 ``userName``)."""
-    return username.strip().casefold()
+class _Keep:
+    """Marker: leave the password as it is."""
 
 
-async def create_user(
-    session: AsyncSession,
-    *,
-    tenant_id: uuid.UUID,
-    username: str,
-    hasher: PasswordHasher,
-    email: str | None = None,
-    password: str | None = None,
-    name: str | None = None,
-    given_name: str | None = None,
-    family_name: str | None = None,
-    email_verified: bool = False,
-) -> User:
-    """Create a local user; raise :class:`Conflict` when the username is taken."""
-    normalised = normalise_username(username)
-    if not USERNAME_RE.fullmatch(normalised):
-        raise Invalid("username must be 1-255 characters without spaces or control characters")
-    if email is not None and not EMAIL_RE.fullmatch(email):
-        raise Invalid("email is not a valid address")
-    if password is not None and not 8 <= len(password) <= 1024:
-        raise Invalid("password must be 8 to 1024 characters")
-    user = User(
-        tenant_id=tenant_id,
-        username=normalised,
-        email=email,
-        email_verified=email_verified,
-        name=name,
-        given_name=given_name,
-        family_name=family_name,
-        password_hash=hasher.hash(password) if password else None,
-    )
-    session.add(user)
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"username {normalised!r} is already taken") from exc
-    return user
+KEEP_PASSWORD = _Keep()
 
 
-async def find_user_by_username(session: AsyncSession, *, tenant_id: uuid.UUID, username: str) -> User | None:
-    """Return the live (not deleted) user with ``username`` (case-insensitive) in the tenant."""
-    return await session.scalar(
+def checked_profile(profile: UserProfile) -> str:
+    """Apply the directory's rules to a profile; return the stored (case-folded) username."""
+    username = checked_username(profile.user_name)
+    for record in profile.values:
+        if record.attribute == "emails" and record.value is not None:
+            check_email(record.value)  # RFC 7643 §4.1.2: an address as RFC 5321 has it
+    return username
+
+
+def check_version(version: int, expected: Collection[int] | None) -> None:
+    """Refuse a write that names another version than the current one (RFC 7232 §3.1 ``If-Match``)."""
+    if expected is not None and version not in expected:
+        raise PreconditionFailed("the resource has changed since that version")
+
+
+@dataclass(slots=True)
+class Users:
+    """Commands on the users of the directory, for one unit of work."""
+
+    uow: UnitOfWork
+    passwords: PasswordHasher
+    token_lifetime: int  # seconds a subject revocation must last: the longest access-token lifetime
+
+    # --- reads ---------------------------------------------------------------------------------
+    async def get(self, tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> User:
+        """Return the live (not deleted) user ``user_id`` of the tenant, or raise :class:`NotFound`."""
+        user = None
+        if user_id is not None:
+            user = await self.uow.session.scalar(
+                select(User).where(User.tenant_id == tenant_id, User.id == user_id, User.deleted_at.is_(None))
+            )
+        if user is None:
+            raise NotFound("user not found")
+        return user
+
+    async def find(self, tenant_id: uuid.UUID, username: str) -> User | None:
+        """Return the live user with ``username`` (case-insensitive), or ``None``."""
+        return await find_by_username(self.uow, tenant_id=tenant_id, username=username)
+
+    async def values_of(self, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+        """Return each user's multi-valued rows (``user_value``), in their order."""
+        found: dict[uuid.UUID, list[Any]] = {uid: [] for uid in user_ids}
+        if user_ids:
+            rows = await self.uow.session.execute(
+                select(USER_VALUES).where(USER_VALUES.c.user_id.in_(user_ids)).order_by(USER_VALUES.c.position)
+            )
+            for row in rows:
+                found[row.user_id].append(row)
+        return found
+
+    # --- create --------------------------------------------------------------------------------
+    async def create(
+        self,
+        tenant_id: uuid.UUID,
+        profile: UserProfile,
+        *,
+        password: str | None = None,
+        email_verified: bool = False,
+    ) -> User:
+        """Add a person; :class:`Conflict` when a live account holds the username."""
+        username = checked_profile(profile)
+        if password is not None:
+            check_password(password)
+        await self._check_username_free(tenant_id, username, None)
+        password_hash = await self.passwords.hash_off_loop(password) if password is not None else None
+        user = User(
+            tenant_id=tenant_id,
+            username=username,
+            user_name=profile.user_name,
+            email=profile.email(),
+            email_verified=email_verified,
+            enabled=profile.active,
+            password_hash=password_hash,
+            created_by=self.uow.actor.label(),
+            **profile.columns(),
+        )
+        session = self.uow.session
+        session.add(user)
+        try:
+            async with session.begin_nested():
+                await session.flush()
+        except IntegrityError as exc:
+            raise Conflict(USERNAME_TAKEN) from exc
+        rows = profile.value_rows()
+        if rows:
+            await session.execute(insert(UserValue), [{"user_id": user.id, **row} for row in rows])
+        self.uow.raise_event(UserCreated(tenant_id=tenant_id, user_id=user.id, username=username))
+        return user
+
+    async def create_many(self, tenant_id: uuid.UUID, profiles: Sequence[UserProfile]) -> list[uuid.UUID | DomainError]:
+        """Add many people at once (bulk onboarding); return each one's id or the error that refused it.
+
+        One cached ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` run as executemany: the live-username
+        index decides in the same statement (ids are generated here, so the returned ids say which rows
+        went in), instead of a ``username IN (...)`` query whose plan degrades as the table grows.
+        Passwords are not taken here: hashing is slow by design and goes through :meth:`create`.
+        """
+        results: list[uuid.UUID | DomainError] = []
+        prepared: list[tuple[int, dict[str, Any], UserProfile]] = []
+        seen: set[str] = set()
+        template = dict.fromkeys(c.key for c in USERS.columns if c.key != "archive")
+        template.update(tenant_id=tenant_id, version=1, created_by=self.uow.actor.label(), email_verified=False)
+        now = utcnow()
+        for index, profile in enumerate(profiles):
+            try:
+                username = checked_profile(profile)
+            except Invalid as exc:
+                results.append(exc)
+                continue
+            if username in seen:
+                results.append(Conflict(USERNAME_TAKEN))
+                continue
+            seen.add(username)
+            # Every row carries every column, so the INSERT runs as one executemany batch.
+            row = {**template, **profile.columns()}
+            row.update(
+                id=new_uuid(),
+                username=username,
+                user_name=profile.user_name,
+                email=profile.email(),
+                enabled=profile.active,
+                created_at=now,
+                updated_at=now,
+            )
+            results.append(row["id"])
+            prepared.append((index, row, profile))
+        if not prepared:
+            return results
+        try:
+            async with self.uow.session.begin_nested():
+                inserted = await self._insert_rows(prepared)
+        except IntegrityError:
+            # A constraint other than the username one: one savepoint each, for exact answers.
+            for index, _row, profile in prepared:
+                try:
+                    results[index] = (await self.create(tenant_id, profile)).id
+                except DomainError as exc:
+                    results[index] = exc
+            return results
+        events = []
+        for index, row, _profile in prepared:
+            if row["id"] in inserted:
+                events.append(UserCreated(tenant_id=tenant_id, user_id=row["id"], username=row["username"], bulk=True))
+            else:
+                results[index] = Conflict(USERNAME_TAKEN)  # the live-username index refused it
+        self.uow.raise_events(events)
+        return results
+
+    async def _insert_rows(self, prepared: list[tuple[int, dict[str, Any], UserProfile]]) -> set[uuid.UUID]:
+        session = self.uow.session
+        builder = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        table = USERS
+        # One cached statement run as executemany: SQLAlchemy batches it into multi-row VALUES itself
+        # ("insertmanyvalues"), without compiling a new statement for every batch.
+        statement = builder(table).on_conflict_do_nothing().returning(table.c.id)
+        result = await session.execute(statement, [row for _, row, _ in prepared])
+        inserted: set[uuid.UUID] = set(result.scalars().all())
+        value_rows = [
+            {"id": uuid.uuid4(), "user_id": row["id"], **value}
+            for _, row, profile in prepared
+            if row["id"] in inserted
+            for value in profile.value_rows()
+        ]
+        if value_rows:
+            await session.execute(insert(UserValue), value_rows)
+        return inserted
+
+    # --- update --------------------------------------------------------------------------------
+    async def update(
+        self,
+        user: User,
+        profile: UserProfile,
+        *,
+        password: str | _Keep | None = KEEP_PASSWORD,
+        expected_versions: Collection[int] | None = None,
+    ) -> User:
+        """Replace a person's attributes with ``profile`` (unassigned ones are cleared).
+
+        The write is a conditional UPDATE on the version (a concurrent writer makes this one
+        :class:`PreconditionFailed`). An account that stops being active is cut off in the same
+        transaction; one that becomes active again may sign in. ``password`` ``None`` removes it.
+        """
+        check_version(user.version, expected_versions)
+        username = checked_profile(profile)
+        # Queries first: a query after the row changed would autoflush the pending UPDATE.
+        await self._check_username_free(user.tenant_id, username, user.id)
+        current_rows = (await self.values_of([user.id]))[user.id]
+        changed: list[str] = []
+        if user.username != username or user.user_name != profile.user_name:
+            user.username, user.user_name = username, profile.user_name
+            changed.append("userName")
+        for column, value in profile.columns().items():
+            if getattr(user, column) != value:
+                setattr(user, column, value)
+                changed.append(column)
+        email = profile.email()
+        if email != user.email:
+            user.email = email
+            user.email_verified = False  # a writer asserts an address; it does not prove the person controls it
+            changed.append("email")
+        if not isinstance(password, _Keep):
+            user.password_hash = (
+                await self.passwords.hash_off_loop(check_password(password)) if password is not None else None
+            )
+            changed.append("password")
+        new_rows = profile.value_rows()
+        values_changed = _changed_attributes(current_rows, new_rows)
+        changed.extend(values_changed)
+        was_live = is_live(user)
+        if user.enabled is not profile.active:
+            user.enabled = profile.active
+            changed.append("active")
+        user.updated_at = utcnow()  # always an UPDATE of the row, so the version moves on every write
+        await self._flush_versioned()
+        if values_changed:
+            session = self.uow.session
+            await session.execute(delete(UserValue).where(UserValue.user_id == user.id))
+            if new_rows:
+                await session.execute(insert(UserValue), [{"user_id": user.id, **row} for row in new_rows])
+        self.uow.raise_event(UserUpdated(tenant_id=user.tenant_id, user_id=user.id, changed=tuple(changed)))
+        await self._after_active_change(user, was_live)
+        return user
+
+    async def set_active(self, user: User, active: bool, *, expected_versions: Collection[int] | None = None) -> User:
+        """Enable or disable a person (the CLI and admin API); disabling cuts off every session and token."""
+        check_version(user.version, expected_versions)
+        was_live = is_live(user)
+        if user.enabled is not active:
+            user.enabled = active
+            user.updated_at = utcnow()
+            await self._flush_versioned()
+        await self._after_active_change(user, was_live)
+        return user
+
+    async def _after_active_change(self, user: User, was_live: bool) -> None:
+        if was_live and not is_live(user):
+            # The one disabling path of the directory: sessions, grants, refresh and access tokens.
+            await self.revoke_access(user.tenant_id, user.id)
+            self.uow.raise_event(UserDisabled(tenant_id=user.tenant_id, user_id=user.id))
+        elif not was_live and is_live(user):
+            self.uow.raise_event(UserEnabled(tenant_id=user.tenant_id, user_id=user.id))
+
+    # --- delete --------------------------------------------------------------------------------
+    async def delete(self, user: User, *, expected_versions: Collection[int] | None = None) -> None:
+        """Delete a person: cut off everywhere at once, kept as an archived record, username freed.
+
+        The archive says who deleted the account (``deleted_by``, the acting client, token or operator),
+        when, and what the account held last (attributes, multi-valued elements, direct groups).
+        """
+        check_version(user.version, expected_versions)
+        archive = await self._archive(user)
+        now = utcnow()
+        user.deleted_at = now
+        user.deleted_by = self.uow.actor.label()
+        user.archive = archive
+        user.password_hash = None
+        user.enabled = False
+        user.updated_at = now
+        await self._flush_versioned()  # first: a concurrent writer makes this one fail before anything else
+        await self.revoke_access(user.tenant_id, user.id)
+        await self.uow.session.execute(delete(GroupMember).where(GroupMember.user_id == user.id))
+        self.uow.raise_event(UserDeleted(tenant_id=user.tenant_id, user_id=user.id, username=user.username))
+
+    async def _archive(self, user: User) -> dict[str, Any]:
+        values = (await self.values_of([user.id]))[user.id]
+        groups = await self.uow.session.execute(
+            select(Group.id, Group.display_name)
+            .join(GroupMember, GroupMember.group_id == Group.id)
+            .where(GroupMember.user_id == user.id)
+        )
+        archive: dict[str, Any] = {"userName": user.user_name or user.username, "active": user.enabled}
+        archive.update({c: getattr(user, c) for c in PROFILE_COLUMNS if getattr(user, c) is not None})
+        if user.email is not None:
+            archive["email"] = user.email
+        archive["values"] = [
+            {name: getattr(row, name) for name in VALUE_FIELDS if getattr(row, name) is not None} for row in values
+        ]
+        archive["groups"] = [{"id": str(gid), "displayName": name} for gid, name in groups]
+        archive["created"] = user.created_at.isoformat()
+        return archive
+
+    # --- cut-off -------------------------------------------------------------------------------
+    async def revoke_access(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """End every session, grant and refresh token of a person and revoke the access tokens already issued."""
+        await revoke_user_access(self.uow, tenant_id=tenant_id, user_id=user_id, expires_in=self.token_lifetime)
+
+    # --- helpers -------------------------------------------------------------------------------
+    async def _check_username_free(self, tenant_id: uuid.UUID, username: str, own_id: uuid.UUID | None) -> None:
+        taken = await self.uow.session.scalar(
+            select(User.id).where(User.tenant_id == tenant_id, User.username == username, User.deleted_at.is_(None))
+        )
+        if taken is not None and taken != own_id:
+            raise Conflict(USERNAME_TAKEN)
+
+    async def _flush_versioned(self) -> None:
+        """Flush the conditional UPDATE; a concurrent writer that bumped the version first wins."""
+        session = self.uow.session
+        try:
+            async with session.begin_nested():
+                await session.flush()
+        except StaleDataError as exc:
+            raise PreconditionFailed("the resource was changed by a concurrent request") from exc
+        except IntegrityError as exc:
+            raise Conflict(USERNAME_TAKEN) from exc
+
+
+async def find_by_username(uow: UnitOfWork, *, tenant_id: uuid.UUID, username: str) -> User | None:
+    """Return the live (not deleted) user with ``username`` (case-insensitive), or ``None``."""
+    return await uow.session.scalar(
         select(User).where(
             User.tenant_id == tenant_id, User.username == normalise_username(username), User.deleted_at.is_(None)
         )
     )
 
 
-async def get_user(session: AsyncSession, *, tenant_id: uuid.UUID, user_id: uuid.UUID) -> User:
-    """Return the user or raise :class:`NotFound`."""
-    user = await session.scalar(select(User).where(User.tenant_id == tenant_id, User.id == user_id))
-    if user is None:
-        raise NotFound("user not found")
-    return user
-
-
-async def revoke_user_access(
-    session: AsyncSession, *, tenant_id: uuid.UUID, user_id: uuid.UUID, expires_in: int
-) -> None:
-    """End every session, grant and refresh token of a user and revoke the access tokens already issued.
-
-    Shared by every surface that disables or deletes a user (SCIM, admin API, CLI).
-    """
+async def revoke_user_access(uow: UnitOfWork, *, tenant_id: uuid.UUID, user_id: uuid.UUID, expires_in: int) -> None:
+    """End every session, grant and refresh token of a user; revoke their access tokens from this commit on."""
+    session = uow.session
     now = utcnow()
-    await session.execute(
-        update(UserSession)
-        .where(UserSession.tenant_id == tenant_id, UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-    await session.execute(
-        update(Grant)
-        .where(Grant.tenant_id == tenant_id, Grant.user_id == user_id, Grant.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-    await session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.tenant_id == tenant_id, RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-    await record_revocation(session, tenant_id=tenant_id, kind="subject", value=str(user_id), expires_in=expires_in)
+    for model in (UserSession, Grant, RefreshToken):
+        await session.execute(
+            update(model)
+            .where(model.tenant_id == tenant_id, model.user_id == user_id, model.revoked_at.is_(None))
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    await record_revocation(uow, tenant_id=tenant_id, kind="subject", value=str(user_id), expires_in=expires_in)
 
 
-async def set_user_enabled(
-    session: AsyncSession, *, tenant_id: uuid.UUID, user_id: uuid.UUID, enabled: bool, expires_in: int
-) -> User:
-    """Enable or disable a user; disabling cuts off every session and token from this commit on."""
-    user = await get_user(session, tenant_id=tenant_id, user_id=user_id)
-    user.enabled = enabled
-    if not enabled:
-        await revoke_user_access(session, tenant_id=tenant_id, user_id=user_id, expires_in=expires_in)
-    await session.flush()
-    return user
+def _changed_attributes(current: Sequence[Any], new: list[dict[str, Any]]) -> list[str]:
+    """Return the multi-valued attributes whose elements differ (order included)."""
+    keys = ("position", *VALUE_FIELDS)
+    before: dict[str, list[tuple[Any, ...]]] = {}
+    for row in current:
+        before.setdefault(row.attribute, []).append(tuple(getattr(row, k) for k in keys))
+    after: dict[str, list[tuple[Any, ...]]] = {}
+    for row in new:
+        after.setdefault(row["attribute"], []).append(tuple(row[k] for k in keys))
+    return [attr for attr in MULTI_VALUED if sorted(before.get(attr, [])) != sorted(after.get(attr, []))]
+
+
+__all__ = [
+    "KEEP_PASSWORD",
+    "USERNAME_TAKEN",
+    "Users",
+    "check_version",
+    "find_by_username",
+    "revoke_user_access",
+]

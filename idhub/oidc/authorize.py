@@ -1,4 +1,8 @@
-"""The authorization endpoint (OIDC Core §3.1.2.1, RFC 6749 §4.1.1) as an ordered list of check steps.
+"""The authorization endpoint's protocol logic (OIDC Core §3.1.2.1, RFC 6749 §4.1.1) as ordered check steps.
+
+The browser-facing route (``GET``/``POST {issuer}/authorize``) lives with the pages
+(:mod:`idhub.web.authorize`): it parses the request, calls :func:`process_authorization` and renders
+its outcome (a redirect, or an error page when the client cannot be trusted).
 
 The first steps establish whether the client and its redirect URI can be trusted; until then an
 error is an HTML page and never a redirect (RFC 6749 §4.1.2.1). After that every error goes back to
@@ -14,14 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.clients.service import ClientInfo, redirect_uri_matches
 from idhub.context import AppContext
 from idhub.crypto.secrets import random_token
-from idhub.deps import ContextDep, SessionDep, TenantDep
 from idhub.oidc.errors import (
     ConsentRequired,
     InvalidRequest,
@@ -35,7 +36,6 @@ from idhub.oidc.errors import (
     UnsupportedResponseType,
 )
 from idhub.oidc.interaction import (
-    BROWSER_COOKIE,
     AuthorizationRequest,
     consent_needed,
     create_interaction,
@@ -47,11 +47,6 @@ from idhub.oidc.interaction import (
 from idhub.sessions.service import load_session
 from idhub.tenants.service import TenantInfo
 from idhub.tokens.service import TokenInvalid
-from idhub.web.cookies import set_browser_cookie
-from idhub.web.forms import BadForm, read_form, read_query
-from idhub.web.render import error_page
-
-router = APIRouter(tags=["oidc"])
 
 # RFC 7636 §4.2: a S256 challenge is base64url without padding; 43-128 characters.
 CODE_CHALLENGE_RE = re.compile(r"^[A-Za-z0-9_-]{43,128}$")
@@ -381,76 +376,3 @@ async def process_authorization(
         sso=None if needs_login else sso,
     )
     return StartInteraction(f"{tenant.issuer}/interaction/{interaction_id}", secret, existing is None)
-
-
-# --- router --------------------------------------------------------------------------------------
-
-_QUERY_PARAMETERS = [
-    {"name": name, "in": "query", "required": name in ("client_id", "response_type"), "schema": {"type": "string"}}
-    for name in (
-        "client_id", "redirect_uri", "response_type", "scope", "state", "nonce", "code_challenge",
-        "code_challenge_method", "prompt", "max_age", "login_hint", "id_token_hint", "resource",
-    )
-]  # fmt: skip
-_FORM_BODY = {
-    "content": {
-        "application/x-www-form-urlencoded": {
-            "schema": {"type": "object", "properties": {p["name"]: {"type": "string"} for p in _QUERY_PARAMETERS}}
-        }
-    }
-}
-_HTML_RESPONSES: dict[int | str, dict[str, object]] = {
-    303: {"description": "Redirect to the client, or to the login/consent page"},
-    400: {"description": "HTML error page (client or redirect URI not trusted)", "content": {"text/html": {}}},
-}
-
-
-async def _respond(
-    request: Request, *, ctx: AppContext, tenant: TenantInfo, session: AsyncSession, params: dict[str, list[str]]
-) -> Response:
-    outcome = await process_authorization(
-        session,
-        ctx=ctx,
-        tenant=tenant,
-        params=params,
-        session_cookie=request.cookies.get(ctx.settings.sessions.cookie_name),
-        browser_cookie=request.cookies.get(BROWSER_COOKIE),
-    )
-    if isinstance(outcome, ErrorPage):
-        return error_page(outcome.message, tenant=tenant, status=outcome.status)
-    response = RedirectResponse(outcome.location, status_code=303, headers={"cache-control": "no-store"})
-    if isinstance(outcome, StartInteraction) and outcome.new_browser:
-        set_browser_cookie(response, ctx, tenant, outcome.browser_secret)
-    return response
-
-
-@router.get(
-    "/authorize",
-    summary="Authorization endpoint (OIDC Core §3.1.2.1)",
-    response_class=Response,
-    responses=_HTML_RESPONSES,
-    openapi_extra={"parameters": _QUERY_PARAMETERS},
-)
-async def authorize_get(request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep) -> Response:
-    """Start an authorization code flow from a query string."""
-    try:
-        params = read_query(request)
-    except BadForm:
-        return error_page("The request is malformed.", tenant=tenant)
-    return await _respond(request, ctx=ctx, tenant=tenant, session=session, params=params)
-
-
-@router.post(
-    "/authorize",
-    summary="Authorization endpoint, form post (OIDC Core §3.1.2.1)",
-    response_class=Response,
-    responses=_HTML_RESPONSES,
-    openapi_extra={"requestBody": _FORM_BODY},
-)
-async def authorize_post(request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep) -> Response:
-    """Start an authorization code flow from a form body."""
-    try:
-        params = await read_form(request)
-    except BadForm:
-        return error_page("The request is malformed.", tenant=tenant)
-    return await _respond(request, ctx=ctx, tenant=tenant, session=session, params=params)

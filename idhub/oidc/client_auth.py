@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -22,16 +22,16 @@ from fastapi import Request
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
 
+from idhub import request_context
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
 from idhub.crypto import jwt
-from idhub.deps import client_address
-from idhub.oidc.errors import InvalidClient, InvalidRequest
-from idhub.oidc.params import Params, context_of, header, read_form, tenant_of
-from idhub.storage.models import UsedJti
+from idhub.events import Actor, TokenRequestRefused
+from idhub.oidc.errors import InvalidClient, InvalidRequest, OAuthError
+from idhub.oidc.params import Params, header, read_form, tenant_of
+from idhub.routing import context_of, uow_of
+from idhub.storage.single_use import claim
 from idhub.tenants.service import TenantInfo
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -200,25 +200,18 @@ async def private_key_jwt(
         audiences=assertion_audiences(tenant, endpoint),
         max_age=ctx.settings.tokens.client_assertion_max_age,
     )
-    now = datetime.now(UTC)
     expires_at = datetime.fromtimestamp(float(claims["exp"]) + CLOCK_SKEW, UTC)
-    # Own short transaction: the jti is used up even if the rest of the request fails.
-    async with ctx.sessionmaker() as session:
-        await session.execute(
-            delete(UsedJti).where(
-                UsedJti.tenant_id == client.tenant_id,
-                UsedJti.client_id == client.client_id,
-                UsedJti.expires_at < now - timedelta(seconds=CLOCK_SKEW),
-            )
+    # A unit of work of its own: the jti is used up even if the rest of the request fails.
+    async with ctx.uow(actor=Actor("client", client.client_id), surface="oidc") as uow:
+        won = await claim(
+            uow.session,
+            tenant_id=client.tenant_id,
+            namespace=f"client_assertion:{client.client_id}",
+            value=claims["jti"],
+            expires_at=expires_at,
         )
-        session.add(
-            UsedJti(tenant_id=client.tenant_id, client_id=client.client_id, jti=claims["jti"], expires_at=expires_at)
-        )
-        try:
-            await session.commit()
-        except IntegrityError as exc:
-            await session.rollback()
-            raise InvalidClient("client assertion was already used") from exc
+    if not won:
+        raise InvalidClient("client authentication failed", internal="client assertion jti replayed")
 
 
 def assertion_audiences(tenant: TenantInfo, endpoint: str) -> tuple[str, ...]:
@@ -236,31 +229,43 @@ METHODS: dict[str, AuthMethod] = {
 }
 
 
+def claimed_client_id(authorization: str | None, params: Params) -> str:
+    """Return the client_id a request claims, for the audit log of a refusal (never raises; unverified)."""
+    try:
+        client_id = extract_credentials(authorization, params).client_id
+    except OAuthError:
+        client_id = params.get("client_id") or ""
+    return client_id[:MAX_CLIENT_ID] if client_id.isprintable() else ""
+
+
 async def authenticate_client(
     ctx: AppContext,
     tenant: TenantInfo,
     *,
     authorization: str | None,
     params: Params,
-    address: str | None,
     endpoint: str = "token",
     allow_public: bool = True,
 ) -> ClientInfo:
     """Authenticate the calling client with its registered method; throttle failures (RFC 6749 §2.3)."""
+    info = request_context.current()
+    address = info.address if info is not None else None
     creds = extract_credentials(authorization, params)
     if len(creds.client_id) > MAX_CLIENT_ID or not creds.client_id.isprintable():
         raise InvalidClient("client authentication failed")
     throttle = ctx.throttle
     account = f"client:{tenant.key}:{creds.client_id}"
     if await throttle.blocked(account=account, address=address):
-        raise InvalidClient("client authentication failed")
+        raise InvalidClient("client authentication failed", internal="too many failures: throttled")
     client = await ctx.clients.get(tenant.id, creds.client_id)
     try:
         if client is None:
-            raise InvalidClient("client authentication failed")
+            raise InvalidClient("client authentication failed", internal="unknown or disabled client")
         # A client uses exactly its registered method (OIDC Core §9, token_endpoint_auth_method).
         if creds.method != client.token_endpoint_auth_method:
-            raise InvalidClient("client authentication failed")
+            raise InvalidClient(
+                "client authentication failed", internal=f"used {creds.method}, registered for another method"
+            )
         await METHODS[creds.method](ctx, client, creds, tenant=tenant, endpoint=endpoint)
     except InvalidClient:
         await throttle.failed(account=account if client is not None else None, address=address)
@@ -275,17 +280,29 @@ async def authenticate_client(
 async def authenticated_request(
     request: Request, tenant_slug: str, *, endpoint: str, allow_public: bool = True
 ) -> tuple[AppContext, TenantInfo, Params, ClientInfo]:
-    """Resolve the tenant, read the form and authenticate the calling client (back-channel endpoints)."""
+    """Resolve the tenant, read the form and authenticate the calling client (back-channel endpoints).
+
+    A refused client is audited; the request's unit of work then acts for the authenticated client.
+    """
     ctx = context_of(request)
     tenant = await tenant_of(ctx, tenant_slug)
     params = await read_form(request)
-    client = await authenticate_client(
-        ctx,
-        tenant,
-        authorization=header(request, b"authorization"),
-        params=params,
-        address=client_address(request),
-        endpoint=endpoint,
-        allow_public=allow_public,
-    )
+    uow = uow_of(request)
+    authorization = header(request, b"authorization")
+    try:
+        client = await authenticate_client(
+            ctx, tenant, authorization=authorization, params=params, endpoint=endpoint, allow_public=allow_public
+        )
+    except OAuthError as exc:
+        uow.raise_event(
+            TokenRequestRefused(
+                tenant_id=tenant.id,
+                client_id=claimed_client_id(authorization, params),
+                endpoint=endpoint,
+                error=exc.error,
+                reason=exc.internal,
+            )
+        )
+        raise
+    uow.actor = Actor("client", client.client_id)
     return ctx, tenant, params, client

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Response
 
 from idhub.crypto.jwt import CLIENT_ASSERTION_ALGS, SIGNING_ALGS
 from idhub.deps import ContextDep, TenantDep
+from idhub.errors import Unavailable
+from idhub.oidc.routing import OAuthRoute
 from idhub.tenants.service import TenantInfo
 
-router = APIRouter(tags=["discovery"])
+router = APIRouter(tags=["discovery"], route_class=OAuthRoute)
 
 SCOPES_SUPPORTED = ["openid", "profile", "email", "offline_access"]
 CLAIMS_SUPPORTED = [
@@ -81,7 +83,7 @@ async def jwks(tenant: TenantDep, ctx: ContextDep) -> Response:
     """Publish the next, active and still-needed retired public keys."""
     keys = await ctx.keys.get(tenant.id)
     if not keys.keys:
-        raise HTTPException(status_code=503, detail="tenant has no signing keys")
+        raise Unavailable("no signing keys are published", internal=f"tenant {tenant.slug} has no signing keys")
     return _json(keys.jwks, media_type="application/jwk-set+json")
 
 

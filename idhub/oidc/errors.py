@@ -1,7 +1,8 @@
 """OAuth 2.0 errors, one class per wire code (RFC 6749 §4.1.2.1, §5.2; RFC 6750 §3.1; OIDC Core §3.1.2.6).
 
-Each class carries its HTTP status and wire ``error`` code. Anything not meant for clients becomes
-``server_error`` with the detail only in logs.
+Each class carries its HTTP status and wire ``error`` code. ``description`` is what the client may
+read (what it can fix); ``internal`` is what the operator reads in the log, with the request id. Anything
+not meant for clients becomes ``server_error`` with the detail only in logs.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ class OAuthError(Exception):
     error: ClassVar[str] = "invalid_request"
     status_code: ClassVar[int] = 400
 
-    def __init__(self, description: str | None = None, *, state: str | None = None) -> None:
+    def __init__(
+        self, description: str | None = None, *, state: str | None = None, internal: str | None = None
+    ) -> None:
         super().__init__(description or self.error)
         self.description = description
         self.state = state
+        self.internal = internal
 
     def to_dict(self) -> dict[str, str]:
         """Return the JSON body of RFC 6749 §5.2."""

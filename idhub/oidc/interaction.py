@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,6 +28,7 @@ from idhub.oidc.errors import OAuthError
 from idhub.sessions.service import SsoSession
 from idhub.storage.base import utcnow
 from idhub.storage.models import Consent, Interaction
+from idhub.storage.single_use import consume
 from idhub.tenants.service import TenantInfo
 
 BROWSER_COOKIE = "idhub_interaction"
@@ -174,13 +175,16 @@ async def load_interaction(
 
 
 async def complete_interaction(session: AsyncSession, *, interaction_id: str) -> None:
-    """Mark an interaction used, atomically: of two parallel submissions exactly one wins."""
-    result = await session.execute(
-        update(Interaction)
-        .where(Interaction.id == interaction_id, Interaction.completed_at.is_(None))
-        .values(completed_at=utcnow())
+    """Mark an interaction used with the single-use primitive: of two parallel submissions exactly one wins."""
+    won = await consume(
+        session,
+        Interaction,
+        used=Interaction.completed_at,
+        where=(Interaction.id == interaction_id,),
+        now=utcnow(),
+        returning=(Interaction.id,),
     )
-    if not getattr(result, "rowcount", 0):
+    if won is None:
         raise InteractionError("This sign-in request was already completed. Return to the application.")
 
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
+from idhub.directory.rules import is_live
 from idhub.oidc.client_auth import authenticated_request
 from idhub.oidc.params import (
     CLIENT_AUTH_FIELDS,
@@ -23,12 +24,15 @@ from idhub.oidc.params import (
     json_response,
     oauth_error_responses,
 )
+from idhub.oidc.routing import OAuthRoute
+from idhub.routing import uow_of
 from idhub.storage.models import User
+from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo
 from idhub.tokens.refresh import find_refresh_token
 from idhub.tokens.service import TokenInvalid
 
-router = APIRouter(tags=["oidc"])
+router = APIRouter(tags=["oidc"], route_class=OAuthRoute)
 
 INACTIVE = b'{"active":false}'
 MAX_TOKEN = 16384
@@ -89,17 +93,19 @@ async def introspect_access_token(ctx: AppContext, tenant: TenantInfo, client: C
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-async def introspect_refresh_token(ctx: AppContext, tenant: TenantInfo, client: ClientInfo, token: str) -> bytes:
+async def introspect_refresh_token(
+    ctx: AppContext, uow: UnitOfWork, tenant: TenantInfo, client: ClientInfo, token: str
+) -> bytes:
     """Answer for an opaque refresh token: only its own client sees it active."""
-    async with ctx.sessionmaker() as session:
-        found = await find_refresh_token(session, hasher=ctx.secret_hasher, tenant_id=tenant.id, token=token)
-        if found is None:
-            return INACTIVE
-        info, live = found
-        if not live or info.client_pk != client.id:
-            return INACTIVE
-        user = await session.get(User, info.user_id) if info.user_id is not None else None
-    if info.user_id is not None and (user is None or not user.enabled):
+    session = uow.session
+    found = await find_refresh_token(session, hasher=ctx.secret_hasher, tenant_id=tenant.id, token=token)
+    if found is None:
+        return INACTIVE
+    info, live = found
+    if not live or info.client_pk != client.id:
+        return INACTIVE
+    user = await session.get(User, info.user_id) if info.user_id is not None else None
+    if info.user_id is not None and not is_live(user):
         return INACTIVE
     body: dict[str, Any] = {
         "active": True,
@@ -117,7 +123,7 @@ async def introspect_refresh_token(ctx: AppContext, tenant: TenantInfo, client: 
 
 
 async def introspect_token(
-    ctx: AppContext, tenant: TenantInfo, client: ClientInfo, *, token: str, hint: str | None
+    ctx: AppContext, uow: UnitOfWork, tenant: TenantInfo, client: ClientInfo, *, token: str, hint: str | None
 ) -> bytes:
     """Introspect ``token`` for ``client``; the hint only orders the lookups (RFC 7662 §2.1)."""
     if len(token) > MAX_TOKEN:
@@ -125,7 +131,7 @@ async def introspect_token(
     # Our access tokens are compact JWS (three dot-separated parts); refresh tokens never contain a dot.
     if token.count(".") == 2:
         return await introspect_access_token(ctx, tenant, client, token)
-    return await introspect_refresh_token(ctx, tenant, client, token)
+    return await introspect_refresh_token(ctx, uow, tenant, client, token)
 
 
 @router.post(
@@ -142,5 +148,5 @@ async def introspect(tenant: str, request: Request) -> Response:
     """Tell an authenticated client whether a token is active and what it carries."""
     ctx, info, params, client = await authenticated_request(request, tenant, endpoint="introspect", allow_public=False)
     token = params.require("token")
-    body = await introspect_token(ctx, info, client, token=token, hint=params.get("token_type_hint"))
+    body = await introspect_token(ctx, uow_of(request), info, client, token=token, hint=params.get("token_type_hint"))
     return NoStoreJSON(body)

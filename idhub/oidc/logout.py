@@ -1,4 +1,6 @@
-"""RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0 §2-§3).
+"""RP-initiated logout's protocol rules (OpenID Connect RP-Initiated Logout 1.0 §2-§3).
+
+The page route (``{issuer}/logout``: the confirmation and signed-out pages) is :mod:`idhub.web.logout`.
 
 The ``post_logout_redirect_uri`` must match one registered for the client exactly; otherwise the
 user sees an error page and is not redirected (§3). Without an ``id_token_hint`` naming the signed-in
@@ -10,22 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import RedirectResponse
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
-from idhub.deps import ContextDep, SessionDep, TenantDep
-from idhub.oidc.interaction import authorization_response_url, csrf_token, csrf_valid
-from idhub.sessions.service import SsoSession, end_session, load_session
+from idhub.sessions.service import SsoSession
 from idhub.tenants.service import TenantInfo
 from idhub.tokens.service import TokenInvalid
-from idhub.web.cookies import clear_cookie
-from idhub.web.forms import BadForm, read_form, read_query, single
-from idhub.web.render import error_page, render_page
-
-router = APIRouter(tags=["oidc"])
 
 PARAMETERS = ("id_token_hint", "client_id", "post_logout_redirect_uri", "state", "logout_hint", "ui_locales")
 
@@ -49,6 +40,16 @@ class LogoutRequest:
     confirmation: str | None
 
 
+def _single(fields: dict[str, list[str]], name: str) -> str | None:
+    """Return a parameter given at most once (a repeated one is refused, as in RFC 6749 §3.1)."""
+    values = fields.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise LogoutRefused("The sign-out request repeats a parameter.")
+    return values[0]
+
+
 def _audiences(claims: dict[str, Any]) -> list[str]:
     aud = claims.get("aud")
     if isinstance(aud, str):
@@ -60,14 +61,11 @@ def _audiences(claims: dict[str, Any]) -> list[str]:
 
 async def validate_logout(*, ctx: AppContext, tenant: TenantInfo, fields: dict[str, list[str]]) -> LogoutRequest:
     """Validate the parameters of RP-Initiated Logout 1.0 §2 or raise :class:`LogoutRefused`."""
-    try:
-        hint = single(fields, "id_token_hint")
-        client_id = single(fields, "client_id")
-        redirect_uri = single(fields, "post_logout_redirect_uri")
-        state = single(fields, "state")
-        confirmation = single(fields, "csrf_token")
-    except BadForm as exc:
-        raise LogoutRefused("The sign-out request repeats a parameter.") from exc
+    hint = _single(fields, "id_token_hint")
+    client_id = _single(fields, "client_id")
+    redirect_uri = _single(fields, "post_logout_redirect_uri")
+    state = _single(fields, "state")
+    confirmation = _single(fields, "csrf_token")
     hint_sub: str | None = None
     if hint is not None:
         try:
@@ -104,103 +102,5 @@ def confirmation_needed(request: LogoutRequest, sso: SsoSession | None) -> bool:
     return request.hint_sub is None or request.hint_sub != sso.subject
 
 
-def _purpose(sso: SsoSession) -> str:
+def confirmation_purpose(sso: SsoSession) -> str:
     return f"logout:{sso.id}"
-
-
-async def _handle(
-    request: Request, *, ctx: AppContext, tenant: TenantInfo, session: AsyncSession, fields: dict[str, list[str]]
-) -> Response:
-    try:
-        logout = await validate_logout(ctx=ctx, tenant=tenant, fields=fields)
-    except LogoutRefused as exc:
-        return error_page(exc.message, tenant=tenant)
-    cookie_name = ctx.settings.sessions.cookie_name
-    cookie = request.cookies.get(cookie_name)
-    sso = await load_session(
-        session, hasher=ctx.secret_hasher, settings=ctx.settings.sessions, tenant_id=tenant.id, cookie=cookie
-    )
-    if sso is not None and cookie is not None:
-        if logout.confirmation is not None:
-            if request.method != "POST" or not csrf_valid(ctx.cookie_key, _purpose(sso), cookie, logout.confirmation):
-                return error_page("The form has expired or was not sent by this site.", tenant=tenant)
-        elif confirmation_needed(logout, sso):
-            fields_out = [
-                (name, value)
-                for name, value in (
-                    ("client_id", logout.client.client_id if logout.client else None),
-                    ("post_logout_redirect_uri", logout.post_logout_redirect_uri),
-                    ("state", logout.state),
-                )
-                if value is not None
-            ]
-            return render_page(
-                "logout_confirm.html",
-                tenant=tenant,
-                action=f"{tenant.issuer}/logout",
-                client_name=logout.client.name if logout.client else None,
-                csrf_token=csrf_token(ctx.cookie_key, _purpose(sso), cookie),
-                fields=fields_out,
-            )
-        await end_session(session, tenant_id=tenant.id, session_id=sso.id)
-    if logout.post_logout_redirect_uri is not None:
-        response: Response = RedirectResponse(
-            authorization_response_url(logout.post_logout_redirect_uri, {"state": logout.state}),
-            status_code=303,
-            headers={"cache-control": "no-store"},
-        )
-    else:
-        response = render_page("logged_out.html", tenant=tenant)
-    if cookie is not None:
-        clear_cookie(response, ctx, tenant, cookie_name)
-    return response
-
-
-_QUERY = [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}} for name in PARAMETERS]
-_FORM = {
-    "content": {
-        "application/x-www-form-urlencoded": {
-            "schema": {
-                "type": "object",
-                "properties": {name: {"type": "string"} for name in (*PARAMETERS, "csrf_token")},
-            }
-        }
-    }
-}
-_RESPONSES: dict[int | str, dict[str, object]] = {
-    200: {"description": "Confirmation or signed-out page", "content": {"text/html": {}}},
-    303: {"description": "Back to the registered post_logout_redirect_uri"},
-    400: {"description": "HTML error page", "content": {"text/html": {}}},
-}
-
-
-@router.get(
-    "/logout",
-    summary="RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0)",
-    response_class=Response,
-    responses=_RESPONSES,
-    openapi_extra={"parameters": _QUERY},
-)
-async def logout_get(request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep) -> Response:
-    """End the SSO session (after confirmation unless the id_token_hint names the user)."""
-    try:
-        fields = read_query(request)
-    except BadForm:
-        return error_page("The sign-out request is malformed.", tenant=tenant)
-    return await _handle(request, ctx=ctx, tenant=tenant, session=session, fields=fields)
-
-
-@router.post(
-    "/logout",
-    summary="RP-initiated logout, form post (OpenID Connect RP-Initiated Logout 1.0)",
-    response_class=Response,
-    responses=_RESPONSES,
-    openapi_extra={"requestBody": _FORM},
-)
-async def logout_post(request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep) -> Response:
-    """Form-post variant of the logout endpoint; also receives the confirmation form."""
-    try:
-        fields = await read_form(request)
-    except BadForm:
-        return error_page("The sign-out request is malformed.", tenant=tenant)
-    return await _handle(request, ctx=ctx, tenant=tenant, session=session, fields=fields)

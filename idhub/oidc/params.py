@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 
 from idhub.context import AppContext
+from idhub.errors import NotFound
 from idhub.formdata import decode_pairs
 from idhub.metrics import NOSNIFF
 from idhub.oidc.errors import InvalidRequest
@@ -154,17 +155,11 @@ def read_query(request: Request, *, repeatable: frozenset[str] = REPEATABLE) -> 
     return parse_form(raw, repeatable=repeatable)
 
 
-def context_of(request: Request) -> AppContext:
-    """Return the app's shared services without a dependency chain (hot paths)."""
-    ctx: AppContext = request.app.state.ctx
-    return ctx
-
-
 async def tenant_of(ctx: AppContext, slug: str) -> TenantInfo:
     """Resolve the ``{tenant}`` path segment (cached); unknown tenants are 404 like everywhere else."""
     tenant = await ctx.tenants.get(slug)
     if tenant is None:
-        raise HTTPException(status_code=404, detail="unknown tenant")
+        raise NotFound("unknown tenant")
     return tenant
 
 

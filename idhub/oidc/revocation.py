@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
+from idhub.events import AccessTokenRevoked
 from idhub.oidc.client_auth import authenticated_request
 from idhub.oidc.params import (
     CLIENT_AUTH_FIELDS,
@@ -21,12 +22,15 @@ from idhub.oidc.params import (
     form_request_body,
     oauth_error_responses,
 )
+from idhub.oidc.routing import OAuthRoute
+from idhub.routing import uow_of
+from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo
 from idhub.tokens.refresh import find_refresh_token, revoke_grant
 from idhub.tokens.revocation import record_revocation
 from idhub.tokens.service import CLOCK_SKEW, TokenInvalid
 
-router = APIRouter(tags=["oidc"])
+router = APIRouter(tags=["oidc"], route_class=OAuthRoute)
 
 MAX_TOKEN = 16384
 _S: dict[str, Any] = {"type": "string"}
@@ -37,7 +41,9 @@ REVOCATION_FIELDS: dict[str, Any] = {
 }
 
 
-async def revoke_access_token(ctx: AppContext, tenant: TenantInfo, client: ClientInfo, token: str) -> None:
+async def revoke_access_token(
+    ctx: AppContext, uow: UnitOfWork, tenant: TenantInfo, client: ClientInfo, token: str
+) -> None:
     """Revoke one live access token of ``client`` until it would have expired anyway."""
     try:
         claims = await ctx.tokens.validate_access_token(tenant=tenant, token=token)
@@ -46,33 +52,28 @@ async def revoke_access_token(ctx: AppContext, tenant: TenantInfo, client: Clien
     if claims.get("client_id") != client.client_id:
         return
     remaining = int(float(claims["exp"]) - time.time()) + CLOCK_SKEW
-    async with ctx.sessionmaker() as session:
-        await record_revocation(
-            session, tenant_id=tenant.id, kind="jti", value=str(claims["jti"]), expires_in=remaining
-        )
-        await session.commit()
-        await ctx.revocations.committed(session)
+    await record_revocation(uow, tenant_id=tenant.id, kind="jti", value=str(claims["jti"]), expires_in=remaining)
+    uow.raise_event(AccessTokenRevoked(tenant_id=tenant.id, jti=str(claims["jti"])))
 
 
-async def revoke_refresh_token(ctx: AppContext, tenant: TenantInfo, client: ClientInfo, token: str) -> None:
+async def revoke_refresh_token(
+    uow: UnitOfWork, ctx: AppContext, tenant: TenantInfo, client: ClientInfo, token: str
+) -> None:
     """Revoke the grant of a refresh token of ``client``: the whole family and its access tokens."""
-    async with ctx.sessionmaker() as session:
-        found = await find_refresh_token(session, hasher=ctx.secret_hasher, tenant_id=tenant.id, token=token)
-        if found is None or found[0].client_pk != client.id:
-            return
-        await revoke_grant(session, tenant.id, found[0].grant_id)
-        await session.commit()
-        await ctx.revocations.committed(session)
+    found = await find_refresh_token(uow.session, hasher=ctx.secret_hasher, tenant_id=tenant.id, token=token)
+    if found is None or found[0].client_pk != client.id:
+        return
+    await revoke_grant(uow, tenant.id, found[0].grant_id, reason="revoked by the client (RFC 7009)")
 
 
-async def revoke_token(ctx: AppContext, tenant: TenantInfo, client: ClientInfo, *, token: str) -> None:
+async def revoke_token(ctx: AppContext, uow: UnitOfWork, tenant: TenantInfo, client: ClientInfo, *, token: str) -> None:
     """Revoke ``token`` if it is one of ``client``'s; the kind is recognised by its format (RFC 7009 §2.1)."""
     if len(token) > MAX_TOKEN:
         return
     if token.count(".") == 2:
-        await revoke_access_token(ctx, tenant, client, token)
+        await revoke_access_token(ctx, uow, tenant, client, token)
     else:
-        await revoke_refresh_token(ctx, tenant, client, token)
+        await revoke_refresh_token(uow, ctx, tenant, client, token)
 
 
 @router.post(
@@ -88,5 +89,5 @@ async def revoke_token(ctx: AppContext, tenant: TenantInfo, client: ClientInfo, 
 async def revoke(tenant: str, request: Request) -> Response:
     """Revoke a refresh token (with its grant) or an access token of the calling client."""
     ctx, info, params, client = await authenticated_request(request, tenant, endpoint="revoke")
-    await revoke_token(ctx, info, client, token=params.require("token"))
+    await revoke_token(ctx, uow_of(request), info, client, token=params.require("token"))
     return Response(status_code=200, headers=NO_STORE)

@@ -6,23 +6,18 @@ it reads the body itself and answers with a pre-serialised JSON body.
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from idhub.deps import client_address
 from idhub.metrics import NOSNIFF, Metrics
-from idhub.oidc.errors import OAuthError, ServerError
 from idhub.oidc.grants import exchange
 from idhub.oidc.params import (
     CLIENT_AUTH_FIELDS,
     NoStoreJSON,
-    context_of,
     form_request_body,
     header,
     json_response,
@@ -30,9 +25,10 @@ from idhub.oidc.params import (
     read_form,
     tenant_of,
 )
+from idhub.oidc.routing import SURFACE, OAuthRoute, render_oauth_error
+from idhub.routing import context_of, run_in_boundary, uow_of
 
-log = logging.getLogger(__name__)
-router = APIRouter(tags=["oidc"])
+router = APIRouter(tags=["oidc"], route_class=OAuthRoute)
 
 
 _S: dict[str, Any] = {"type": "string"}
@@ -72,9 +68,7 @@ async def token(tenant: str, request: Request) -> Response:
     ctx = context_of(request)
     info = await tenant_of(ctx, tenant)
     params = await read_form(request)
-    body = await exchange(
-        ctx, info, params, authorization=header(request, b"authorization"), address=client_address(request)
-    )
+    body = await exchange(ctx, info, params, uow_of(request), authorization=header(request, b"authorization"))
     return NoStoreJSON(body)
 
 
@@ -95,8 +89,8 @@ class BackChannelFastPath:
 
     ``POST {issuer}/token`` and ``POST {issuer}/introspect`` run thousands of times per second; the
     router and dependency machinery cost more than the endpoint itself, so these two paths go straight
-    to the same endpoint functions the documented routes use. Errors render exactly as the app's
-    handlers render them (RFC 6749 §5.2 JSON, 404 for an unknown tenant, ``server_error`` otherwise).
+    to the same endpoint functions the documented routes use, inside the same boundary as the OAuth
+    routes (:func:`~idhub.routing.run_in_boundary`: one unit of work, RFC 6749 §5.2 errors).
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -120,17 +114,13 @@ class BackChannelFastPath:
                 handler, label = entry
                 scope["route"] = label
                 start = time.perf_counter()
-                try:
-                    response = await handler(slug, Request(scope, receive))
-                except OAuthError as exc:
-                    response = _oauth_error(exc)
-                except HTTPException as exc:
-                    response = Response(
-                        json.dumps({"detail": exc.detail}), status_code=exc.status_code, media_type="application/json"
-                    )
-                except Exception:
-                    log.exception("unhandled error")
-                    response = _oauth_error(ServerError())
+
+                async def call(request: Request) -> Response:
+                    return await handler(slug, request)
+
+                response = await run_in_boundary(
+                    Request(scope, receive), call, surface=SURFACE, render=render_oauth_error
+                )
                 # This middleware sits outside the metrics middleware, so it records and secures itself.
                 if NOSNIFF not in response.raw_headers:
                     response.raw_headers.append(NOSNIFF)
@@ -138,9 +128,3 @@ class BackChannelFastPath:
                 self.metrics.observe(label.path, "POST", response.status_code, time.perf_counter() - start)
                 return
         await self.app(scope, receive, send)
-
-
-def _oauth_error(exc: OAuthError) -> Response:
-    from idhub.app import oauth_error_response  # the app's one renderer (imported late: app imports us)
-
-    return oauth_error_response(exc)

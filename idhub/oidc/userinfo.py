@@ -12,11 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from idhub.context import AppContext
+from idhub.directory.rules import is_live
 from idhub.oidc.claims import user_claims
 from idhub.oidc.errors import InsufficientScope, InvalidRequest, InvalidToken, MissingToken
 from idhub.oidc.params import (
     NoStoreJSON,
-    context_of,
     is_form,
     json_response,
     oauth_error_responses,
@@ -24,11 +24,14 @@ from idhub.oidc.params import (
     read_query,
     tenant_of,
 )
+from idhub.oidc.routing import OAuthRoute
+from idhub.routing import context_of, uow_of
 from idhub.storage.models import User
+from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo
 from idhub.tokens.service import TokenInvalid
 
-router = APIRouter(tags=["oidc"])
+router = APIRouter(tags=["oidc"], route_class=OAuthRoute)
 
 USERINFO_RESPONSE: dict[str, Any] = {
     "type": "object",
@@ -66,12 +69,12 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
-async def userinfo_claims(ctx: AppContext, tenant: TenantInfo, token: str) -> dict[str, Any]:
+async def userinfo_claims(ctx: AppContext, uow: UnitOfWork, tenant: TenantInfo, token: str) -> dict[str, Any]:
     """Return the claims about the token's user that its scopes release (OIDC Core §5.3.2)."""
     try:
         claims = await ctx.tokens.validate_access_token(tenant=tenant, token=token)
     except TokenInvalid as exc:
-        raise InvalidToken("the access token is invalid") from exc
+        raise InvalidToken("the access token is invalid", internal=exc.internal) from exc
     scopes = str(claims.get("scope", "")).split()
     if "openid" not in scopes:
         raise InsufficientScope("the access token lacks the openid scope")  # OIDC Core §5.3.1
@@ -79,10 +82,9 @@ async def userinfo_claims(ctx: AppContext, tenant: TenantInfo, token: str) -> di
         user_id = uuid.UUID(str(claims["sub"]))
     except ValueError as exc:
         raise InvalidToken("the access token does not belong to a user") from exc
-    async with ctx.sessionmaker() as session:
-        user = await session.get(User, user_id)
-    if user is None or user.tenant_id != tenant.id or not user.enabled:
-        raise InvalidToken("the user no longer exists or is disabled")
+    user = await uow.session.get(User, user_id)
+    if user is None or user.tenant_id != tenant.id or not is_live(user):
+        raise InvalidToken("the access token is invalid", internal=f"user {user_id} is gone or not active")
     return {"sub": str(user.id), **user_claims(user, scopes)}
 
 
@@ -95,7 +97,7 @@ async def _userinfo(tenant: str, request: Request) -> Response:
     if request.method == "POST" and is_form(request) and "access_token" in await read_form(request):
         raise InvalidRequest("send the access token in the Authorization header only")
     token = bearer_token(request.headers.get("authorization"))
-    body = await userinfo_claims(ctx, info, token)
+    body = await userinfo_claims(ctx, uow_of(request), info, token)
     return NoStoreJSON(body)
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from idhub.audit.service import Actor
 from idhub.context import AppContext
+from idhub.credentials.provisioning import TOKEN_PREFIX
+from idhub.events import Actor
 from idhub.scim import errors
-from idhub.scim.tokens import TOKEN_PREFIX
 from idhub.tenants.service import TenantInfo
 from idhub.tokens.service import TokenInvalid
 
@@ -32,7 +32,7 @@ async def authenticate(ctx: AppContext, tenant: TenantInfo, authorization: str |
     """
     token = bearer(authorization)
     if token.startswith(TOKEN_PREFIX):
-        info = await ctx.provisioning_tokens.find(tenant_id=tenant.id, token=token)
+        info = await ctx.provisioning_tokens.find(tenant_id=tenant.id, tenant_key=tenant.key, token=token)
         if info is None:
             raise errors.Unauthorized("the provisioning token is not valid")
         return Actor(type="provisioning_token", id=str(info.id))

@@ -2,27 +2,19 @@
 
 Each operation runs in its own savepoint, so a failing one leaves no trace while the others stand
 (RFC 7644 §3.7: the server "MUST continue performing as many changes as possible" until
-``failOnErrors`` is reached). Runs of user creations (how HR systems onboard people) are written
-with multi-row INSERTs instead of one round trip per statement; they go through the same schema
-normalisation and uniqueness rules as a single POST.
+``failOnErrors`` is reached). Runs of user creations (how HR systems onboard people) go to the
+directory's ``create_many`` (one multi-row INSERT) instead of one round trip per user; they go through
+the same schema normalisation and the same directory rules as a single POST.
 """
 
 from __future__ import annotations
 
 import re
-import uuid
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, insert
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
-
-from idhub.audit.service import event_row, record_many
-from idhub.scim import discovery, errors, mapping, schemas
+from idhub.errors import DomainError
+from idhub.scim import discovery, errors
 from idhub.scim.service import ScimService
-from idhub.storage.base import new_uuid, utcnow
-from idhub.storage.models import User, UserValue
 
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 BULK_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
@@ -164,7 +156,9 @@ def _user_creation_run(
     return run
 
 
-def _error_result(op: dict[str, Any], exc: errors.ScimError) -> dict[str, Any]:
+def _error_result(op: dict[str, Any], exc: errors.ScimError | DomainError) -> dict[str, Any]:
+    if isinstance(exc, DomainError):
+        exc = errors.from_domain(exc)
     result: dict[str, Any] = {"method": op.get("method"), "status": str(exc.status), "response": exc.body()}
     if isinstance(op.get("bulkId"), str):
         result["bulkId"] = op["bulkId"]
@@ -196,7 +190,7 @@ async def _run_one(service: ScimService, op: dict[str, Any], ids: dict[str, str]
             raise errors.InvalidSyntax("data must be an object")
         if (method == "POST") != (target is None):
             raise errors.InvalidPath("POST goes to /Users or /Groups; other methods to /Users/{id} or /Groups/{id}")
-        async with service.session.begin_nested():
+        async with service.uow.session.begin_nested():
             resource: dict[str, Any] | None = None
             if kind == "Users":
                 if method == "POST":
@@ -215,7 +209,7 @@ async def _run_one(service: ScimService, op: dict[str, Any], ids: dict[str, str]
                 resource = await service.patch_group(str(target), data, if_match)
             else:
                 await service.delete_group(str(target), if_match)
-    except errors.ScimError as exc:
+    except (errors.ScimError, DomainError) as exc:
         return _error_result(op, exc)
     if resource is None:
         return _ok_result(op, 204, None, f"{service.base_url}/{kind}/{target}")
@@ -223,86 +217,15 @@ async def _run_one(service: ScimService, op: dict[str, Any], ids: dict[str, str]
 
 
 async def _create_users(service: ScimService, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Create many users with multi-row INSERTs; same rules and answers as one POST each."""
-    results: list[dict[str, Any] | None] = [None] * len(ops)
-    prepared: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = []
-    seen: set[str] = set()
-    template = dict.fromkeys(c.key for c in User.__table__.columns if c.key != "archive")
-    template.update(tenant_id=service.tenant.id, version=1, created_by=service.actor.label(), email_verified=False)
-    for i, op in enumerate(ops):
-        try:
-            resource = schemas.normalise_resource(schemas.USER_TYPE, op["data"], existing=None)
-            columns, values = mapping.user_columns(resource)
-            if columns["username"] in seen:
-                raise errors.Uniqueness("userName is already taken")
-            seen.add(columns["username"])
-        except errors.ScimError as exc:
-            results[i] = _error_result(op, exc)
+    """Create many users at once; same rules and answers as one POST each."""
+    results = []
+    for op, outcome in zip(ops, await service.create_users([op["data"] for op in ops]), strict=True):
+        if isinstance(outcome, errors.ScimError | DomainError):
+            results.append(_error_result(op, outcome))
             continue
-        now = utcnow()
-        # Every row carries every column, so the INSERT runs as one executemany batch.
-        row = {**template, **columns}
-        row.update(id=new_uuid(), enabled=bool(resource.get("active", True)), created_at=now, updated_at=now)
-        prepared.append((i, row, values))
-    if prepared:
-        try:
-            async with service.session.begin_nested():
-                inserted = await _insert_users(service, prepared)
-        except IntegrityError:
-            # A constraint other than the username one: fall back to one savepoint each for exact answers.
-            for i, _row, _values in prepared:
-                results[i] = await _run_one(service, ops[i], {}, set())
-        else:
-            for i, row, _values in prepared:
-                if row["id"] not in inserted:  # the live-username index refused it (RFC 7644 §3.3: 409)
-                    results[i] = _error_result(ops[i], errors.Uniqueness("userName is already taken"))
-                    continue
-                result = {
-                    "method": "POST",
-                    "location": f"{service.base_url}/Users/{row['id']}",
-                    "version": mapping.etag(1),
-                    "status": "201",
-                }
-                if isinstance(ops[i].get("bulkId"), str):
-                    result["bulkId"] = ops[i]["bulkId"]
-                results[i] = result
-    return [r for r in results if r is not None]
-
-
-async def _insert_users(
-    service: ScimService, prepared: list[tuple[int, dict[str, Any], list[dict[str, Any]]]]
-) -> set[uuid.UUID]:
-    """Insert users, skipping those whose username a live account holds; return the ids inserted.
-
-    ``ON CONFLICT DO NOTHING`` lets the unique index decide, in the same statement, instead of a
-    ``username IN (...)`` query per batch whose plan degrades as the table grows (PostgreSQL and
-    SQLite both support it; ids are generated here, so ``RETURNING id`` says which rows went in).
-    """
-    session = service.session
-    dialect = service.ctx.engine.dialect.name
-    builder = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    table = cast(Table, User.__table__)
-    # One cached statement run as executemany: SQLAlchemy batches it into multi-row VALUES itself
-    # ("insertmanyvalues"), without compiling a new statement for every batch.
-    statement = builder(table).on_conflict_do_nothing().returning(table.c.id)
-    result = await session.execute(statement, [row for _, row, _ in prepared])
-    inserted: set[uuid.UUID] = set(result.scalars().all())
-    fresh = [(row, values) for _, row, values in prepared if row["id"] in inserted]
-    value_rows = [{"id": uuid.uuid4(), "user_id": row["id"], **value} for row, values in fresh for value in values]
-    if value_rows:
-        await session.execute(insert(UserValue), value_rows)
-    await record_many(
-        session,
-        [
-            event_row(
-                tenant_id=service.tenant.id,
-                actor=service.actor,
-                action="scim.user.create",
-                target_type="User",
-                target_id=str(row["id"]),
-                details={"bulk": True},
-            )
-            for row, _ in fresh
-        ],
-    )
-    return inserted
+        result = {"method": "POST", "location": outcome["meta"]["location"], "version": outcome["meta"]["version"],
+                  "status": "201"}  # fmt: skip
+        if isinstance(op.get("bulkId"), str):
+            result["bulkId"] = op["bulkId"]
+        results.append(result)
+    return results

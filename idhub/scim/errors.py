@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from idhub import errors as domain
+
 ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 
 
@@ -17,9 +19,10 @@ class ScimError(Exception):
     status: int = 400
     scim_type: str | None = None
 
-    def __init__(self, detail: str = "") -> None:
+    def __init__(self, detail: str = "", *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         """Return the error response body (RFC 7644 §3.12; ``status`` is a string there)."""
@@ -127,3 +130,37 @@ class NotImplementedOperation(ScimError):
     """The service provider does not support the requested operation."""
 
     status = 501
+
+
+class MethodNotAllowed(ScimError):
+    """The endpoint exists but does not take this method (RFC 7644 §3.2, RFC 9110 §15.5.6)."""
+
+    status = 405
+
+
+class ServerError(ScimError):
+    """Something unexpected went wrong; the detail is in the log under the request id, not here."""
+
+    status = 500
+
+
+class ServiceUnavailable(ScimError):
+    """A dependency is down; retry after ``Retry-After`` seconds."""
+
+    status = 503
+
+
+def from_domain(exc: domain.DomainError) -> ScimError:
+    """Translate a directory (domain) error into its SCIM error (RFC 7644 §3.12)."""
+    detail = exc.detail
+    if isinstance(exc, domain.PreconditionFailed):
+        return PreconditionFailed(detail or "the resource has changed")
+    if isinstance(exc, domain.Conflict):
+        return Uniqueness(detail or "the value is already in use")
+    if isinstance(exc, domain.NotFound):
+        return NotFound(detail or "not found")
+    if isinstance(exc, domain.Forbidden):
+        return Forbidden(detail or "not permitted")
+    if isinstance(exc, domain.Unavailable):
+        return ServiceUnavailable(detail or "temporarily unavailable", headers={"retry-after": str(exc.retry_after)})
+    return InvalidValue(detail)

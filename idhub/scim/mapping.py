@@ -1,9 +1,10 @@
-"""Map directory rows to SCIM resources (RFC 7643 §4) and canonical SCIM resources back onto rows.
+"""Translate between SCIM resources (RFC 7643 §4) and the directory's own types.
 
 The SCIM surface works on whole resources: a write arrives as (or, for PATCH, is turned into) a
-canonical resource dict, which this module copies onto the ``User``/``Group`` row and the user's
-multi-valued rows. Reads build the dict from the rows. Attribute names here are the canonical ones
-that :func:`idhub.scim.schemas.normalise_resource` produces.
+canonical resource dict, which this module turns into a :class:`~idhub.directory.profile.UserProfile`
+for the directory's commands. Reads build the dict from the directory's rows. Attribute names here are
+the canonical ones that :func:`idhub.scim.schemas.normalise_resource` produces. No rule of the
+directory lives here (usernames, emails, passwords and who is active are the directory's).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from idhub.directory.users import USERNAME_RE, normalise_username
-from idhub.scim.errors import InvalidValue
+from idhub.directory.groups import Member, Membership
+from idhub.directory.profile import UserProfile, ValueRecord
+from idhub.errors import Invalid
 from idhub.scim.schemas import ENTERPRISE_URN, GROUP_URN, USER_URN, Resource
 from idhub.storage.models import Group, User, UserValue
 
@@ -120,8 +122,8 @@ def _value_element(row: ValueRow) -> dict[str, Any]:
             element["display"] = row.display
     if row.type is not None:
         element["type"] = row.type
-    if row.primary:
-        element["primary"] = True
+    if row.primary is not None:
+        element["primary"] = row.primary  # false too, when the client wrote it: it reads back the same
     return element
 
 
@@ -145,7 +147,8 @@ def user_resource(user: UserRow, values: list[ValueRow], groups: list[dict[str, 
     for attr, column in USER_COLUMNS.items():
         if attr != "externalId" and u[column] is not None:
             resource[attr] = u[column]
-    resource["active"] = u["enabled"]
+    if u["enabled"] is not None:  # NULL: a client removed ``active``; it stays unassigned (and not active)
+        resource["active"] = u["enabled"]
     for row in sorted(values, key=lambda v: v.position):
         resource.setdefault(row.attribute, []).append(_value_element(row))
     if groups:
@@ -166,21 +169,14 @@ def user_resource(user: UserRow, values: list[ValueRow], groups: list[dict[str, 
     return resource
 
 
-def user_columns(resource: Resource) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Return the user-row columns a canonical resource sets, and its multi-valued rows (as column dicts).
+def user_profile(resource: Resource, *, active: bool | None) -> UserProfile:
+    """Return the directory profile a canonical resource describes; ``active`` as the caller decided it.
 
-    Every SCIM-managed column is in the result, ``None`` when the resource lacks the attribute: this
-    implements PUT's replace semantics (RFC 7644 §3.5.1) and, since PATCH is applied to the whole
-    resource first, PATCH too. ``email`` is the primary (else first) work address of ``emails``.
+    Every SCIM-managed attribute is in the profile, ``None`` when the resource lacks it: this implements
+    PUT's replace semantics (RFC 7644 §3.5.1) and, since PATCH is applied to the whole resource first,
+    PATCH too.
     """
-    user_name = str(resource["userName"])
-    username = normalise_username(user_name)
-    if not USERNAME_RE.fullmatch(username):
-        # The directory's one rule for usernames, whichever surface creates the account.
-        raise InvalidValue("userName must be 1-255 characters without spaces or control characters")
-    columns: dict[str, Any] = {"username": username, "user_name": user_name}
-    for attr, column in USER_COLUMNS.items():
-        columns[column] = resource.get(attr)
+    columns: dict[str, Any] = {column: resource.get(attr) for attr, column in USER_COLUMNS.items()}
     name = resource.get("name") or {}
     for attr, column in NAME_COLUMNS.items():
         columns[column] = name.get(attr)
@@ -189,42 +185,51 @@ def user_columns(resource: Resource) -> tuple[dict[str, Any], list[dict[str, Any
         columns[column] = enterprise.get(attr)
     manager = enterprise.get("manager")
     columns["manager_id"] = str(manager["value"]) if isinstance(manager, dict) and manager.get("value") else None
-    rows: list[dict[str, Any]] = []
-    primary_email: str | None = None
-    first_email: str | None = None
+    values: list[ValueRecord] = []
     for attr in MULTI_VALUED:
-        for position, element in enumerate(resource.get(attr) or ()):
-            row: dict[str, Any] = {
-                "attribute": attr,
-                "position": position,
-                "type": element.get("type"),
-                "primary": bool(element.get("primary", False)),
-            }
+        for element in resource.get(attr) or ():
+            primary = element.get("primary")
             if attr == "addresses":
-                for name_, column in ADDRESS_PARTS.items():
-                    row[column] = element.get(name_)
+                parts = {column: element.get(part) for part, column in ADDRESS_PARTS.items()}
+                values.append(ValueRecord(attr, type=element.get("type"), primary=primary, **parts))
             else:
-                row["value"] = None if element.get("value") is None else str(element["value"])
-                row["display"] = element.get("display")
-            rows.append(row)
-            if attr == "emails" and row["value"]:
-                first_email = first_email or row["value"]
-                if row["primary"]:
-                    primary_email = row["value"]
-    columns["email"] = primary_email or first_email
-    return columns, rows
+                value = element.get("value")
+                values.append(
+                    ValueRecord(
+                        attr,
+                        value=None if value is None else str(value),
+                        type=element.get("type"),
+                        primary=primary,
+                        display=element.get("display"),
+                    )
+                )
+    return UserProfile(user_name=str(resource["userName"]), active=active, values=tuple(values), **columns)
 
 
-def apply_user_resource(user: User, resource: Resource) -> list[dict[str, Any]]:
-    """Copy a canonical resource onto ``user`` (see :func:`user_columns`); return the multi-valued rows."""
-    columns, rows = user_columns(resource)
-    email = columns.pop("email")
-    for column, value in columns.items():
-        setattr(user, column, value)
-    if email != user.email:
-        user.email = email
-        user.email_verified = False  # an HR feed asserts an address, it does not prove the person controls it
-    return rows
+def groups_attribute(memberships: list[Membership], base_url: str) -> list[dict[str, Any]]:
+    """Return a user's ``groups`` (RFC 7643 §4.1.2): direct and indirect memberships."""
+    return [
+        {
+            "value": str(m.group_id),
+            "$ref": f"{base_url}/Groups/{m.group_id}",
+            "display": m.name,
+            "type": "direct" if m.direct else "indirect",
+        }
+        for m in memberships
+    ]
+
+
+def members_attribute(members: list[Member], base_url: str) -> list[dict[str, Any]]:
+    """Return a group's ``members`` (RFC 7643 §4.2): users first, then nested groups."""
+    return [
+        {
+            "value": str(m.id),
+            "$ref": f"{base_url}/{'Users' if m.kind == 'User' else 'Groups'}/{m.id}",
+            "display": m.name,
+            "type": m.kind,
+        }
+        for m in members
+    ]
 
 
 def group_resource(group: Group, members: list[dict[str, Any]], base_url: str) -> Resource:
@@ -245,12 +250,15 @@ def group_resource(group: Group, members: list[dict[str, Any]], base_url: str) -
     return resource
 
 
-def member_ids(resource: Resource) -> list[tuple[str | None, str]]:
-    """Return ``(type, value)`` for each member of a canonical group resource."""
-    out: list[tuple[str | None, str]] = []
+def member_references(resource: Resource) -> list[tuple[str | None, uuid.UUID]]:
+    """Return ``(type, id)`` for each member of a canonical group resource; a non-UUID value is no member."""
+    out: list[tuple[str | None, uuid.UUID]] = []
     for member in resource.get("members") or []:
         if isinstance(member, dict) and member.get("value") is not None:
-            out.append((member.get("type"), str(member["value"])))
+            member_id = parse_uuid(str(member["value"]))
+            if member_id is None:
+                raise Invalid(f"member {str(member['value'])[:64]!r} does not exist")
+            out.append((member.get("type"), member_id))
     return out
 
 

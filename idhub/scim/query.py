@@ -160,7 +160,9 @@ class _Scalar:
     case_exact: bool = False
     folded: bool = False  # stored case-folded: compare with ``value.casefold()``, no ``lower()``
     bigram_index: bool = False  # substring filters may use the bigram GIN index (``username``, PostgreSQL)
-    true_only: bool = False  # ``primary``: false is not rendered, so only true is "present"
+    # ``primary``: unspecified "SHALL be assumed to be false" (RFC 7643 §2.4), so NULL compares as false and
+    # only true is "present" (a written false reads back as written, yet means the same as none).
+    true_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +218,7 @@ def _user_value_multi(attribute: str, subs: Mapping[str, _Scalar], default: str 
         return (
             select(key)
             .where(USER_VALUES.c.user_id == USERS.c.id, USER_VALUES.c.attribute == attribute)
-            .order_by(USER_VALUES.c.primary.desc(), USER_VALUES.c.position, USER_VALUES.c.id)
+            .order_by(USER_VALUES.c.primary.desc().nulls_last(), USER_VALUES.c.position, USER_VALUES.c.id)
             .limit(1)
             .correlate(USERS)
             .scalar_subquery()
@@ -529,6 +531,8 @@ def _compare(target: Leaf, op: CompareOp, value: Value) -> ColumnElement[bool]:
             raise InvalidFilter("this attribute takes a boolean value")
         if op not in ("eq", "ne"):
             raise _invalid_op(op, "booleans")
+        if target.true_only:
+            return col.is_(True) if (op == "eq") == value else or_(col.is_(None), col.is_not(True))
         return and_(col.is_not(None), col == value) if op == "eq" else or_(col.is_(None), col != value)
     if target.kind == "datetime":
         start, end = _parse_datetime(value)

@@ -8,23 +8,22 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Request, Response
 
-from idhub.audit.service import Actor
-from idhub.deps import ContextDep, SessionDep, TenantDep
+from idhub.deps import ContextDep, TenantDep, UnitOfWorkDep
 from idhub.scim import discovery, errors, schemas
 from idhub.scim.auth import authenticate
 from idhub.scim.bulk import run_bulk
 from idhub.scim.mapping import parse_etag
 from idhub.scim.projection import parse_attribute_list, project
+from idhub.scim.routing import SCIM_MEDIA_TYPE, ScimRoute
 from idhub.scim.schemas import Resource
 from idhub.scim.service import ListQuery, ScimService
 from idhub.tenants.service import TenantInfo
 
-SCIM_MEDIA_TYPE = "application/scim+json"
 SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 MAX_BODY = 1024 * 1024
 MAX_START_INDEX = 2**31 - 1  # a single resource; /Bulk has its own advertised maxPayloadSize
 
-router = APIRouter(prefix="/scim/v2", tags=["scim"])
+router = APIRouter(prefix="/scim/v2", tags=["scim"], route_class=ScimRoute)
 
 _OBJECT = {"type": "object"}
 # Bodies are read and checked by hand (strict JSON, size limits, SCIM errors), so they are declared here.
@@ -38,14 +37,6 @@ _ERROR = {"description": "SCIM error (RFC 7644 §3.12)", "content": {SCIM_MEDIA_
 ERRORS: dict[int | str, dict[str, Any]] = {status: _ERROR for status in (400, 401, 403, 404, 409, 412, 413)}
 
 
-def scim_error_response(exc: errors.ScimError) -> Response:
-    """Render a SCIM error (RFC 7644 §3.12); 401s carry the bearer challenge (RFC 6750 §3)."""
-    headers = {}
-    if isinstance(exc, errors.Unauthorized):
-        headers["www-authenticate"] = 'Bearer realm="idhub"'
-    return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=SCIM_MEDIA_TYPE, headers=headers)
-
-
 def scim_json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Answer with ``application/scim+json`` (RFC 7644 §3.1)."""
     return Response(orjson.dumps(body), status_code=status, media_type=SCIM_MEDIA_TYPE, headers=headers)
@@ -56,10 +47,10 @@ def base_url(tenant: TenantInfo) -> str:
     return f"{tenant.issuer}/scim/v2"
 
 
-async def scim_service(request: Request, ctx: ContextDep, session: SessionDep, tenant: TenantDep) -> ScimService:
-    """Authenticate the caller and return the service for this request."""
-    actor: Actor = await authenticate(ctx, tenant, request.headers.get("authorization"))
-    return ScimService(ctx=ctx, session=session, tenant=tenant, actor=actor, base_url=base_url(tenant))
+async def scim_service(request: Request, ctx: ContextDep, uow: UnitOfWorkDep, tenant: TenantDep) -> ScimService:
+    """Authenticate the caller; the request's unit of work then acts (and is audited) as that HR client."""
+    uow.actor = await authenticate(ctx, tenant, request.headers.get("authorization"))
+    return ScimService(uow=uow, directory=ctx.directory(uow), tenant=tenant, base_url=base_url(tenant))
 
 
 ServiceDep = Annotated[ScimService, Depends(scim_service)]
@@ -248,6 +239,13 @@ async def search_users(request: Request, service: ServiceDep) -> Response:
     return await _query_users(service, _search_params(await read_json(request)))
 
 
+@router.api_route("/Users/.search", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+@router.api_route("/Groups/.search", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def search_other_methods() -> Response:
+    """Refuse other methods on ``/.search`` before they are taken for a resource id (RFC 7644 §3.4.3: POST)."""
+    raise errors.MethodNotAllowed("/.search takes POST", headers={"allow": "POST"})
+
+
 @router.post("/Users", status_code=201, summary="Create a user (RFC 7644 §3.3)", responses=ERRORS, openapi_extra=BODY)
 async def create_user(request: Request, service: ServiceDep) -> Response:
     """Create a user."""
@@ -377,13 +375,13 @@ async def search_all(request: Request, service: ServiceDep) -> Response:
 
 
 @router.post("/Bulk", summary="Bulk operations (RFC 7644 §3.7)", responses=ERRORS, openapi_extra=BODY)
-async def bulk(request: Request, service: ServiceDep, background: BackgroundTasks) -> Response:
+async def bulk(request: Request, ctx: ContextDep, service: ServiceDep, background: BackgroundTasks) -> Response:
     """Run up to ``maxOperations`` operations; 413 before anything runs when over the advertised limits."""
     body = await read_json(request, limit=discovery.BULK_MAX_PAYLOAD)
     answer = await run_bulk(service, body)
     created = sum(1 for op in answer["Operations"] if op.get("status") == "201")
     # After the response (so after the commit): refresh planner statistics once enough rows arrived.
-    background.add_task(service.ctx.statistics.inserted, ("user", "user_value"), created)
+    background.add_task(ctx.statistics.inserted, ("user", "user_value"), created)
     return scim_json(answer)
 
 
@@ -405,19 +403,40 @@ def _conditional(rt: schemas.ResourceType, resource: Resource, request: Request,
     return _resource_response(rt, resource, request)
 
 
+# The methods each endpoint takes; the routes above serve them, so a request that reaches the catch-all
+# with a known path used another method (RFC 9110 §15.5.6: 405 with ``Allow``).
+_ENDPOINT_METHODS = (
+    (re.compile(r"ServiceProviderConfig"), "GET"),
+    (re.compile(r"(ResourceTypes|Schemas)(/[^/]+)?"), "GET"),
+    (re.compile(r"(Users|Groups)"), "GET, POST"),
+    (re.compile(r"((Users|Groups)/)?\.search|Bulk"), "POST"),
+    (re.compile(r"(Users|Groups)/[^/]+"), "GET, PUT, PATCH, DELETE"),
+)
+
+
 @router.api_route(
     "/{rest:path}",
     methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
     include_in_schema=False,
 )
 async def unknown(rest: str) -> Response:
-    """Answer unknown SCIM paths with a SCIM 404 (``/Me`` is not offered: callers are clients, not users)."""
+    """Answer other methods on SCIM endpoints with 405, and unknown SCIM paths with a SCIM 404.
+
+    ``/Me`` is answered 501: RFC 7644 §3.11 asks a provider without it to say so (callers of this service
+    are HR systems, not the people themselves).
+    """
+    path = rest.rstrip("/")
+    if path == "Me" or path.startswith("Me/"):
+        raise errors.NotImplementedOperation("/Me is not supported: this SCIM service serves provisioning clients")
+    for pattern, allowed in _ENDPOINT_METHODS:
+        if pattern.fullmatch(path):
+            raise errors.MethodNotAllowed(f"/{path[:100]} takes {allowed}", headers={"allow": allowed})
     raise errors.NotFound(f"no SCIM endpoint at /{rest[:100]}")
 
 
 # RFC 7644 §3.13: a version segment before the endpoint names the protocol version, and a service
 # provider "MUST perform the operation using the desired version or reject the request".
-versions = APIRouter(prefix="/scim", include_in_schema=False)
+versions = APIRouter(prefix="/scim", include_in_schema=False, route_class=ScimRoute)
 _VERSION_SEGMENT = re.compile(r"v\d{1,9}")
 _ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from idhub.directory.passwords import PasswordHasher
-from idhub.directory.users import find_user_by_username, normalise_username
+from idhub.directory.rules import is_live, normalise_username
+from idhub.directory.users import find_by_username
+from idhub.events import SignIn
+from idhub.storage.uow import UnitOfWork
 from idhub.throttle import Throttle
 
 MAX_USERNAME = 255
@@ -37,7 +37,7 @@ def account_key(tenant_id: uuid.UUID, username: str) -> str:
 
 
 async def authenticate_password(
-    session: AsyncSession,
+    uow: UnitOfWork,
     *,
     passwords: PasswordHasher,
     throttle: Throttle,
@@ -46,7 +46,7 @@ async def authenticate_password(
     password: str,
     address: str,
 ) -> LoginResult:
-    """Check a username and password.
+    """Check a username and password; every attempt is an audit event (success, failure, or blocked).
 
     Unknown users, disabled users and wrong passwords all fail the same way and cost one argon2
     verification (the hasher verifies against a dummy hash when there is none). While the account or
@@ -55,18 +55,24 @@ async def authenticate_password(
     """
     if not username or not password or len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
         await throttle.failed(account=None, address=address)
+        uow.raise_event(SignIn(tenant_id=tenant_id, user_id=None, result="failure", reason="malformed"))
         return FAILED
     account = account_key(tenant_id, username)
+    user = await find_by_username(uow, tenant_id=tenant_id, username=username)
+    user_id = user.id if user is not None else None
     if await throttle.blocked(account=account, address=address):
+        uow.raise_event(SignIn(tenant_id=tenant_id, user_id=user_id, result="blocked", reason="throttled"))
         return FAILED
-    user = await find_user_by_username(session, tenant_id=tenant_id, username=username)
     stored = user.password_hash if user is not None else None
-    # argon2 releases the GIL, so a thread keeps the event loop serving other requests.
-    ok, new_hash = await asyncio.to_thread(passwords.verify, password, stored)
-    if not ok or user is None or not user.enabled:
+    ok, new_hash = await passwords.verify_off_loop(password, stored)
+    if not ok or not is_live(user):
         await throttle.failed(account=account, address=address)
+        reason = "unknown account" if user is None else ("bad password" if not ok else "account not active")
+        uow.raise_event(SignIn(tenant_id=tenant_id, user_id=user_id, result="failure", reason=reason))
         return FAILED
+    assert user is not None
     if new_hash:
         user.password_hash = new_hash
     await throttle.succeeded(account=account)
+    uow.raise_event(SignIn(tenant_id=tenant_id, user_id=user.id, result="success"))
     return LoginResult(user.id)

@@ -49,11 +49,12 @@ class StatisticsRefresher:
 
     async def _analyze(self, tables: tuple[str, ...]) -> None:
         try:
+            # Maintenance, not a unit of work: ANALYZE runs in autocommit, outside any transaction.
             async with self._engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
                 # Table names come from code, never from input; quoted as identifiers anyway.
                 names = ", ".join(connection.dialect.identifier_preparer.quote(name) for name in tables)
                 await connection.execute(text(f"ANALYZE {names}"))
-                await connection.commit()
         except Exception:
             log.exception("ANALYZE after a bulk load failed; the planner keeps its older statistics")
         finally:

@@ -17,19 +17,26 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.crypto.secrets import SecretHasher, random_token
+from idhub.errors import Invalid
+from idhub.events import GrantRevoked
 from idhub.storage.base import utcnow
 from idhub.storage.models import Grant, RefreshToken
+from idhub.storage.single_use import consume
+from idhub.storage.uow import UnitOfWork
 from idhub.tokens.revocation import record_revocation
 
 # Covers the longest access token lifetime the settings allow (TokenSettings.access_token_ttl <= 1 day).
 GRANT_REVOCATION_TTL = 86400 + 60
 
 
-class RefreshTokenRejected(Exception):
-    """The refresh token is unknown, expired, revoked, foreign, or was replayed (``reused`` is then true)."""
+class RefreshTokenRejected(Invalid):
+    """The refresh token is unknown, expired, revoked, foreign, or was replayed (``reused`` is then true).
+
+    The caller learns only that the token is not valid; ``internal`` says why, for the log.
+    """
 
     def __init__(self, reason: str, *, reused: bool = False, grant_id: str | None = None) -> None:
-        super().__init__(reason)
+        super().__init__("the refresh token is invalid or expired", internal=reason)
         self.reused = reused
         self.grant_id = grant_id
 
@@ -139,21 +146,20 @@ async def rotate_refresh_token(
         raise RefreshTokenRejected("unknown refresh token")
     token_hash = hasher.hash(token)
     now = utcnow()
-    result = await session.execute(
-        update(RefreshToken)
-        .where(
+    row = await consume(
+        session,
+        RefreshToken,
+        used=RefreshToken.rotated_at,
+        where=(
             RefreshToken.token_hash == token_hash,
             RefreshToken.tenant_id == tenant_id,
             RefreshToken.client_id == client_pk,
-            RefreshToken.rotated_at.is_(None),
             RefreshToken.revoked_at.is_(None),
             RefreshToken.expires_at > now,
-        )
-        .values(rotated_at=now)
-        .returning(*_COLUMNS)
-        .execution_options(synchronize_session=False)
+        ),
+        now=now,
+        returning=_COLUMNS,
     )
-    row = result.first()
     if row is not None:
         return _info(tuple(row))
     existing = await session.execute(
@@ -192,13 +198,14 @@ async def find_refresh_token(
 
 
 async def revoke_grant(
-    session: AsyncSession, tenant_id: uuid.UUID, grant_id: str, *, expires_in: int = GRANT_REVOCATION_TTL
+    uow: UnitOfWork, tenant_id: uuid.UUID, grant_id: str, *, reason: str, expires_in: int = GRANT_REVOCATION_TTL
 ) -> None:
     """Revoke a grant with every refresh token and access token it yielded (RFC 7009 §2.1, RFC 9700 §4.14.2).
 
     Access tokens are JWTs: a ``grant`` revocation entry makes every process refuse them at once
     after commit. ``expires_in`` must cover the longest access token lifetime.
     """
+    session = uow.session
     now = utcnow()
     await session.execute(
         update(Grant)
@@ -214,4 +221,5 @@ async def revoke_grant(
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
-    await record_revocation(session, tenant_id=tenant_id, kind="grant", value=grant_id, expires_in=expires_in)
+    await record_revocation(uow, tenant_id=tenant_id, kind="grant", value=grant_id, expires_in=expires_in)
+    uow.raise_event(GrantRevoked(tenant_id=tenant_id, grant_id=grant_id, reason=reason))

@@ -2,9 +2,14 @@
 
 Access tokens are self-contained JWTs, so introspection and UserInfo must not need a database
 round trip per call; instead every process keeps the live revocations in memory. Writers append to
-the ``revocation`` table in the request's transaction; after commit the writing process applies the
-entry at once and (when Redis is configured) broadcasts it, and every process also polls the table,
-so a process that missed a broadcast catches up within ``revocation_poll_seconds``.
+the ``revocation`` table in the request's unit of work and raise :class:`RevocationRecorded`; after the
+commit the unit of work hands that event to :meth:`RevocationState.on_revocation`, which applies the
+entry at once and (when Redis is configured) broadcasts it. Every process also polls the table, so a
+process that missed a broadcast catches up within ``revocation_poll_seconds``.
+
+Kinds: ``jti`` (one access token), ``grant`` (every token of a grant), ``subject`` (every token of a user
+issued up to that moment), ``client`` (every token of a client, likewise) and ``credential`` (a bearer
+credential that is not a JWT, such as a SCIM provisioning token, refused from that moment on).
 """
 
 from __future__ import annotations
@@ -19,16 +24,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from idhub.events import RevocationRecorded
 from idhub.storage.base import utcnow
 from idhub.storage.models import Revocation
+from idhub.storage.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
-KINDS = ("jti", "grant", "subject", "client")
-_PENDING = "idhub.pending_revocations"
+KINDS = ("jti", "grant", "subject", "client", "credential")
 CHANNEL = "idhub:revocations"
 
 
@@ -53,28 +59,21 @@ class RevocationEntry:
         return cls(str(tenant_id), str(kind), str(value), float(created_at), float(expires_at))
 
 
-async def record_revocation(
-    session: AsyncSession, *, tenant_id: uuid.UUID, kind: str, value: str, expires_in: int
-) -> None:
-    """Append a revocation to the log in the current transaction.
+async def record_revocation(uow: UnitOfWork, *, tenant_id: uuid.UUID, kind: str, value: str, expires_in: int) -> None:
+    """Append a revocation to the log in the unit of work's transaction; it applies everywhere on commit.
 
     ``expires_in`` (seconds) must cover the longest-lived token it revokes.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown revocation kind {kind}")
     now = utcnow()
-    row = Revocation(
-        tenant_id=tenant_id, kind=kind, value=value, created_at=now, expires_at=now + timedelta(seconds=expires_in)
+    expires_at = now + timedelta(seconds=expires_in)
+    uow.session.add(Revocation(tenant_id=tenant_id, kind=kind, value=value, created_at=now, expires_at=expires_at))
+    uow.raise_event(
+        RevocationRecorded(
+            tenant_id=tenant_id, kind=kind, value=value, created_at=now.timestamp(), expires_at=expires_at.timestamp()
+        )
     )
-    session.add(row)
-    pending: list[RevocationEntry] = session.info.setdefault(_PENDING, [])
-    pending.append(RevocationEntry(str(tenant_id), kind, value, now.timestamp(), row.expires_at.timestamp()))
-
-
-def take_pending(session: AsyncSession) -> list[RevocationEntry]:
-    """Remove and return the revocations recorded in ``session`` (call after commit)."""
-    pending: list[RevocationEntry] = session.info.pop(_PENDING, [])
-    return pending
 
 
 class RevocationState:
@@ -97,6 +96,10 @@ class RevocationState:
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- checks -------------------------------------------------------------------------------
+    def is_credential_revoked(self, tenant_id: str, credential_id: str) -> bool:
+        """Tell whether a bearer credential (not a JWT) was revoked; it stays refused from then on."""
+        return bool(self._entries) and (tenant_id, "credential", credential_id) in self._entries
+
     def is_revoked(self, tenant_id: str, claims: dict[str, Any]) -> bool:
         """Tell whether a token with ``claims`` is covered by a live revocation."""
         entries = self._entries
@@ -126,15 +129,13 @@ class RevocationState:
         if current is None or entry.created_at > current[0]:
             self._entries[key] = (entry.created_at, entry.expires_at)
 
-    async def committed(self, session: AsyncSession) -> None:
-        """Apply and broadcast what ``session`` recorded; call right after a successful commit."""
-        pending = take_pending(session)
-        for entry in pending:
-            self.apply(entry)
-        if pending and self._redis is not None:
+    async def on_revocation(self, event: RevocationRecorded) -> None:
+        """Apply a committed revocation in this process and broadcast it (the unit of work's consumer)."""
+        entry = RevocationEntry(str(event.tenant_id), event.kind, event.value, event.created_at, event.expires_at)
+        self.apply(entry)
+        if self._redis is not None:
             try:
-                for entry in pending:
-                    await self._redis.publish(CHANNEL, entry.to_json())
+                await self._redis.publish(CHANNEL, entry.to_json())
             except Exception:  # Redis only speeds things up; the poll catches up.
                 log.warning("revocation broadcast failed; processes will catch up by polling")
 
@@ -223,9 +224,3 @@ class RevocationState:
                 self.apply(RevocationEntry.from_json(message["data"]))
             except (ValueError, TypeError):
                 log.warning("ignored a malformed revocation broadcast")
-
-
-async def purge_expired(session: AsyncSession) -> int:
-    """Delete revocations whose tokens have all expired; return how many rows went."""
-    result = await session.execute(delete(Revocation).where(Revocation.expires_at <= utcnow()))
-    return int(getattr(result, "rowcount", 0) or 0)

@@ -17,6 +17,7 @@ from idhub.crypto import jwt
 from idhub.crypto.keys import KeyStore
 from idhub.crypto.secrets import random_token
 from idhub.crypto.signer import BatchSigner
+from idhub.errors import Invalid, Unavailable
 from idhub.settings import TokenSettings
 from idhub.tenants.service import TenantInfo
 from idhub.tokens.revocation import RevocationState
@@ -28,11 +29,14 @@ BATCHED_ALGS = frozenset({"ES256"})
 CLOCK_SKEW = 30
 
 
-class TokenInvalid(Exception):
-    """An access token is malformed, badly signed, expired, revoked or foreign."""
+class TokenInvalid(Invalid):
+    """An access token is malformed, badly signed, expired, revoked or foreign; ``internal`` says which (logs only)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("the token is not valid", internal=reason)
 
 
-class SigningUnavailable(Exception):
+class SigningUnavailable(Unavailable):
     """The tenant has no active key for the requested algorithm (an operator must fix it)."""
 
 
@@ -62,7 +66,9 @@ class TokenService:
         tenant_keys = await self.keys.get(tenant.id)
         key = tenant_keys.active(alg)
         if key is None:
-            raise SigningUnavailable(f"tenant {tenant.slug} has no active {alg} key")
+            raise SigningUnavailable(
+                "the server cannot sign tokens right now", internal=f"tenant {tenant.slug} has no active {alg} key"
+            )
         return key.key, key.kid
 
     async def issue_access_token(

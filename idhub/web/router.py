@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
-from idhub.deps import ContextDep, SessionDep, TenantDep, client_address
+from idhub.deps import ContextDep, TenantDep, UnitOfWorkDep, client_address
+from idhub.events import Actor
 from idhub.oidc.errors import AccessDenied, LoginRequired
 from idhub.oidc.interaction import (
     BROWSER_COOKIE,
@@ -33,8 +34,9 @@ from idhub.tenants.service import TenantInfo
 from idhub.web.cookies import set_session_cookie
 from idhub.web.forms import BadForm, read_form, single
 from idhub.web.render import STATIC, error_page, render_page
+from idhub.web.routing import PageRoute
 
-router = APIRouter(tags=["interaction"])
+router = APIRouter(tags=["interaction"], route_class=PageRoute)
 
 LOGIN_FAILED = "Incorrect username or password, or too many attempts. Please try again later."
 SCOPE_DESCRIPTIONS = {
@@ -101,9 +103,10 @@ async def _form_and_interaction(
     responses={200: {"content": {"text/html": {}}}, **_FORM_RESPONSES},
 )
 async def interaction_page(
-    interaction_id: InteractionId, request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep
+    interaction_id: InteractionId, request: Request, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep
 ) -> Response:
     """Show the login page, or the consent page once the user is signed in."""
+    session = uow.session
     try:
         row, auth_request, client, secret = await _open(request, ctx, tenant, session, interaction_id)
     except InteractionError as exc:
@@ -140,9 +143,10 @@ async def interaction_page(
     openapi_extra={"requestBody": _form_body("username", "password", "csrf_token")},
 )
 async def login_submit(
-    interaction_id: InteractionId, request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep
+    interaction_id: InteractionId, request: Request, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep
 ) -> Response:
     """Check the credentials; on success start a new SSO session and continue (always 303)."""
+    session = uow.session
     try:
         form, row, auth_request, client = await _form_and_interaction(request, ctx, tenant, session, interaction_id)
         username, password = single(form, "username"), single(form, "password")
@@ -154,7 +158,7 @@ async def login_submit(
     if row.user_id is not None:
         return _see_other(page)
     result = await authenticate_password(
-        session,
+        uow,
         passwords=ctx.passwords,
         throttle=ctx.throttle,
         tenant_id=tenant.id,
@@ -164,6 +168,7 @@ async def login_submit(
     )
     if result.user_id is None:
         return _see_other(f"{page}?error=login")
+    uow.actor = Actor("user", str(result.user_id))
     cookie_name = ctx.settings.sessions.cookie_name
     sso, cookie = await create_session(
         session,
@@ -210,9 +215,10 @@ async def login_submit(
     openapi_extra={"requestBody": _form_body("action", "csrf_token")},
 )
 async def consent_submit(
-    interaction_id: InteractionId, request: Request, tenant: TenantDep, ctx: ContextDep, session: SessionDep
+    interaction_id: InteractionId, request: Request, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep
 ) -> Response:
     """Record the user's decision and send the browser back to the client (303)."""
+    session = uow.session
     try:
         form, row, auth_request, client = await _form_and_interaction(request, ctx, tenant, session, interaction_id)
         action = single(form, "action")

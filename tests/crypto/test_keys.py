@@ -28,11 +28,8 @@ def _rows(env: Env, tenant_id: uuid.UUID) -> list[SigningKey]:
 
 def _rotate(env: Env, tenant_id: uuid.UUID) -> list[str]:
     async def work() -> list[str]:
-        async with env.ctx.sessionmaker() as session:
-            active = await rotate_keys(session, tenant_id=tenant_id, sealer=env.ctx.sealer, max_token_lifetime=LIFETIME)
-            await session.commit()
-        env.ctx.keys.invalidate(tenant_id)
-        return active
+        async with env.uow() as uow:  # the commit reloads this process's keys (KeysRotated)
+            return await rotate_keys(uow, tenant_id=tenant_id, sealer=env.ctx.sealer, max_token_lifetime=LIFETIME)
 
     return env.run(work)
 

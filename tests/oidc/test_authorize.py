@@ -427,10 +427,10 @@ def test_authorize_id_token_hint_expired_same_user_code(env: Env) -> None:
     sign_in(env, tenant, client_id)
 
     async def user_id() -> str:
-        from idhub.directory.users import find_user_by_username
+        from idhub.directory.users import find_by_username
 
-        async with env.ctx.sessionmaker() as session:
-            user = await find_user_by_username(session, tenant_id=tenant.id, username="alice")
+        async with env.uow() as uow:
+            user = await find_by_username(uow, tenant_id=tenant.id, username="alice")
             assert user is not None
             return str(user.id)
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
-from idhub.directory.users import set_user_enabled
 from tests.conftest import Env
 from tests.oidc.grants.helpers import REDIRECT_URI, basic, code_setup, exchange_code, introspect, post
 
@@ -50,15 +47,7 @@ def test_introspection_disabled_user_inactive_at_once(env: Env) -> None:
     setup = code_setup(env)
     tokens = exchange_code(env, setup).json()
 
-    async def disable() -> None:
-        async with env.ctx.sessionmaker() as session:
-            await set_user_enabled(
-                session, tenant_id=setup.tenant.id, user_id=uuid.UUID(setup.user_id), enabled=False, expires_in=900
-            )
-            await session.commit()
-            await env.ctx.revocations.committed(session)
-
-    env.run(disable)
+    env.disable_user(setup.tenant, setup.user_id)
     for token in (tokens["access_token"], tokens["refresh_token"]):
         assert introspect(env, setup.tenant, token, setup.client_id, setup.secret) == {"active": False}
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import time
-import uuid
 
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey
 
-from idhub.directory.users import set_user_enabled
 from tests.conftest import Env
 from tests.oidc.grants.helpers import basic, code_setup, exchange_code, post, url
 
@@ -119,15 +117,7 @@ def test_userinfo_disabled_user_invalid_token(env: Env) -> None:
     setup = code_setup(env)
     token = exchange_code(env, setup).json()["access_token"]
 
-    async def disable() -> None:
-        async with env.ctx.sessionmaker() as session:
-            await set_user_enabled(
-                session, tenant_id=setup.tenant.id, user_id=uuid.UUID(setup.user_id), enabled=False, expires_in=900
-            )
-            await session.commit()
-            await env.ctx.revocations.committed(session)
-
-    env.run(disable)
+    env.disable_user(setup.tenant, setup.user_id)
     _assert_invalid_token(env.client.get(url(setup.tenant, "userinfo"), headers=_bearer(token)))
 
 

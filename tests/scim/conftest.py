@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from idhub.scim.tokens import create_provisioning_token
+from idhub.credentials.provisioning import create_provisioning_token
 from idhub.tenants.service import TenantInfo
 from tests.conftest import Env
 
@@ -58,11 +58,10 @@ def provisioning_token(env: Env, tenant: TenantInfo) -> str:
     """Create a provisioning token in ``tenant``."""
 
     async def work() -> str:
-        async with env.ctx.sessionmaker() as session:
+        async with env.uow() as uow:
             _row, token = await create_provisioning_token(
-                session, tenant_id=tenant.id, name="test HR", hasher=env.ctx.secret_hasher
+                uow, tenant_id=tenant.id, name="test HR", hasher=env.ctx.secret_hasher
             )
-            await session.commit()
         return token
 
     result: str = env.run(work)

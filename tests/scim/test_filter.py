@@ -136,6 +136,67 @@ def test_parse_filter_valuepath_with_urn_prefix() -> None:
     assert expr == ValuePath(AttrPath(CORE_USER, "emails"), cmp("type", "eq", "work"))
 
 
+def test_parse_filter_entra_value_path_sub_attribute_compare_joins_bracket_filter() -> None:
+    assert parse_filter('emails[type eq "work"].value eq "x@acme.com"') == ValuePath(
+        AttrPath(None, "emails"), And(cmp("type", "eq", "work"), cmp("value", "eq", "x@acme.com"))
+    )
+
+
+def test_parse_filter_entra_value_path_sub_attribute_pr_returns_present() -> None:
+    assert parse_filter('emails[type eq "work"].value pr') == ValuePath(
+        AttrPath(None, "emails"), And(cmp("type", "eq", "work"), pr("value"))
+    )
+
+
+@pytest.mark.parametrize("op", ["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"])
+def test_parse_filter_entra_form_each_compare_operator_returns_compare(op: str) -> None:
+    expr = parse_filter(f'emails[type eq "work"].value {op.upper()} "x"')
+    assert expr == ValuePath(AttrPath(None, "emails"), And(cmp("type", "eq", "work"), cmp("value", op, "x")))
+
+
+def test_parse_filter_entra_form_keeps_bracket_filter_as_one_operand() -> None:
+    work_or_home = Or(cmp("type", "eq", "work"), cmp("type", "eq", "home"))
+    assert parse_filter('emails[type eq "work" or type eq "home"].value co "@acme"') == ValuePath(
+        AttrPath(None, "emails"), And(work_or_home, cmp("value", "co", "@acme"))
+    )
+    assert parse_filter('emails[type eq "work" and primary eq true].display eq null') == ValuePath(
+        AttrPath(None, "emails"),
+        And(And(cmp("type", "eq", "work"), cmp("primary", "eq", True)), cmp("display", "eq", None)),
+    )
+
+
+def test_parse_filter_entra_form_with_urn_and_ref_sub_attribute() -> None:
+    assert parse_filter(f'{CORE_USER}:emails[type eq "work"].value eq "x"') == ValuePath(
+        AttrPath(CORE_USER, "emails"), And(cmp("type", "eq", "work"), cmp("value", "eq", "x"))
+    )
+    assert parse_filter('members[type eq "User"].$ref pr') == ValuePath(
+        AttrPath(None, "members"), And(cmp("type", "eq", "User"), Present(AttrPath(None, "$ref")))
+    )
+
+
+def test_parse_filter_entra_form_inside_and_or_not() -> None:
+    entra = ValuePath(AttrPath(None, "emails"), And(cmp("type", "eq", "work"), cmp("value", "eq", "x")))
+    text = 'emails[type eq "work"].value eq "x"'
+    assert parse_filter(f"active eq true and {text}") == And(cmp("active", "eq", True), entra)
+    assert parse_filter(f"{text} or userName pr") == Or(entra, pr("userName"))
+    assert parse_filter(f"not ({text})") == Not(entra)
+    assert parse_filter(f"({text}) and not({text})") == And(entra, Not(entra))
+
+
+def test_parse_filter_entra_form_counts_bracket_toward_depth() -> None:
+    text = 'emails[type eq "work"].value eq "x"'
+    inner = "(" * (MAX_DEPTH - 1) + text + ")" * (MAX_DEPTH - 1)
+    assert isinstance(parse_filter(inner), ValuePath)
+    with pytest.raises(InvalidFilter, match="nested deeper"):
+        parse_filter(f"({inner})")
+
+
+def test_parse_path_entra_filter_form_raises_invalid_path() -> None:
+    # PATCH paths keep RFC 7644 §3.5.2's valuePath [subAttr]: no operator after the sub-attribute.
+    with pytest.raises(InvalidPath, match="unexpected 'eq'"):
+        parse_path('emails[type eq "work"].value eq "x"')
+
+
 def test_parse_filter_core_urn_path_splits_at_last_colon() -> None:
     assert parse_filter(f'{CORE_USER}:userName eq "bjensen"') == cmp("userName", "eq", "bjensen", urn=CORE_USER)
 
@@ -269,7 +330,22 @@ def test_parse_filter_injection_attempts_raise(text: str) -> None:
         ("emails[]", r"unexpected '\]'"),
         ('emails [type eq "work"]', "expected an operator but found '\\['"),
         ('emails[type eq "work"', r"missing '\]' at end of filter"),
-        ('emails[type eq "work"].value eq "x"', "unexpected '.value'"),
+        ('emails[type eq "work"] .value eq "x"', "unexpected '.value'"),
+        ('emails[type eq "work"].value', "missing operator after '.value'"),
+        ('emails[type eq "work"].value and a pr', "expected an operator but found 'and'"),
+        ('emails[type eq "work"].value[type pr]', "value filter after a sub-attribute at position 28"),
+        ('emails[type eq "work"].value[type pr] eq "x"', "value filter after a sub-attribute"),
+        ('emails[type eq "work"]. eq "x"', "invalid sub-attribute '.' at position 22"),
+        ('emails[type eq "work"].', "invalid sub-attribute '.'"),
+        ('emails[type eq "work"]..value eq "x"', "invalid sub-attribute '..value'"),
+        ('emails[type eq "work"].value.display eq "x"', "invalid sub-attribute '.value.display'"),
+        ('emails[type eq "work"].1x eq "x"', "invalid sub-attribute '.1x'"),
+        (f'emails[type eq "work"].{CORE_USER}:value eq "x"', "invalid sub-attribute"),
+        ('emails[type eq "work"].value eq"x"', "expected a space before"),
+        ('emails[type eq "work"].value eq work', "invalid value 'work'"),
+        ('emails[type eq "work"].primary gt true', "'gt' cannot compare with true"),
+        ('emails[x[type pr].value eq "y"]', "nested value filter"),
+        ('name.givenName[type eq "x"].value eq "y"', "value filter after a sub-attribute at position 14"),
         ('emails[type eq "work"] title pr', "unexpected 'title'"),
         ('name.givenName[type eq "x"]', "value filter after a sub-attribute"),
         ('emails[addresses[type eq "work"]]', "nested value filter"),
@@ -629,6 +705,15 @@ def test_matches_valuepath_filter_against_resource() -> None:
     assert not matches(parse_filter('emails[type eq "home" and value co "@acme.com"]'), user)
     assert matches(parse_filter('emails.type eq "home"'), user)
     assert matches(parse_filter('emails co "@home.org"'), user)
+
+
+def test_matches_entra_form_needs_one_element_matching_both() -> None:
+    expr = parse_filter('emails[type eq "work"].value eq "x@acme.com"')
+    assert matches(expr, {"emails": [{"type": "work", "value": "X@acme.com"}]})
+    assert not matches(expr, {"emails": [{"type": "home", "value": "x@acme.com"}, {"type": "work", "value": "y"}]})
+    assert not matches(expr, {"emails": [{"type": "work", "value": "y@acme.com"}]})
+    assert matches(parse_filter('emails[type eq "home"].value pr'), {"emails": [HOME, WORK]})
+    assert not matches(parse_filter('emails[type eq "home"].primary pr'), {"emails": [HOME, WORK]})
 
 
 def test_matches_sub_attribute_and_urn_paths() -> None:

@@ -579,3 +579,46 @@ def test_invalid_user_sort_raises(sort_by: str) -> None:
 def test_invalid_group_sort_raises(sort_by: str) -> None:
     with pytest.raises(InvalidFilter):
         group_sort(sort_by)
+
+
+# ------------------------------------------------------------------------------------------------- Entra ID's form
+
+
+def test_user_filter_entra_value_path_sub_attribute_matches_one_element(d: Directory) -> None:
+    # Microsoft Entra ID's emails[type eq "work"].value eq "x": the work email must be x (one element matches both).
+    run_cases(
+        d,
+        [
+            ('emails[type eq "work"].value eq "alice@acme.com"', {"alice"}),
+            ('emails[type eq "work"].value eq "ALICE@ACME.COM"', {"alice"}),
+            # bob: home bob@acme.com, work zz-bob@work.NET; his work element matches the brackets, not the value.
+            ('emails[type eq "work"].value eq "bob@acme.com"', set()),
+            ('emails[type eq "home"].value eq "bob@acme.com"', {"bob"}),
+            ('emails.type eq "work" and emails.value eq "bob@acme.com"', {"bob"}),  # separate elements
+            ('emails[type eq "work"].value ew "acme.com"', {"alice"}),
+            ('emails[type eq "work"].value ne "alice@acme.com"', {"bob"}),
+            ('emails[type eq "work" or type eq "home"].value co "@acme"', {"alice", "bob"}),
+            ('emails[type eq "work"].value pr', {"alice", "bob"}),
+            ('emails[type eq "home"].primary eq true', set()),
+            ('emails[type eq "work"].primary eq true', {"alice", "bob"}),
+            ('addresses[type eq "work"].locality eq "paris"', {"alice"}),
+            (f'{CORE_USER}:emails[type eq "work"].value eq "zz-bob@work.net"', {"bob"}),
+            ('not (emails[type eq "work"].value eq "alice@acme.com")', {"bob", "carol", "dave"}),
+            ('emails[type eq "work"].value eq "alice@acme.com" or userName eq "d_ve"', {"alice", "dave"}),
+        ],
+    )
+
+
+def test_group_filter_entra_value_path_sub_attribute_matches_one_member(d: Directory) -> None:
+    alice, eng = d.ids["alice"], d.ids["eng"]
+    assert d.groups(f'members[type eq "User"].value eq "{alice}"') == {"eng"}
+    assert d.groups(f'members[type eq "User"].value eq "{eng}"') == set()  # eng is a member of staff, as a Group
+    assert d.groups(f'members[type eq "Group"].value eq "{eng}"') == {"staff"}
+
+
+@pytest.mark.parametrize(
+    "text", ['emails[type eq "work"].nosuch eq "x"', 'emails[type eq "work"].value eq 5', "name[x pr].givenName pr"]
+)
+def test_user_filter_entra_form_unknown_or_mistyped_raises(text: str) -> None:
+    with pytest.raises(InvalidFilter):
+        user_filter(parse_filter(text), tenant_id=uuid.uuid4())

@@ -192,16 +192,25 @@ def test_users_writes_are_audited_with_the_hr_client_as_actor(scim: Scim, env: E
     )
     scim.request("DELETE", f"/Users/{user['id']}")
 
-    async def events() -> list[tuple[str, str]]:
+    async def events() -> list[tuple[str, str, str | None, str, str | None, dict[str, object]]]:
         async with env.ctx.sessionmaker() as session:
             rows = await session.execute(
-                select(AuditEvent.action, AuditEvent.actor_type).where(AuditEvent.target_id == user["id"])
+                select(
+                    AuditEvent.action,
+                    AuditEvent.actor_type,
+                    AuditEvent.surface,
+                    AuditEvent.outcome,
+                    AuditEvent.request_id,
+                    AuditEvent.details,
+                ).where(AuditEvent.target_id == user["id"])
             )
             return [tuple(r) for r in rows.all()]  # type: ignore[misc]
 
     found = env.run(events)
-    assert sorted(a for a, _ in found) == ["scim.user.create", "scim.user.delete", "scim.user.patch"]
-    assert {t for _, t in found} == {"provisioning_token"}
+    assert sorted(row[0] for row in found) == ["user.create", "user.delete", "user.update"]
+    assert {(row[1], row[2], row[3]) for row in found} == {("provisioning_token", "scim", "success")}
+    assert all(row[4] for row in found)  # each entry names the request it came from
+    assert next(row[5] for row in found if row[0] == "user.update") == {"changed": ["title"]}
 
 
 # --- ETags -------------------------------------------------------------------------------------------
@@ -495,8 +504,29 @@ def test_bulk_user_batch_many_created_with_values(scim: Scim) -> None:
 
 
 def test_unknown_scim_path_404_scim_error(scim: Scim) -> None:
-    _error(scim.request("GET", "/Me"), 404)
+    _error(scim.request("GET", "/Nope"), 404)
     _error(scim.env.client.get("/tenants/no-such-tenant/scim/v2/Users"), 404)
+
+
+def test_me_endpoint_501_not_implemented(scim: Scim) -> None:
+    # RFC 7644 §3.11: a provider without /Me SHOULD answer 501.
+    _error(scim.request("GET", "/Me"), 501)
+
+
+def test_other_methods_on_endpoints_405_with_allow(scim: Scim) -> None:
+    # RFC 7644 §4: discovery endpoints are read-only; RFC 9110 §15.5.6: 405 names the allowed methods.
+    for method, path, allowed in (
+        ("POST", "/ServiceProviderConfig", "GET"),
+        ("PUT", "/ResourceTypes", "GET"),
+        ("PATCH", "/Schemas", "GET"),
+        ("DELETE", "/Schemas/urn:ietf:params:scim:schemas:core:2.0:User", "GET"),
+        ("GET", "/Bulk", "POST"),
+        ("DELETE", "/Users", "GET, POST"),
+        ("GET", "/Users/.search", "POST"),
+    ):
+        response = scim.request(method, path, {} if method in ("POST", "PUT", "PATCH") else None)
+        _error(response, 405)
+        assert response.headers["allow"] == allowed, (method, path)
 
 
 def test_other_protocol_versions_400_invalid_vers(scim: Scim) -> None:

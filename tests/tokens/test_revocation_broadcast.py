@@ -7,7 +7,7 @@ import time
 import uuid
 
 from idhub.tokens.revocation import RevocationState, record_revocation
-from tests.conftest import Env
+from tests.conftest import Env, uow_publishing_to
 from tests.redis_support import redis_url_or_skip
 
 
@@ -29,10 +29,8 @@ def test_revocation_other_process_via_redis_applied_at_once(env: Env) -> None:
         try:
             await asyncio.sleep(0.2)  # let the subscription settle
             before = reader.is_revoked(str(tenant.id), _claims(str(tenant.id), jti))
-            async with env.ctx.sessionmaker() as session:
-                await record_revocation(session, tenant_id=tenant.id, kind="jti", value=jti, expires_in=60)
-                await session.commit()
-                await writer.committed(session)
+            async with uow_publishing_to(env, writer) as uow:
+                await record_revocation(uow, tenant_id=tenant.id, kind="jti", value=jti, expires_in=60)
             for _ in range(50):
                 if reader.is_revoked(str(tenant.id), _claims(str(tenant.id), jti)):
                     break
@@ -55,9 +53,8 @@ def test_revocation_other_process_without_redis_caught_up_by_poll(env: Env) -> N
         reader = RevocationState(env.ctx.sessionmaker, poll_seconds=0.1)
         await reader.start()
         try:
-            async with env.ctx.sessionmaker() as session:
-                await record_revocation(session, tenant_id=tenant.id, kind="jti", value=jti, expires_in=60)
-                await session.commit()
+            async with uow_publishing_to(env) as uow:
+                await record_revocation(uow, tenant_id=tenant.id, kind="jti", value=jti, expires_in=60)
             for _ in range(50):
                 if reader.is_revoked(str(tenant.id), _claims(str(tenant.id), jti)):
                     return True

@@ -11,8 +11,8 @@ import pytest
 
 from idhub.storage.base import utcnow
 from idhub.storage.models import Revocation
-from idhub.tokens.revocation import RevocationEntry, RevocationState, record_revocation, take_pending
-from tests.conftest import Env
+from idhub.tokens.revocation import RevocationEntry, RevocationState, record_revocation
+from tests.conftest import Env, uow_publishing_to
 
 TENANT = str(uuid.uuid4())
 
@@ -102,25 +102,28 @@ def test_record_revocation_unknown_kind_value_error(env: Env) -> None:
     tenant = env.tenant()
 
     async def work() -> None:
-        async with env.ctx.sessionmaker() as session:
-            await record_revocation(session, tenant_id=tenant.id, kind="user", value="x", expires_in=60)
+        async with uow_publishing_to(env) as uow:
+            await record_revocation(uow, tenant_id=tenant.id, kind="user", value="x", expires_in=60)
 
     with pytest.raises(ValueError):
         env.run(work)
 
 
-def test_committed_applies_pending_once_and_clears(env: Env) -> None:
+def test_committed_revocation_applied_after_commit_only(env: Env) -> None:
     tenant = env.tenant()
 
-    async def work() -> tuple[bool, int]:
+    async def work() -> tuple[bool, bool, bool]:
         state = RevocationState(env.ctx.sessionmaker, poll_seconds=60)
-        async with env.ctx.sessionmaker() as session:
-            await record_revocation(session, tenant_id=tenant.id, kind="jti", value="jc", expires_in=60)
-            await session.commit()
-            await state.committed(session)
-            return state.is_revoked(str(tenant.id), _claims(jti="jc")), len(take_pending(session))
+        tid = str(tenant.id)
+        async with uow_publishing_to(env, state) as uow:
+            await record_revocation(uow, tenant_id=tenant.id, kind="jti", value="jc", expires_in=60)
+            before_commit = state.is_revoked(tid, _claims(jti="jc"))
+        rolled_back = uow_publishing_to(env, state)
+        await record_revocation(rolled_back, tenant_id=tenant.id, kind="jti", value="jr", expires_in=60)
+        await rolled_back.finish(RuntimeError("the request failed"))
+        return before_commit, state.is_revoked(tid, _claims(jti="jc")), state.is_revoked(tid, _claims(jti="jr"))
 
-    assert env.run(work) == (True, 0)
+    assert env.run(work) == (False, True, False)
 
 
 def test_load_picks_up_live_rows_ignores_expired(env: Env) -> None:
@@ -167,11 +170,9 @@ def test_poll_once_picks_up_rows_written_by_another_session(env: Env) -> None:
         before = reader.is_revoked(tid, _claims(jti=jti))
         # Another process: its own session and state, which never tells the reader directly.
         writer = RevocationState(env.ctx.sessionmaker, poll_seconds=60)
-        async with env.ctx.sessionmaker() as session:
-            await record_revocation(session, tenant_id=tenant.id, kind="jti", value=jti, expires_in=60)
-            await record_revocation(session, tenant_id=tenant.id, kind="grant", value=gid, expires_in=60)
-            await session.commit()
-            await writer.committed(session)
+        async with uow_publishing_to(env, writer) as uow:
+            await record_revocation(uow, tenant_id=tenant.id, kind="jti", value=jti, expires_in=60)
+            await record_revocation(uow, tenant_id=tenant.id, kind="grant", value=gid, expires_in=60)
         await reader.poll_once()
         return before, reader.is_revoked(tid, _claims(jti=jti)), reader.is_revoked(tid, _claims(jti="x", gid=gid))
 
@@ -185,10 +186,10 @@ def test_poll_once_uncommitted_row_not_seen(env: Env) -> None:
     async def work() -> bool:
         reader = RevocationState(env.ctx.sessionmaker, poll_seconds=60)
         await reader.load()
-        async with env.ctx.sessionmaker() as session:
-            await record_revocation(session, tenant_id=tenant.id, kind="jti", value=jti, expires_in=60)
-            await session.flush()
-            await session.rollback()
+        uow = uow_publishing_to(env)
+        await record_revocation(uow, tenant_id=tenant.id, kind="jti", value=jti, expires_in=60)
+        await uow.session.flush()
+        await uow.finish(RuntimeError("rolled back"))
         await reader.poll_once()
         return reader.is_revoked(str(tenant.id), _claims(jti=jti))
 

@@ -1,7 +1,9 @@
 """The authorization code grant at the token endpoint (RFC 6749 §4.1.3, RFC 7636 §4.6, OIDC Core §3.1.3).
 
-The code is consumed with one conditional ``UPDATE`` that exactly one request can win. A code that
-comes back after it was consumed has leaked, so everything it yielded is revoked (RFC 6749 §4.1.2).
+The code is consumed with the single-use primitive (one conditional ``UPDATE`` that exactly one
+request can win). A code that comes back after it was consumed has leaked, so everything it yielded is
+revoked (RFC 6749 §4.1.2). Every refusal tells the client only that the code is not valid (or which
+parameter it got wrong); whether it was replayed, expired or foreign goes to the log.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import re
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from idhub.crypto.secrets import constant_time_equals
 from idhub.oidc.claims import user_claims
@@ -19,12 +21,27 @@ from idhub.oidc.errors import InvalidGrant, InvalidRequest
 from idhub.oidc.grants.base import TokenRequest, grant_audience, live_grant_user
 from idhub.storage.base import utcnow
 from idhub.storage.models import AuthorizationCode
+from idhub.storage.single_use import consume
 from idhub.tokens.refresh import issue_refresh_token, refresh_expiry, revoke_grant
 
 GRANT_TYPE = "authorization_code"
 # RFC 7636 §4.1: code_verifier = 43*128unreserved
 VERIFIER_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 MAX_CODE = 512
+INVALID_CODE = "the authorization code is invalid or expired"
+_CODE_COLUMNS = (
+    AuthorizationCode.grant_id,
+    AuthorizationCode.user_id,
+    AuthorizationCode.session_id,
+    AuthorizationCode.redirect_uri,
+    AuthorizationCode.scope,
+    AuthorizationCode.nonce,
+    AuthorizationCode.code_challenge,
+    AuthorizationCode.code_challenge_method,
+    AuthorizationCode.resources,
+    AuthorizationCode.auth_time,
+    AuthorizationCode.amr,
+)
 
 
 def s256(verifier: str) -> str:
@@ -49,36 +66,23 @@ def check_request(treq: TokenRequest) -> tuple[str, str, str]:
 async def consume_code(treq: TokenRequest, code: str) -> Any:
     """Consume the code atomically and return its row; a replayed code revokes its grant (RFC 6749 §4.1.2)."""
     if len(code) > MAX_CODE:
-        raise InvalidGrant("authorization code is invalid")
+        raise InvalidGrant(INVALID_CODE, internal="code too long")
     session = treq.uow.session
     code_hash = treq.ctx.secret_hasher.hash(code)
     now = utcnow()
-    result = await session.execute(
-        update(AuthorizationCode)
-        .where(
+    row = await consume(
+        session,
+        AuthorizationCode,
+        used=AuthorizationCode.consumed_at,
+        where=(
             AuthorizationCode.code_hash == code_hash,
             AuthorizationCode.tenant_id == treq.tenant.id,
             AuthorizationCode.client_id == treq.client.id,
-            AuthorizationCode.consumed_at.is_(None),
             AuthorizationCode.expires_at > now,
-        )
-        .values(consumed_at=now)
-        .returning(
-            AuthorizationCode.grant_id,
-            AuthorizationCode.user_id,
-            AuthorizationCode.session_id,
-            AuthorizationCode.redirect_uri,
-            AuthorizationCode.scope,
-            AuthorizationCode.nonce,
-            AuthorizationCode.code_challenge,
-            AuthorizationCode.code_challenge_method,
-            AuthorizationCode.resources,
-            AuthorizationCode.auth_time,
-            AuthorizationCode.amr,
-        )
-        .execution_options(synchronize_session=False)
+        ),
+        now=now,
+        returning=_CODE_COLUMNS,
     )
-    row = result.first()
     if row is not None:
         return row
     found = (
@@ -90,11 +94,11 @@ async def consume_code(treq: TokenRequest, code: str) -> Any:
     ).first()
     if found is not None and found.consumed_at is not None:
         # Presented again after use: it leaked. Revoke what it issued, and keep that even though we fail.
-        await revoke_grant(session, treq.tenant.id, found.grant_id)
-        await treq.uow.commit()
-        raise InvalidGrant("authorization code was already used")
+        await revoke_grant(treq.uow, treq.tenant.id, found.grant_id, reason="authorization code replayed")
+        treq.uow.keep_on_error()
+        raise InvalidGrant(INVALID_CODE, internal=f"code of grant {found.grant_id} replayed; grant revoked")
     # Unknown, expired, or another client's code (left untouched for its owner).
-    raise InvalidGrant("authorization code is invalid, expired, or was issued to another client")
+    raise InvalidGrant(INVALID_CODE, internal="code unknown, expired, or issued to another client")
 
 
 def check_code(row: Any, *, redirect_uri: str, verifier: str) -> None:
@@ -102,7 +106,7 @@ def check_code(row: Any, *, redirect_uri: str, verifier: str) -> None:
     if not constant_time_equals(redirect_uri, row.redirect_uri):
         raise InvalidGrant("redirect_uri does not match the authorization request")
     if row.code_challenge_method != "S256" or not constant_time_equals(s256(verifier), row.code_challenge):
-        raise InvalidGrant("PKCE verification failed")
+        raise InvalidGrant("code_verifier does not match the code_challenge (PKCE)")
 
 
 async def handle(treq: TokenRequest) -> dict[str, Any]:
@@ -113,11 +117,14 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
     row = await consume_code(treq, code)
     try:
         check_code(row, redirect_uri=redirect_uri, verifier=verifier)
-        grant_created_at, user = await live_grant_user(session, tenant_id=tenant.id, grant_id=row.grant_id)
-        audience = grant_audience(treq.params, client, row.resources or [])
+        grant_created_at, user = await live_grant_user(
+            session, tenant_id=tenant.id, grant_id=row.grant_id, described="the authorization code"
+        )
     except InvalidGrant:
-        await treq.uow.commit()  # the code stays consumed (single use, RFC 6749 §4.1.2)
+        treq.uow.keep_on_error()  # the code stays consumed (single use, RFC 6749 §4.1.2)
         raise
+    audience = grant_audience(treq.params, client, row.resources or [])
+    treq.subject = str(user.id)
 
     scope: str = row.scope
     scopes = scope.split()

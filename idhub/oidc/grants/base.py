@@ -12,49 +12,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
+from idhub.directory.rules import is_live
 from idhub.oidc.errors import InvalidGrant, InvalidScope, InvalidTarget
 from idhub.oidc.params import Params
 from idhub.storage.models import Grant, User
+from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo
 
 # RFC 6749 §3.3: scope = scope-token *( SP scope-token ), scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 # Scopes that only make sense with a user (OIDC Core §3.1.2.1, §11).
 USER_ONLY_SCOPES = frozenset({"openid", "offline_access"})
-
-
-class UnitOfWork:
-    """A database session opened only when a grant needs one (client_credentials never does).
-
-    Commits before the response and then applies the revocations recorded in it, like ``SessionDep``;
-    a handler may :meth:`commit` early when a refusal must still persist (a replayed code revokes its
-    grant and then fails).
-    """
-
-    __slots__ = ("_ctx", "_session")
-
-    def __init__(self, ctx: AppContext) -> None:
-        self._ctx = ctx
-        self._session: AsyncSession | None = None
-
-    @property
-    def session(self) -> AsyncSession:
-        """Return the session, opening it on first use."""
-        if self._session is None:
-            self._session = self._ctx.sessionmaker()
-        return self._session
-
-    async def commit(self) -> None:
-        """Commit what was done so far and apply its revocations in this process."""
-        if self._session is not None:
-            await self._session.commit()
-            await self._ctx.revocations.committed(self._session)
-
-    async def close(self) -> None:
-        """Release the session (rolling back anything not committed)."""
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
 
 
 @dataclass(slots=True)
@@ -67,6 +35,7 @@ class TokenRequest:
     params: Params
     uow: UnitOfWork
     issued: list[str] = field(default_factory=list)
+    subject: str = ""  # whom the issued tokens are about (a user id, or the client itself)
 
 
 def requested_scopes(params: Params) -> list[str] | None:
@@ -119,8 +88,13 @@ def one_or_list(values: list[str]) -> str | list[str]:
     return values[0] if len(values) == 1 else list(values)
 
 
-async def live_grant_user(session: AsyncSession, *, tenant_id: uuid.UUID, grant_id: str) -> tuple[datetime, User]:
-    """Return the grant's start and its user; a revoked grant or a disabled user is ``invalid_grant``."""
+async def live_grant_user(
+    session: AsyncSession, *, tenant_id: uuid.UUID, grant_id: str, described: str
+) -> tuple[datetime, User]:
+    """Return the grant's start and its user; a revoked grant or a user who is no longer live is ``invalid_grant``.
+
+    The client learns only that ``described`` (the code or the refresh token) is not valid; why goes to the log.
+    """
     found = (
         await session.execute(
             select(Grant.created_at, Grant.revoked_at, User)
@@ -129,10 +103,10 @@ async def live_grant_user(session: AsyncSession, *, tenant_id: uuid.UUID, grant_
         )
     ).first()
     if found is None or found.revoked_at is not None:
-        raise InvalidGrant("the grant was revoked")
+        raise InvalidGrant(f"{described} is invalid or expired", internal=f"grant {grant_id} was revoked")
     user: User = found.User
-    if not user.enabled:
-        raise InvalidGrant("the user is disabled")
+    if not is_live(user):
+        raise InvalidGrant(f"{described} is invalid or expired", internal=f"user {user.id} is disabled or deleted")
     return found.created_at, user
 
 

@@ -35,6 +35,7 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
     if client.is_public:
         raise UnauthorizedClient("public clients cannot use client_credentials")  # RFC 6749 §4.4
     scope = granted_scope(treq)
+    treq.subject = client.client_id
     audience = choose_audience(treq.params, allowed=client.resources, default=default_audience(client))
     token, ttl = await treq.ctx.tokens.issue_access_token(
         tenant=treq.tenant, client=client, subject=client.client_id, scope=scope, audience=audience

@@ -37,13 +37,16 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
         )
     except RefreshTokenRejected as exc:
         if exc.reused and exc.grant_id is not None:
-            await revoke_grant(session, tenant.id, exc.grant_id)
-            await treq.uow.commit()
-        raise InvalidGrant(str(exc)) from exc
+            await revoke_grant(treq.uow, tenant.id, exc.grant_id, reason="refresh token reused")
+            treq.uow.keep_on_error()  # the family stays revoked although the request fails
+        raise InvalidGrant(exc.detail, internal=exc.internal) from exc
 
     # Failures from here on roll the rotation back: the token stays usable.
     scope = narrow_scope(requested, info.scope)  # RFC 6749 §6: may only narrow.
-    grant_created_at, user = await live_grant_user(session, tenant_id=tenant.id, grant_id=info.grant_id)
+    grant_created_at, user = await live_grant_user(
+        session, tenant_id=tenant.id, grant_id=info.grant_id, described="the refresh token"
+    )
+    treq.subject = str(user.id)
     audience = grant_audience(treq.params, client, info.resources)
     auth_time = int(info.auth_time.timestamp()) if info.auth_time is not None else None
     access_token, ttl = await ctx.tokens.issue_access_token(

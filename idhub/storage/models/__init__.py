@@ -8,7 +8,7 @@ from idhub.storage.models.group import Group, GroupMember
 from idhub.storage.models.interaction import Interaction
 from idhub.storage.models.key import SigningKey
 from idhub.storage.models.provisioning import ProvisioningToken
-from idhub.storage.models.revocation import Revocation, UsedJti
+from idhub.storage.models.revocation import Revocation, UsedValue
 from idhub.storage.models.session import UserSession
 from idhub.storage.models.tenant import Tenant
 from idhub.storage.models.user import User, UserValue
@@ -27,7 +27,7 @@ __all__ = [
     "Revocation",
     "SigningKey",
     "Tenant",
-    "UsedJti",
+    "UsedValue",
     "User",
     "UserSession",
     "UserValue",

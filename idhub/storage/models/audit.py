@@ -13,7 +13,11 @@ from idhub.storage.base import Base, new_uuid, utcnow
 
 
 class AuditEvent(Base):
-    """Who (``actor_type``/``actor_id``) did what (``action``) to which object, and when."""
+    """Who (``actor_type``/``actor_id``) did what (``action``) to which object, when, with which outcome.
+
+    ``surface`` is the way in (``scim``, ``oidc``, ``web``, ``cli``, ``admin``); ``source_address`` and
+    ``request_id`` tie the entry to the request and its log lines. Rows are only ever inserted.
+    """
 
     __tablename__ = "audit_event"
     __table_args__ = (Index("ix_audit_event_tenant_id_occurred_at", "tenant_id", "occurred_at"),)
@@ -26,4 +30,8 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     target_type: Mapped[str] = mapped_column(String(32))
     target_id: Mapped[str] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(16), default="success", server_default="success")
+    surface: Mapped[str | None] = mapped_column(String(16))
+    source_address: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)

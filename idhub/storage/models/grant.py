@@ -32,6 +32,7 @@ class AuthorizationCode(Base):
     """A single-use authorization code (RFC 6749 §4.1.2), stored as a hash."""
 
     __tablename__ = "authorization_code"
+    __table_args__ = (Index("ix_authorization_code_expires_at", "expires_at"),)
 
     code_hash: Mapped[str] = mapped_column(String(128), primary_key=True)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
@@ -58,7 +59,10 @@ class RefreshToken(Base):
     """An opaque refresh token, stored as a hash; a rotated one must never be used again."""
 
     __tablename__ = "refresh_token"
-    __table_args__ = (Index("ix_refresh_token_grant", "grant_id"),)
+    __table_args__ = (
+        Index("ix_refresh_token_grant", "grant_id"),
+        Index("ix_refresh_token_expires_at", "expires_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_uuid)
     token_hash: Mapped[str] = mapped_column(String(128), unique=True)

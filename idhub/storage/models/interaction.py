@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from idhub.storage.base import Base, utcnow
@@ -16,6 +16,7 @@ class Interaction(Base):
     """A validated authorization request parked while the user signs in or consents."""
 
     __tablename__ = "interaction"
+    __table_args__ = (Index("ix_interaction_expires_at", "expires_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))

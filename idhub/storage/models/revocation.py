@@ -19,7 +19,7 @@ class Revocation(Base):
     """
 
     __tablename__ = "revocation"
-    __table_args__ = (Index("ix_revocation_created", "created_at"),)
+    __table_args__ = (Index("ix_revocation_created", "created_at"), Index("ix_revocation_expires_at", "expires_at"))
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
@@ -32,12 +32,17 @@ class Revocation(Base):
     expires_at: Mapped[datetime]
 
 
-class UsedJti(Base):
-    """``jti`` values of client assertions already accepted (RFC 7523 §3 replay defence)."""
+class UsedValue(Base):
+    """Values that may be used once, recorded when first used (see :mod:`idhub.storage.single_use`).
 
-    __tablename__ = "used_jti"
+    ``namespace`` says what the value is: ``client_assertion:<client_id>`` for the ``jti`` of a client
+    assertion (RFC 7523 §3 replay defence), later SAML assertion IDs. Rows are purged once expired.
+    """
+
+    __tablename__ = "used_value"
+    __table_args__ = (Index("ix_used_value_expires_at", "expires_at"),)
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True)
-    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(96), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[datetime]

@@ -77,7 +77,9 @@ class User(Base):
     department: Mapped[str | None] = mapped_column(_S)
     manager_id: Mapped[str | None] = mapped_column(_S)
     password_hash: Mapped[str | None] = mapped_column(_S)
-    enabled: Mapped[bool] = mapped_column(default=True)
+    # SCIM ``active``: NULL when a provisioning client removed the attribute (unassigned), which the
+    # directory treats like false: only ``enabled IS TRUE`` may sign in (idhub.directory.rules.is_live).
+    enabled: Mapped[bool | None] = mapped_column(default=True)
     # meta.version: bumped on every write; If-Match compares it in a conditional UPDATE (RFC 7644 §3.14).
     version: Mapped[int] = mapped_column(default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -115,7 +117,8 @@ class UserValue(Base):
     position: Mapped[int] = mapped_column(default=0)
     value: Mapped[str | None] = mapped_column(String(2048))
     type: Mapped[str | None] = mapped_column(String(64))
-    primary: Mapped[bool] = mapped_column(default=False)
+    # NULL when the client did not say; false is kept as written (what a client writes reads back the same).
+    primary: Mapped[bool | None] = mapped_column()
     display: Mapped[str | None] = mapped_column(_S)
     formatted: Mapped[str | None] = mapped_column(String(1024))
     street_address: Mapped[str | None] = mapped_column(String(1024))

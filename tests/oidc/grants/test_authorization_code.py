@@ -107,20 +107,10 @@ def test_authorization_code_expired_code_invalid_grant(env: Env) -> None:
 
 
 def test_authorization_code_disabled_user_invalid_grant(env: Env) -> None:
-    import uuid
-
-    from idhub.directory.users import set_user_enabled
 
     setup = code_setup(env)
 
-    async def disable() -> None:
-        async with env.ctx.sessionmaker() as session:
-            await set_user_enabled(
-                session, tenant_id=setup.tenant.id, user_id=uuid.UUID(setup.user_id), enabled=False, expires_in=900
-            )
-            await session.commit()
-
-    env.run(disable)
+    env.disable_user(setup.tenant, setup.user_id)
     response = exchange_code(env, setup)
     assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
 

@@ -99,10 +99,8 @@ def test_client_credentials_tenant_rs256_setting_signs_rs256_unless_client_overr
     tenant = env.tenant()
 
     async def switch() -> None:
-        async with env.ctx.sessionmaker() as session:
-            await update_tenant(session, slug=tenant.slug, access_token_alg="RS256")
-            await session.commit()
-        env.ctx.tenants.invalidate(tenant.slug)
+        async with env.uow() as uow:  # the commit drops this process's cached tenant (TenantChanged)
+            await update_tenant(uow, slug=tenant.slug, access_token_alg="RS256")
 
     env.run(switch)
     plain_id, plain_secret = env.oauth_client(tenant, scope="api")

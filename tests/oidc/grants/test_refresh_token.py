@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import httpx
 
-from idhub.directory.users import set_user_enabled
 from tests.conftest import Env
 from tests.oidc.grants.helpers import REDIRECT_URI, CodeSetup, basic, code_setup, exchange_code, introspect, post
 
@@ -75,15 +73,7 @@ def test_refresh_token_unknown_token_invalid_grant(env: Env) -> None:
 def test_refresh_token_disabled_user_invalid_grant(env: Env) -> None:
     setup, first = _tokens(env)
 
-    async def disable() -> None:
-        async with env.ctx.sessionmaker() as session:
-            await set_user_enabled(
-                session, tenant_id=setup.tenant.id, user_id=uuid.UUID(setup.user_id), enabled=False, expires_in=900
-            )
-            await session.commit()
-            await env.ctx.revocations.committed(session)
-
-    env.run(disable)
+    env.disable_user(setup.tenant, setup.user_id)
     assert _refresh(env, setup, first["refresh_token"]).json()["error"] == "invalid_grant"
 
 

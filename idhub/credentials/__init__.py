@@ -1,0 +1,1 @@
+"""Bearer credentials that are not OAuth tokens: SCIM provisioning tokens for HR systems."""

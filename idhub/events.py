@@ -1,0 +1,419 @@
+"""Domain events: what services say happened, collected by the unit of work and handed on after its commit.
+
+A service raises an event on the request's unit of work (``uow.raise_event(...)``) in the same place it
+changes the state the event describes. The unit of work writes every event that has an audit ``action``
+as an audit row in the same transaction, commits, and only then hands the events to their consumers
+(the in-process revocation state and its broadcast, the caches, the audit log stream). A failed commit
+hands nothing on. Events whose ``outcome`` is not ``success`` describe refused attempts (a wrong
+password, a refused token request); they are audited even when the request's transaction rolls back.
+
+Events carry identifiers and names, never secrets (no passwords, tokens or keys).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+Outcome = Literal["success", "failure", "blocked"]
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts: an OAuth client (``client``), a provisioning token, an operator (``cli``), a person (``user``)."""
+
+    type: str
+    id: str
+
+    def label(self) -> str:
+        """Return ``type:id``, the form kept on archived records."""
+        return f"{self.type}:{self.id}"
+
+
+ANONYMOUS = Actor("anonymous", "")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DomainEvent:
+    """Something that happened in one tenant; ``action`` names its audit entry (empty: not audited)."""
+
+    action: ClassVar[str] = ""
+    target_type: ClassVar[str] = ""
+
+    tenant_id: uuid.UUID
+
+    @property
+    def outcome(self) -> Outcome:
+        """Return how the attempt ended; state changes are successes."""
+        return "success"
+
+    @property
+    def target_id(self) -> str:
+        """Return the id of the object the event is about."""
+        return ""
+
+    def details(self) -> dict[str, Any]:
+        """Return what the audit entry records besides actor and target (no secrets)."""
+        return {}
+
+
+# --- directory ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserEvent(DomainEvent):
+    """An event about one user of the directory."""
+
+    target_type: ClassVar[str] = "User"
+    user_id: uuid.UUID
+
+    @property
+    def target_id(self) -> str:
+        """Return the user's id."""
+        return str(self.user_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserCreated(UserEvent):
+    """A user was added to the directory (``bulk``: as part of a bulk onboarding)."""
+
+    action: ClassVar[str] = "user.create"
+    username: str
+    bulk: bool = False
+
+    def details(self) -> dict[str, Any]:
+        """Return the username and whether it came in bulk."""
+        return {"userName": self.username, "bulk": True} if self.bulk else {"userName": self.username}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserUpdated(UserEvent):
+    """Attributes of a user changed; ``changed`` names them (never their values)."""
+
+    action: ClassVar[str] = "user.update"
+    changed: tuple[str, ...] = ()
+
+    def details(self) -> dict[str, Any]:
+        """Return the names of the changed attributes."""
+        return {"changed": list(self.changed)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserDisabled(UserEvent):
+    """A user lost access: every session, refresh token and access token was revoked in the same commit."""
+
+    action: ClassVar[str] = "user.disable"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserEnabled(UserEvent):
+    """A disabled user may sign in again."""
+
+    action: ClassVar[str] = "user.enable"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserDeleted(UserEvent):
+    """A user was deleted: archived, cut off, and their username freed."""
+
+    action: ClassVar[str] = "user.delete"
+    username: str
+
+    def details(self) -> dict[str, Any]:
+        """Return the username the account had."""
+        return {"userName": self.username}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupEvent(DomainEvent):
+    """An event about one group of the directory."""
+
+    target_type: ClassVar[str] = "Group"
+    group_id: uuid.UUID
+
+    @property
+    def target_id(self) -> str:
+        """Return the group's id."""
+        return str(self.group_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupCreated(GroupEvent):
+    """A group was created."""
+
+    action: ClassVar[str] = "group.create"
+    name: str
+
+    def details(self) -> dict[str, Any]:
+        """Return the group's name."""
+        return {"displayName": self.name}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupUpdated(GroupEvent):
+    """A group's name or external id changed."""
+
+    action: ClassVar[str] = "group.update"
+    changed: tuple[str, ...] = ()
+
+    def details(self) -> dict[str, Any]:
+        """Return the names of the changed attributes."""
+        return {"changed": list(self.changed)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupDeleted(GroupEvent):
+    """A group and its memberships were deleted."""
+
+    action: ClassVar[str] = "group.delete"
+    name: str
+
+    def details(self) -> dict[str, Any]:
+        """Return the group's name."""
+        return {"displayName": self.name}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MembershipChanged(GroupEvent):
+    """Direct members of a group were added or removed (ids of users and groups)."""
+
+    action: ClassVar[str] = "group.members"
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    def details(self) -> dict[str, Any]:
+        """Return the members added and removed."""
+        return {"added": list(self.added), "removed": list(self.removed)}
+
+
+# --- tokens, grants and revocation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationRecorded(DomainEvent):
+    """A revocation entry was appended to the log; processes apply it in memory (not audited itself)."""
+
+    kind: str
+    value: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrantRevoked(DomainEvent):
+    """A grant was revoked with its refresh and access tokens (``reason``: why, for the audit log)."""
+
+    action: ClassVar[str] = "grant.revoke"
+    target_type: ClassVar[str] = "Grant"
+    grant_id: str
+    reason: str
+
+    @property
+    def target_id(self) -> str:
+        """Return the grant's id."""
+        return self.grant_id
+
+    def details(self) -> dict[str, Any]:
+        """Return why the grant was revoked."""
+        return {"reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessTokenRevoked(DomainEvent):
+    """One access token was revoked by its client (RFC 7009)."""
+
+    action: ClassVar[str] = "token.revoke"
+    target_type: ClassVar[str] = "AccessToken"
+    jti: str
+
+    @property
+    def target_id(self) -> str:
+        """Return the token's ``jti``."""
+        return self.jti
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokensIssued(DomainEvent):
+    """The token endpoint issued tokens for a grant type (``kinds``: access_token, id_token, refresh_token)."""
+
+    action: ClassVar[str] = "token.grant"
+    target_type: ClassVar[str] = "Client"
+    client_id: str
+    grant_type: str
+    subject: str
+    kinds: tuple[str, ...]
+
+    @property
+    def target_id(self) -> str:
+        """Return the client that got the tokens."""
+        return self.client_id
+
+    def details(self) -> dict[str, Any]:
+        """Return the grant type, the subject and what was issued."""
+        return {"grant_type": self.grant_type, "sub": self.subject, "issued": list(self.kinds)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenRequestRefused(DomainEvent):
+    """A token, introspection or revocation request was refused (``error``: the OAuth error code)."""
+
+    action: ClassVar[str] = "token.refuse"
+    target_type: ClassVar[str] = "Client"
+    client_id: str
+    endpoint: str
+    error: str
+    grant_type: str | None = None
+    reason: str | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        """Return ``failure``: the request was refused."""
+        return "failure"
+
+    @property
+    def target_id(self) -> str:
+        """Return the client that asked (as it named itself)."""
+        return self.client_id
+
+    def details(self) -> dict[str, Any]:
+        """Return the endpoint, the error code and, for operators, the reason."""
+        details: dict[str, Any] = {"endpoint": self.endpoint, "error": self.error}
+        if self.grant_type is not None:
+            details["grant_type"] = self.grant_type
+        if self.reason:
+            details["reason"] = self.reason
+        return details
+
+
+# --- sign-in --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignIn(DomainEvent):
+    """A password sign-in attempt: ``user_id`` is set when the username named a live account."""
+
+    action: ClassVar[str] = "signin.password"
+    target_type: ClassVar[str] = "User"
+    user_id: uuid.UUID | None
+    result: Outcome
+    reason: str | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        """Return whether the sign-in succeeded, failed, or was refused by the abuse limits."""
+        return self.result
+
+    @property
+    def target_id(self) -> str:
+        """Return the account's id, empty when the username named none."""
+        return str(self.user_id) if self.user_id is not None else ""
+
+    def details(self) -> dict[str, Any]:
+        """Return why an attempt failed (for operators; never shown to the person)."""
+        return {"reason": self.reason} if self.reason else {}
+
+
+# --- clients, keys, tenants, credentials --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientChanged(DomainEvent):
+    """A client was registered or changed; processes drop their cached copy."""
+
+    action: ClassVar[str] = "client.update"
+    target_type: ClassVar[str] = "Client"
+    client_id: str
+
+    @property
+    def target_id(self) -> str:
+        """Return the client's ``client_id``."""
+        return self.client_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientCreated(ClientChanged):
+    """A client was registered."""
+
+    action: ClassVar[str] = "client.create"
+    name: str
+
+    def details(self) -> dict[str, Any]:
+        """Return the client's name."""
+        return {"name": self.name}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysRotated(DomainEvent):
+    """The tenant's signing keys moved on: next -> active -> retired."""
+
+    action: ClassVar[str] = "keys.rotate"
+    target_type: ClassVar[str] = "Tenant"
+    active_kids: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def target_id(self) -> str:
+        """Return the tenant's id."""
+        return str(self.tenant_id)
+
+    def details(self) -> dict[str, Any]:
+        """Return the key ids now active."""
+        return {"active_kids": list(self.active_kids)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TenantChanged(DomainEvent):
+    """A tenant was created or its settings changed."""
+
+    action: ClassVar[str] = "tenant.update"
+    target_type: ClassVar[str] = "Tenant"
+    slug: str
+    changed: tuple[str, ...] = ()
+
+    @property
+    def target_id(self) -> str:
+        """Return the tenant's id."""
+        return str(self.tenant_id)
+
+    def details(self) -> dict[str, Any]:
+        """Return the slug and the changed settings' names."""
+        return {"slug": self.slug, "changed": list(self.changed)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TenantCreated(TenantChanged):
+    """A tenant was created with its first signing keys."""
+
+    action: ClassVar[str] = "tenant.create"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialEvent(DomainEvent):
+    """An event about a bearer credential that is not an OAuth token (a SCIM provisioning token)."""
+
+    target_type: ClassVar[str] = "ProvisioningToken"
+    credential_id: uuid.UUID
+    name: str
+
+    @property
+    def target_id(self) -> str:
+        """Return the credential's id."""
+        return str(self.credential_id)
+
+    def details(self) -> dict[str, Any]:
+        """Return the credential's name."""
+        return {"name": self.name}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProvisioningTokenCreated(CredentialEvent):
+    """A provisioning token was created (the token itself is shown once and never recorded)."""
+
+    action: ClassVar[str] = "provisioning_token.create"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProvisioningTokenRevoked(CredentialEvent):
+    """A provisioning token was revoked; every process refuses it from this commit on."""
+
+    action: ClassVar[str] = "provisioning_token.revoke"
