@@ -10,7 +10,8 @@ Decisions where the RFC leaves a choice, or where real clients need leniency:
   ``Operations``/``op``/``path``/``value`` member names (RFC 7643 §2.1).
 * A path-less ``add``/``replace`` value is an object whose keys are each treated as a path: plain names,
   ``name.givenName``, ``emails[type eq "work"].value`` and URN-qualified names (all sent by Entra ID), or an
-  extension URN whose value is an object of that extension's attributes. ``schemas`` keys are ignored.
+  extension URN whose value is an object of that extension's attributes. A ``schemas`` key is not an
+  attribute: at the top of a pathless value it is ignored; inside an extension object it must name that extension.
 * Setting a ``readOnly`` attribute to its current value is a no-op (Okta sends the group's own ``id`` in a
   path-less replace); any other change to a ``readOnly`` attribute, or a change to an ``immutable`` one that
   already has a value, is ``mutability``. ``readOnly`` sub-attributes inside element values
@@ -164,8 +165,15 @@ def _apply_schema_object(rt: ResourceType, resource: Resource, op: str, schema: 
     if not isinstance(value, Mapping):
         raise InvalidValue(f"{schema.id} must be an object")
     for key, item in value.items():
-        if isinstance(key, str):
-            _apply_path(rt, resource, op, f"{schema.id}:{key}", item)
+        if not isinstance(key, str):
+            continue
+        if key.casefold() == "schemas":
+            # A client may serialise the extension object with its own "schemas" (scim2-models does); it
+            # is not an attribute (RFC 7643 §3.3), but when present it must name this very extension.
+            if not (isinstance(item, list) and [str(u).casefold() for u in item] == [schema.id.casefold()]):
+                raise InvalidValue(f"{schema.id}: schemas must be [{schema.id!r}]")
+            continue
+        _apply_path(rt, resource, op, f"{schema.id}:{key}", item)
 
 
 def _remove_extension(rt: ResourceType, resource: Resource, schema: Schema) -> None:

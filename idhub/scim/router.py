@@ -142,11 +142,12 @@ def _project(
 ) -> Resource:
     """Apply ``attributes``/``excludedAttributes`` (RFC 7644 §3.9).
 
-    Without either, the default set is the whole stored resource: the service never puts ``password``
-    (``returned: never``) into a resource and no attribute is ``returned: request``, so projecting would
-    copy it unchanged (and a page of 100 users would spend milliseconds doing so).
+    Without either, the default set of a type with no ``returned: request`` attribute (User) is the whole
+    stored resource: the service never puts ``password`` (``returned: never``) into one, so projecting would
+    copy it unchanged (and a page of 100 users would spend milliseconds doing so). A Group is projected to
+    drop ``members.display``.
     """
-    if attributes is None and excluded is None:
+    if attributes is None and excluded is None and not rt.has_request_only:
         return resource
     return project(rt, resource, attributes=attributes, excluded=excluded)
 

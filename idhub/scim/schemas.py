@@ -133,12 +133,21 @@ class ResourceType:
     description: str = ""
     # The core schema followed by the extensions.
     schemas: tuple[Schema, ...] = field(init=False, repr=False, compare=False, hash=False)
+    # Whether some attribute or sub-attribute is ``returned: request``: then even a response without
+    # ``attributes``/``excludedAttributes`` must be projected (RFC 7643 §2.2).
+    has_request_only: bool = field(init=False, repr=False, compare=False, hash=False)
     _by_urn: dict[str, Schema] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         schemas = (self.schema, *(ext for ext, _required in self.extensions))
         object.__setattr__(self, "schemas", schemas)
         object.__setattr__(self, "_by_urn", {schema.id.casefold(): schema for schema in schemas})
+        request_only = any(
+            a.returned == "request" or any(s.returned == "request" for s in a.sub_attributes)
+            for schema in schemas
+            for a in schema.attributes
+        )
+        object.__setattr__(self, "has_request_only", request_only)
 
     def find_schema(self, urn: str) -> Schema | None:
         """Return the core or extension schema whose URN is ``urn`` (case-insensitive), or None."""
@@ -422,7 +431,15 @@ GROUP_SCHEMA = Schema(
                     reference_types=("User", "Group"),
                     description="The URI of the member resource.",
                 ),
-                _string("display", "A human-readable name of the member.", mutability="readOnly"),
+                # The member's name, derived by idhub (a user's displayName, else userName; a group's
+                # displayName). Returned only when asked for (attributes=members.display): a client reads
+                # back the members it wrote, as it wrote them, and a large group is not read with a join.
+                _string(
+                    "display",
+                    "A human-readable name of the member; returned only when requested.",
+                    mutability="readOnly",
+                    returned="request",
+                ),
                 _string(
                     "type",
                     "The type of the member.",

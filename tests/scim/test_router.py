@@ -541,13 +541,34 @@ def test_other_protocol_versions_400_invalid_vers(scim: Scim) -> None:
     _error(scim.env.client.get(root + "/nope/Users", headers=auth), 404)
 
 
-def test_default_projection_shortcut_holds_no_attribute_returned_on_request_only() -> None:
+def test_default_projection_shortcut_is_taken_only_without_request_only_attributes() -> None:
     from idhub.scim import schemas
 
     # The router returns stored resources unprojected when no attributes are asked for; that is only
-    # right while no attribute is ``returned: request`` (and ``password`` never enters a resource).
+    # right for a type with no ``returned: request`` attribute (and ``password`` never enters a resource).
     for rt in (schemas.USER_TYPE, schemas.GROUP_TYPE):
-        for schema in (rt.schema, *(ext for ext, _ in rt.extensions)):
-            for attribute in schema.attributes:
-                assert attribute.returned != "request", attribute.name
-                assert all(sub.returned != "request" for sub in attribute.sub_attributes), attribute.name
+        request_only = [
+            f"{attribute.name}.{sub.name}" if sub else attribute.name
+            for schema in rt.schemas
+            for attribute in schema.attributes
+            for sub in (None, *attribute.sub_attributes)
+            if (sub or attribute).returned == "request"
+        ]
+        assert rt.has_request_only == bool(request_only)
+    assert not schemas.USER_TYPE.has_request_only
+    assert schemas.GROUP_TYPE.has_request_only
+
+
+def test_group_members_display_is_returned_only_when_requested(scim: Scim) -> None:
+    """``members.display`` is derived by idhub: a client reads back the members it wrote, as it wrote them,
+    and gets the names when it asks for them (RFC 7643 §2.2 ``returned: request``)."""
+    user = scim.create_user("display.me", displayName="Display Me")
+    created = scim.create_group("named", [user["id"]])
+    assert [set(m) for m in created["members"]] == [{"value", "$ref", "type"}]
+    plain = scim.request("GET", f"/Groups/{created['id']}").json()
+    assert "display" not in plain["members"][0]
+    asked = scim.request("GET", f"/Groups/{created['id']}", params={"attributes": "members.value,members.display"})
+    assert asked.json()["members"] == [{"value": user["id"], "display": "Display Me"}]
+    query = {"filter": 'displayName eq "named"', "attributes": "members.display"}
+    listed = scim.request("GET", "/Groups", params=query)
+    assert listed.json()["Resources"][0]["members"] == [{"display": "Display Me"}]
