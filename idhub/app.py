@@ -18,8 +18,8 @@ from idhub.context import build_context
 from idhub.metrics import Metrics, MetricsMiddleware
 from idhub.oidc import discovery, introspection, revocation, token, userinfo
 from idhub.ops import router as ops_router
-from idhub.request_context import RequestContextMiddleware, install_log_record_factory
-from idhub.routing import log_unexpected
+from idhub.request_context import install_log_record_factory
+from idhub.routing import RequestContextMiddleware, log_unexpected
 from idhub.scim.router import router as scim_router
 from idhub.scim.router import versions as scim_versions
 from idhub.settings import Settings

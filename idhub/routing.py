@@ -12,19 +12,26 @@ that something went wrong.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from idhub import request_context
 from idhub.context import AppContext
+from idhub.crypto.secrets import random_token
 from idhub.errors import DomainError
+from idhub.request_context import RequestInfo
 from idhub.storage.uow import UnitOfWork
 
 log = logging.getLogger("idhub.errors")
 
 UOW_KEY = "idhub.uow"
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 Renderer = Callable[[Request, Exception], Response]
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -98,3 +105,52 @@ class SurfaceRoute(APIRoute):
             return await run_in_boundary(request, handler, surface=surface, render=render)
 
         return bounded
+
+
+# --- request id and caller address ------------------------------------------------------------------
+def client_address(scope: Scope, trusted_proxies: frozenset[str]) -> str:
+    """Return the caller's address; ``X-Forwarded-For`` is believed only from a trusted proxy."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else "unknown"
+    if trusted_proxies and peer in trusted_proxies:
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                forwarded = value.decode("latin-1").split(",")[-1].strip()
+                return forwarded or peer
+    return peer
+
+
+class RequestContextMiddleware:
+    """Give every HTTP request an id and an address, and echo the id in the response."""
+
+    def __init__(self, app: ASGIApp, trusted_proxies: list[str] | None = None) -> None:
+        self.app = app
+        self.trusted_proxies = frozenset(trusted_proxies or ())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                candidate = value.decode("latin-1")
+                if _VALID_ID.fullmatch(candidate):
+                    request_id = candidate
+                break
+        if request_id is None:
+            request_id = random_token(12)
+        info = RequestInfo(request_id, client_address(scope, self.trusted_proxies))
+        scope["idhub.request"] = info
+        token = request_context.enter(info)
+        encoded = request_id.encode("ascii")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_context.leave(token)

@@ -118,3 +118,119 @@ def test_migrations_single_head_every_revision_downgradable() -> None:
     assert len(scripts.get_heads()) == 1, "migrations must form a single line of revisions"
     for revision in scripts.walk_revisions():
         assert hasattr(revision.module, "downgrade"), f"revision {revision.revision} cannot be downgraded"
+
+
+def test_migration_0004_carries_data_up_and_down(empty_database: str) -> None:
+    """0004 keeps what rows said: used client-assertion ``jti``s become ``used_value`` rows and come back on
+    downgrade; ``primary`` false (stored for "false" and "not said" alike) becomes NULL and back; an
+    unassigned ``active`` (NULL) goes down as disabled, never as enabled."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0003")
+    tenant_id, live_id, gone_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    now = dt.datetime.now(dt.UTC)
+    later = now + dt.timedelta(minutes=5)
+    tenant = sa.table(
+        "tenant",
+        sa.column("id", sa.Uuid),
+        sa.column("slug", sa.String),
+        sa.column("name", sa.String),
+        sa.column("settings", sa.JSON),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+    )
+    user = sa.table(
+        "user",
+        sa.column("id", sa.Uuid),
+        sa.column("tenant_id", sa.Uuid),
+        sa.column("username", sa.String),
+        sa.column("email_verified", sa.Boolean),
+        sa.column("enabled", sa.Boolean),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+        sa.column("updated_at", sa.DateTime(timezone=True)),
+        sa.column("version", sa.Integer),
+    )
+    value = sa.table(
+        "user_value",
+        sa.column("id", sa.Uuid),
+        sa.column("user_id", sa.Uuid),
+        sa.column("attribute", sa.String),
+        sa.column("position", sa.Integer),
+        sa.column("primary", sa.Boolean),
+    )
+    used_jti = sa.table(
+        "used_jti",
+        sa.column("tenant_id", sa.Uuid),
+        sa.column("client_id", sa.String),
+        sa.column("jti", sa.String),
+        sa.column("expires_at", sa.DateTime(timezone=True)),
+    )
+    used_value = sa.table(
+        "used_value", sa.column("namespace", sa.String), sa.column("value", sa.String), sa.column("tenant_id", sa.Uuid)
+    )
+
+    async def run(statements: list[Any]) -> list[list[Any]]:
+        engine = create_engine(empty_database)
+        try:
+            async with engine.begin() as connection:
+                results = [await connection.execute(s) for s in statements]
+                return [list(r.all()) if r.returns_rows else [] for r in results]
+        finally:
+            await engine.dispose()
+
+    def user_row(user_id: uuid.UUID, name: str) -> dict[str, Any]:
+        return {
+            "id": user_id,
+            "tenant_id": tenant_id,
+            "username": name,
+            "email_verified": False,
+            "enabled": True,
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+        }
+
+    asyncio.run(
+        run(
+            [
+                tenant.insert().values(id=tenant_id, slug="m4", name="m4", settings={}, created_at=now),
+                user.insert().values([user_row(live_id, "live"), user_row(gone_id, "gone")]),
+                value.insert().values(
+                    [
+                        {"id": uuid.uuid4(), "user_id": live_id, "attribute": "emails", "position": i, "primary": p}
+                        for i, p in enumerate((True, False))
+                    ]
+                ),
+                used_jti.insert().values(tenant_id=tenant_id, client_id="c-1", jti="j-1", expires_at=later),
+            ]
+        )
+    )
+
+    command.upgrade(config, "0004")
+    [values, used] = asyncio.run(
+        run(
+            [
+                sa.select(value.c.position, value.c.primary).order_by(value.c.position),
+                sa.select(used_value.c.namespace, used_value.c.value, used_value.c.tenant_id),
+                user.update().where(user.c.id == gone_id).values(enabled=None),
+            ]
+        )
+    )[:2]
+    assert values == [(0, True), (1, None)]
+    assert used == [("client_assertion:c-1", "j-1", tenant_id)]
+
+    command.downgrade(config, "0003")
+    [users, values, jtis] = asyncio.run(
+        run(
+            [
+                sa.select(user.c.username, user.c.enabled).order_by(user.c.username),
+                sa.select(value.c.position, value.c.primary).order_by(value.c.position),
+                sa.select(used_jti.c.client_id, used_jti.c.jti),
+            ]
+        )
+    )
+    assert users == [("gone", False), ("live", True)]
+    assert values == [(0, True), (1, False)]
+    assert jtis == [("c-1", "j-1")]
