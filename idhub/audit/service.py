@@ -25,6 +25,7 @@ from idhub import request_context
 from idhub.events import ANONYMOUS, Actor, DomainEvent
 from idhub.storage.base import new_uuid, utcnow
 from idhub.storage.models import AuditEvent
+from idhub.storage.tasks import cancel
 from idhub.storage.uow import UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,7 @@ class AuditWriter:
     async def stop(self) -> None:
         """Stop the task and write what is still queued."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         await self.flush()
 
     async def flush(self) -> None:

@@ -12,11 +12,10 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
-from idhub.directory.users import check_version
-from idhub.errors import Conflict, Invalid, NotFound, PreconditionFailed
+from idhub.directory.users import check_version, flush_checked
+from idhub.errors import Invalid, NotFound, PreconditionFailed
 from idhub.events import GroupCreated, GroupDeleted, GroupUpdated, MembershipChanged
 from idhub.storage.base import utcnow
 from idhub.storage.models import Group, GroupMember, User
@@ -158,11 +157,7 @@ class Groups:
         group = Group(tenant_id=tenant_id, display_name=name, display_name_key=name.casefold(), external_id=external_id)
         session = self.uow.session
         session.add(group)
-        try:
-            async with session.begin_nested():
-                await session.flush()
-        except IntegrityError as exc:
-            raise Conflict(NAME_TAKEN) from exc
+        await flush_checked(self.uow, taken=NAME_TAKEN)
         self.uow.raise_event(GroupCreated(tenant_id=tenant_id, group_id=group.id, name=name))
         if members is not None:
             await self._set_members(group, members)
@@ -184,14 +179,7 @@ class Groups:
         changed = [label for label, old, new in pairs if old != new]
         group.display_name, group.display_name_key, group.external_id = name, name.casefold(), external_id
         group.updated_at = utcnow()  # the version moves on every write, members included
-        session = self.uow.session
-        try:
-            async with session.begin_nested():
-                await session.flush()
-        except StaleDataError as exc:
-            raise PreconditionFailed("the resource was changed by a concurrent request") from exc
-        except IntegrityError as exc:
-            raise Conflict(NAME_TAKEN) from exc
+        await flush_checked(self.uow, taken=NAME_TAKEN)
         if changed:
             self.uow.raise_event(GroupUpdated(tenant_id=group.tenant_id, group_id=group.id, changed=tuple(changed)))
         if members is not None:

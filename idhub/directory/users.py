@@ -59,6 +59,18 @@ def check_version(version: int, expected: Collection[int] | None) -> None:
         raise PreconditionFailed("the resource has changed since that version")
 
 
+async def flush_checked(uow: UnitOfWork, *, taken: str) -> None:
+    """Flush pending writes in a savepoint: a unique key another row holds is a 409 saying ``taken``; a
+    versioned UPDATE that a concurrent writer beat (it bumped the version first) is a 412."""
+    try:
+        async with uow.session.begin_nested():
+            await uow.session.flush()
+    except StaleDataError as exc:
+        raise PreconditionFailed("the resource was changed by a concurrent request") from exc
+    except IntegrityError as exc:
+        raise Conflict(taken) from exc
+
+
 @dataclass(slots=True)
 class Users:
     """Commands on the users of the directory, for one unit of work."""
@@ -122,11 +134,7 @@ class Users:
         )
         session = self.uow.session
         session.add(user)
-        try:
-            async with session.begin_nested():
-                await session.flush()
-        except IntegrityError as exc:
-            raise Conflict(USERNAME_TAKEN) from exc
+        await flush_checked(self.uow, taken=USERNAME_TAKEN)
         rows = profile.value_rows()
         if rows:
             await session.execute(insert(UserValue), [{"user_id": user.id, **row} for row in rows])
@@ -257,7 +265,7 @@ class Users:
             user.enabled = profile.active
             changed.append("active")
         user.updated_at = utcnow()  # always an UPDATE of the row, so the version moves on every write
-        await self._flush_versioned()
+        await flush_checked(self.uow, taken=USERNAME_TAKEN)
         if values_changed:
             session = self.uow.session
             await session.execute(delete(UserValue).where(UserValue.user_id == user.id))
@@ -274,7 +282,7 @@ class Users:
         if user.enabled is not active:
             user.enabled = active
             user.updated_at = utcnow()
-            await self._flush_versioned()
+            await flush_checked(self.uow, taken=USERNAME_TAKEN)
         await self._after_active_change(user, was_live)
         return user
 
@@ -302,7 +310,8 @@ class Users:
         user.password_hash = None
         user.enabled = False
         user.updated_at = now
-        await self._flush_versioned()  # first: a concurrent writer makes this one fail before anything else
+        # First: a concurrent writer makes this one fail before anything else happens.
+        await flush_checked(self.uow, taken=USERNAME_TAKEN)
         await self.revoke_access(user.tenant_id, user.id)
         await self.uow.session.execute(delete(GroupMember).where(GroupMember.user_id == user.id))
         self.uow.raise_event(UserDeleted(tenant_id=user.tenant_id, user_id=user.id, username=user.username))
@@ -337,17 +346,6 @@ class Users:
         )
         if taken is not None and taken != own_id:
             raise Conflict(USERNAME_TAKEN)
-
-    async def _flush_versioned(self) -> None:
-        """Flush the conditional UPDATE; a concurrent writer that bumped the version first wins."""
-        session = self.uow.session
-        try:
-            async with session.begin_nested():
-                await session.flush()
-        except StaleDataError as exc:
-            raise PreconditionFailed("the resource was changed by a concurrent request") from exc
-        except IntegrityError as exc:
-            raise Conflict(USERNAME_TAKEN) from exc
 
 
 async def find_by_username(uow: UnitOfWork, *, tenant_id: uuid.UUID, username: str) -> User | None:

@@ -14,7 +14,6 @@ Every process runs the purge on its own schedule (with jitter); the deletes are 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from datetime import timedelta
@@ -24,6 +23,7 @@ from sqlalchemy import delete, select, tuple_
 
 from idhub.storage.base import utcnow
 from idhub.storage.models import AuthorizationCode, Interaction, RefreshToken, Revocation, UsedValue
+from idhub.storage.tasks import cancel
 from idhub.storage.uow import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,7 @@ class Purger:
     async def stop(self) -> None:
         """Stop the background purge."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
 
     async def _loop(self) -> None:
         await asyncio.sleep(self._interval * random.uniform(0.1, 1.0))  # noqa: S311 (jitter, not a secret)

@@ -17,7 +17,7 @@ from idhub.oidc.interaction import BROWSER_COOKIE
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo
 from idhub.web.cookies import set_browser_cookie
-from idhub.web.forms import BadForm, read_form, read_query
+from idhub.web.forms import BadForm, read_params
 from idhub.web.render import error_page
 from idhub.web.routing import PageRoute
 
@@ -43,9 +43,11 @@ _HTML_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-async def _respond(
-    request: Request, *, ctx: AppContext, tenant: TenantInfo, uow: UnitOfWork, params: dict[str, list[str]]
-) -> Response:
+async def _respond(request: Request, *, ctx: AppContext, tenant: TenantInfo, uow: UnitOfWork) -> Response:
+    try:
+        params = await read_params(request)
+    except BadForm:
+        return error_page("The request is malformed.", tenant=tenant)
     outcome = await process_authorization(
         uow.session,
         ctx=ctx,
@@ -71,11 +73,7 @@ async def _respond(
 )
 async def authorize_get(request: Request, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep) -> Response:
     """Start an authorization code flow from a query string."""
-    try:
-        params = read_query(request)
-    except BadForm:
-        return error_page("The request is malformed.", tenant=tenant)
-    return await _respond(request, ctx=ctx, tenant=tenant, uow=uow, params=params)
+    return await _respond(request, ctx=ctx, tenant=tenant, uow=uow)
 
 
 @router.post(
@@ -87,8 +85,4 @@ async def authorize_get(request: Request, tenant: TenantDep, ctx: ContextDep, uo
 )
 async def authorize_post(request: Request, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep) -> Response:
     """Start an authorization code flow from a form body."""
-    try:
-        params = await read_form(request)
-    except BadForm:
-        return error_page("The request is malformed.", tenant=tenant)
-    return await _respond(request, ctx=ctx, tenant=tenant, uow=uow, params=params)
+    return await _respond(request, ctx=ctx, tenant=tenant, uow=uow)

@@ -55,6 +55,11 @@ def read_query(request: Request) -> dict[str, list[str]]:
     return group(items)
 
 
+async def read_params(request: Request) -> dict[str, list[str]]:
+    """Return a GET's query or a POST's form (endpoints that take both, OIDC Core §3.1.2.1)."""
+    return read_query(request) if request.method in ("GET", "HEAD") else await read_form(request)
+
+
 def single(fields: dict[str, list[str]], name: str) -> str | None:
     """Return the one value of ``name``; a repeated field is malformed (RFC 6749 §3.1)."""
     values = fields.get(name)

@@ -17,16 +17,18 @@ from idhub.sessions.service import end_session, load_session
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo
 from idhub.web.cookies import clear_cookie
-from idhub.web.forms import BadForm, read_form, read_query
+from idhub.web.forms import BadForm, read_params
 from idhub.web.render import error_page, render_page
 from idhub.web.routing import PageRoute
 
 router = APIRouter(tags=["oidc"], route_class=PageRoute)
 
 
-async def _handle(
-    request: Request, *, ctx: AppContext, tenant: TenantInfo, uow: UnitOfWork, fields: dict[str, list[str]]
-) -> Response:
+async def _handle(request: Request, *, ctx: AppContext, tenant: TenantInfo, uow: UnitOfWork) -> Response:
+    try:
+        fields = await read_params(request)
+    except BadForm:
+        return error_page("The sign-out request is malformed.", tenant=tenant)
     session = uow.session
     try:
         logout = await validate_logout(ctx=ctx, tenant=tenant, fields=fields)
@@ -102,11 +104,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
 )
 async def logout_get(request: Request, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep) -> Response:
     """End the SSO session (after confirmation unless the id_token_hint names the user)."""
-    try:
-        fields = read_query(request)
-    except BadForm:
-        return error_page("The sign-out request is malformed.", tenant=tenant)
-    return await _handle(request, ctx=ctx, tenant=tenant, uow=uow, fields=fields)
+    return await _handle(request, ctx=ctx, tenant=tenant, uow=uow)
 
 
 @router.post(
@@ -118,8 +116,4 @@ async def logout_get(request: Request, tenant: TenantDep, ctx: ContextDep, uow: 
 )
 async def logout_post(request: Request, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep) -> Response:
     """Form-post variant of the logout endpoint; also receives the confirmation form."""
-    try:
-        fields = await read_form(request)
-    except BadForm:
-        return error_page("The sign-out request is malformed.", tenant=tenant)
-    return await _handle(request, ctx=ctx, tenant=tenant, uow=uow, fields=fields)
+    return await _handle(request, ctx=ctx, tenant=tenant, uow=uow)
