@@ -79,6 +79,11 @@ def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]]) -> T:
     async def runner() -> T:
         ctx = build_context(settings)
         try:
+            if settings.redis_url:
+                # Connect the revocation state to Redis so a revocation made here (a disabled user, a
+                # revoked provisioning token) is broadcast to every serving process on commit, not
+                # only found by their poll.
+                await ctx.revocations.start()
             async with ctx.uow(actor=_operator(), surface="cli") as uow:
                 return await work(ctx, uow)
         finally:
@@ -88,6 +93,9 @@ def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]]) -> T:
         return asyncio.run(runner())
     except DomainError as exc:
         _fail(exc.detail or exc.__class__.__name__)
+        raise  # unreachable
+    except click.UsageError as exc:  # bad --id / --username choice found while working: one line too
+        _fail(exc.format_message())
         raise  # unreachable
 
 

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 
 from idhub.app import create_app
 from idhub.cli import main
+from idhub.context import build_context
 from idhub.openapi import export_openapi, render_openapi
+from idhub.sessions.login import authenticate_password
 from idhub.settings import Settings
+from idhub.tenants.service import require_tenant
 from tests.conftest import TEST_MASTER_KEY
+from tests.redis_support import redis_url_or_skip
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +236,349 @@ def test_cli_provisioning_token_create_shown_once_stored_hashed(
 
 def test_cli_provisioning_token_unknown_tenant_one_line_error(cli_env: dict[str, str]) -> None:
     _assert_one_line_error(_invoke(cli_env, "provisioning-token", "create", "--tenant", "no-such-tenant"))
+
+
+# --- user disable / enable / delete, groups, provisioning tokens (and their audit entries) -------------
+SCIM_USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
+PASSWORD = "correct horse battery"
+
+
+def _cli_settings(cli_env: dict[str, str], **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": cli_env["IDHUB_DATABASE_URL"],
+        "data_dir": Path(cli_env["IDHUB_DATA_DIR"]),
+        "master_key": cli_env["IDHUB_MASTER_KEY"],
+        "public_url": "http://testserver",
+        "environment": "test",
+        "revocation_poll_seconds": 0.1,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def _db_path(cli_env: dict[str, str]) -> str:
+    return cli_env["IDHUB_DATABASE_URL"].removeprefix("sqlite+aiosqlite:///")
+
+
+def _query(cli_env: dict[str, str], sql: str, *params: Any) -> list[sqlite3.Row]:
+    with closing(sqlite3.connect(_db_path(cli_env), timeout=30)) as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(sql, params).fetchall()
+
+
+def _audit_of(cli_env: dict[str, str], target_id: str) -> list[sqlite3.Row]:
+    """Return the audit entries about one object, oldest first."""
+    return _query(
+        cli_env,
+        "SELECT action, actor_type, actor_id, surface, outcome, target_type, details FROM audit_event"
+        " WHERE target_id = ? ORDER BY occurred_at",
+        target_id,
+    )
+
+
+def _assert_cli_audited(cli_env: dict[str, str], target_id: str, action: str) -> sqlite3.Row:
+    """Assert one entry ``action`` about ``target_id`` was written by an operator on the CLI surface."""
+    rows = [row for row in _audit_of(cli_env, target_id) if row["action"] == action]
+    assert len(rows) == 1, [dict(row) for row in _audit_of(cli_env, target_id)]
+    row = rows[0]
+    assert (row["actor_type"], row["surface"], row["outcome"]) == ("cli", "cli", "success")
+    assert row["actor_id"], "the operator's login name is recorded"
+    return row
+
+
+def _signs_in(cli_env: dict[str, str], slug: str, username: str, password: str = PASSWORD) -> bool:
+    """Try a password sign-in the way the login page does (the directory's one sign-in function)."""
+
+    async def work() -> bool:
+        ctx = build_context(_cli_settings(cli_env))
+        try:
+            async with ctx.uow(surface="test") as uow:
+                found = await require_tenant(uow.session, slug)
+                result = await authenticate_password(
+                    uow,
+                    passwords=ctx.passwords,
+                    throttle=ctx.throttle,
+                    tenant_id=found.id,
+                    username=username,
+                    password=password,
+                    address="192.0.2.1",
+                )
+            return result.ok
+        finally:
+            await ctx.close()
+
+    return asyncio.run(work())
+
+
+def _create_user(cli_env: dict[str, str], slug: str, username: str) -> str:
+    args = ["user", "create", "--tenant", slug, "--username", username, "--password-stdin", "--json"]
+    return str(_ok_json(_invoke(cli_env, *args, stdin=PASSWORD + "\n"))["id"])
+
+
+@pytest.fixture(scope="module")
+def cli_app(cli_env: dict[str, str]) -> Iterator[TestClient]:
+    """An app serving the CLI's database (another process, as far as the CLI is concerned)."""
+    with TestClient(create_app(_cli_settings(cli_env)), base_url="http://testserver") as client:
+        yield client
+
+
+def _scim_token(cli_env: dict[str, str], slug: str) -> tuple[str, str]:
+    created = _ok_json(_invoke(cli_env, "provisioning-token", "create", "--tenant", slug, "--json"))
+    return str(created["id"]), str(created["token"])
+
+
+def _scim_get(client: TestClient, slug: str, token: str, path: str) -> httpx.Response:
+    response: httpx.Response = client.get(
+        f"/tenants/{slug}/scim/v2{path}", headers={"authorization": f"Bearer {token}"}
+    )
+    return response
+
+
+def test_cli_user_disable_enable_json_and_sign_in(cli_env: dict[str, str], tenant: dict[str, Any]) -> None:
+    slug = tenant["tenant"]
+    user_id = _create_user(cli_env, slug, "dora")
+    assert _signs_in(cli_env, slug, "dora")
+
+    disabled = _ok_json(_invoke(cli_env, "user", "disable", "--tenant", slug, "--username", "dora", "--json"))
+    assert disabled == {"id": user_id, "active": False}
+    assert not _signs_in(cli_env, slug, "dora")
+
+    enabled = _ok_json(_invoke(cli_env, "user", "enable", "--tenant", slug, "--id", user_id, "--json"))
+    assert enabled == {"id": user_id, "active": True}
+    assert _signs_in(cli_env, slug, "dora")
+
+    _assert_cli_audited(cli_env, user_id, "user.disable")
+    _assert_cli_audited(cli_env, user_id, "user.enable")
+    _assert_cli_audited(cli_env, user_id, "user.create")
+
+
+def test_cli_user_disable_seen_over_scim_and_revoked_at_once(
+    cli_env: dict[str, str], tenant: dict[str, Any], cli_app: TestClient
+) -> None:
+    slug = tenant["tenant"]
+    user_id = _create_user(cli_env, slug, "emil")
+    _token_id, token = _scim_token(cli_env, slug)
+    _ok_json(_invoke(cli_env, "user", "disable", "--tenant", slug, "--id", user_id, "--json"))
+    resource = _scim_get(cli_app, slug, token, f"/Users/{user_id}")
+    assert resource.status_code == 200, resource.text
+    assert resource.json()["active"] is False
+    # The disabling committed a subject revocation: every access token of the user is cut off.
+    kinds = _query(cli_env, "SELECT kind FROM revocation WHERE value = ?", user_id)
+    assert [row["kind"] for row in kinds] == ["subject"]
+
+
+def test_cli_user_delete_archives_and_frees_username(
+    cli_env: dict[str, str], tenant: dict[str, Any], cli_app: TestClient
+) -> None:
+    slug = tenant["tenant"]
+    user_id = _create_user(cli_env, slug, "fay")
+    deleted = _ok_json(_invoke(cli_env, "user", "delete", "--tenant", slug, "--username", "FAY", "--json"))
+    assert deleted["id"] == user_id and deleted["active"] is False
+    assert not _signs_in(cli_env, slug, "fay")
+
+    [archived] = _query(
+        cli_env,
+        'SELECT deleted_at, deleted_by, archive, password_hash FROM "user" WHERE id = ?',
+        uuid.UUID(user_id).hex,  # SQLite keeps UUIDs as 32 hex digits
+    )
+    assert archived["deleted_at"] is not None and archived["password_hash"] is None
+    assert archived["deleted_by"].startswith("cli:")
+    assert json.loads(archived["archive"])["userName"] == "fay"
+
+    _id, token = _scim_token(cli_env, slug)
+    assert _scim_get(cli_app, slug, token, f"/Users/{user_id}").status_code == 404
+    assert _create_user(cli_env, slug, "fay") != user_id  # a re-hire gets the name back
+    _assert_cli_audited(cli_env, user_id, "user.delete")
+    _assert_one_line_error(_invoke(cli_env, "user", "delete", "--tenant", slug, "--id", user_id, "--json"))
+
+
+@pytest.mark.parametrize("command", ["disable", "enable", "delete"])
+@pytest.mark.parametrize(
+    "selector",
+    [
+        ["--username", "nobody"],
+        ["--id", "00000000-0000-4000-8000-000000000000"],
+        ["--id", "not-a-uuid"],
+        [],  # neither --username nor --id
+        ["--username", "gus", "--id", "00000000-0000-4000-8000-000000000000"],  # both
+    ],
+)
+def test_cli_user_lifecycle_bad_selector_one_line_error(
+    cli_env: dict[str, str], tenant: dict[str, Any], command: str, selector: list[str]
+) -> None:
+    _assert_one_line_error(_invoke(cli_env, "user", command, "--tenant", tenant["tenant"], *selector, "--json"))
+
+
+def test_cli_user_disable_unknown_tenant_one_line_error(cli_env: dict[str, str]) -> None:
+    _assert_one_line_error(_invoke(cli_env, "user", "disable", "--tenant", "no-such-tenant", "--username", "x"))
+
+
+def test_cli_group_create_add_remove_member_visible_over_scim(
+    cli_env: dict[str, str], tenant: dict[str, Any], cli_app: TestClient
+) -> None:
+    slug = tenant["tenant"]
+    user_id = _create_user(cli_env, slug, "hal")
+    created = _ok_json(_invoke(cli_env, "group", "create", "--tenant", slug, "--name", "Engineering", "--json"))
+    group_id = str(created["id"])
+    uuid.UUID(group_id)
+    _id, token = _scim_token(cli_env, slug)
+    assert _scim_get(cli_app, slug, token, f"/Groups/{group_id}").json().get("members", []) == []
+
+    added = _ok_json(
+        _invoke(
+            cli_env, "group", "add-member", "--tenant", slug, "--group", "engineering", "--username", "hal", "--json"
+        )
+    )
+    assert added == {"group": group_id, "user": user_id, "member": True}
+    group = _scim_get(cli_app, slug, token, f"/Groups/{group_id}").json()
+    assert [m["value"] for m in group["members"]] == [user_id]
+    user = _scim_get(cli_app, slug, token, f"/Users/{user_id}").json()
+    assert [g["value"] for g in user["groups"]] == [group_id]
+
+    removed = _ok_json(
+        _invoke(cli_env, "group", "remove-member", "--tenant", slug, "--group", group_id, "--id", user_id, "--json")
+    )
+    assert removed == {"group": group_id, "user": user_id, "member": False}
+    assert _scim_get(cli_app, slug, token, f"/Groups/{group_id}").json().get("members", []) == []
+
+    _assert_cli_audited(cli_env, group_id, "group.create")
+    changes = [row for row in _audit_of(cli_env, group_id) if row["action"] == "group.members"]
+    assert [json.loads(row["details"]) for row in changes] == [
+        {"added": [user_id], "removed": []},
+        {"added": [], "removed": [user_id]},
+    ]
+    assert {(row["actor_type"], row["surface"]) for row in changes} == {("cli", "cli")}
+
+
+def test_cli_group_member_change_moves_scim_version(
+    cli_env: dict[str, str], tenant: dict[str, Any], cli_app: TestClient
+) -> None:
+    slug = tenant["tenant"]
+    _create_user(cli_env, slug, "ida")
+    group_id = str(_ok_json(_invoke(cli_env, "group", "create", "--tenant", slug, "--name", "Ops", "--json"))["id"])
+    _id, token = _scim_token(cli_env, slug)
+    before = _scim_get(cli_app, slug, token, f"/Groups/{group_id}")
+    args = ("group", "add-member", "--tenant", slug, "--group", "Ops", "--username", "ida", "--json")
+    _ok_json(_invoke(cli_env, *args))
+    after = cli_app.get(
+        f"/tenants/{slug}/scim/v2/Groups/{group_id}",
+        headers={"authorization": f"Bearer {token}", "if-none-match": before.headers["etag"]},
+    )
+    assert after.status_code == 200
+
+
+def test_cli_group_create_duplicate_name_one_line_error(cli_env: dict[str, str], tenant: dict[str, Any]) -> None:
+    args = ["group", "create", "--tenant", tenant["tenant"], "--name", "Sales", "--json"]
+    _ok_json(_invoke(cli_env, *args))
+    _assert_one_line_error(_invoke(cli_env, "group", "create", "--tenant", tenant["tenant"], "--name", "SALES"))
+
+
+@pytest.mark.parametrize("command", ["add-member", "remove-member"])
+def test_cli_group_member_unknown_group_or_user_one_line_error(
+    cli_env: dict[str, str], tenant: dict[str, Any], command: str
+) -> None:
+    slug = tenant["tenant"]
+    _create_user(cli_env, slug, "jo")
+    _ok_json(_invoke(cli_env, "group", "create", "--tenant", slug, "--name", "Known", "--json"))
+    for group, who in (("Unknown", ["--username", "jo"]), ("Known", ["--username", "nobody"])):
+        _assert_one_line_error(_invoke(cli_env, "group", command, "--tenant", slug, "--group", group, *who, "--json"))
+
+
+def test_cli_provisioning_token_list_never_shows_secrets(cli_env: dict[str, str], tenant: dict[str, Any]) -> None:
+    slug = tenant["tenant"]
+    first = _ok_json(_invoke(cli_env, "provisioning-token", "create", "--tenant", slug, "--name", "Workday", "--json"))
+    _ok_json(_invoke(cli_env, "provisioning-token", "create", "--tenant", slug, "--name", "BambooHR", "--json"))
+    listed = _invoke(cli_env, "provisioning-token", "list", "--tenant", slug, "--json")
+    result = _ok_json(listed)
+    tokens = result["tokens"]
+    assert len(tokens) == 2
+    assert {t["name"] for t in tokens} == {"Workday", "BambooHR"}
+    assert all(set(t) == {"id", "name", "created_at", "revoked_at"} for t in tokens)
+    assert all(t["revoked_at"] is None for t in tokens)
+    assert first["id"] in {t["id"] for t in tokens}
+
+    plain = _invoke(cli_env, "provisioning-token", "list", "--tenant", slug)
+    assert plain.exit_code == 0 and first["id"] in plain.stdout
+    hashes = [
+        row["token_hash"] for row in _query(cli_env, "SELECT token_hash FROM provisioning_token WHERE name = 'Workday'")
+    ]
+    for output in (listed.stdout, plain.stdout):
+        assert first["token"] not in output and "idhub_pt_" not in output
+        assert not any(token_hash in output for token_hash in hashes)
+
+
+def test_cli_provisioning_token_revoke_then_scim_401(
+    cli_env: dict[str, str], tenant: dict[str, Any], cli_app: TestClient
+) -> None:
+    slug = tenant["tenant"]
+    token_id, token = _scim_token(cli_env, slug)
+    _other_id, other = _scim_token(cli_env, slug)
+    assert _scim_get(cli_app, slug, token, "/Users").status_code == 200  # warm the app's token cache
+
+    revoked = _ok_json(_invoke(cli_env, "provisioning-token", "revoke", "--tenant", slug, "--id", token_id, "--json"))
+    assert revoked["id"] == token_id and revoked["revoked_at"]
+    # Another process (the app) hears of it by its revocation poll (0.1 s here), well before its cache expires.
+    deadline = time.monotonic() + 3
+    while (status := _scim_get(cli_app, slug, token, "/Users").status_code) == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status == 401
+    assert _scim_get(cli_app, slug, other, "/Users").status_code == 200  # only that token
+
+    again = _ok_json(_invoke(cli_env, "provisioning-token", "revoke", "--tenant", slug, "--id", token_id, "--json"))
+    assert again["revoked_at"] == revoked["revoked_at"]  # revoking twice changes nothing
+    listed = _ok_json(_invoke(cli_env, "provisioning-token", "list", "--tenant", slug, "--json"))["tokens"]
+    assert {t["id"]: bool(t["revoked_at"]) for t in listed} == {token_id: True, _other_id: False}
+    _assert_cli_audited(cli_env, token_id, "provisioning_token.create")
+    _assert_cli_audited(cli_env, token_id, "provisioning_token.revoke")  # once, though revoked twice
+
+
+@pytest.mark.parametrize("token_id", ["00000000-0000-4000-8000-000000000000", "not-a-uuid"])
+def test_cli_provisioning_token_revoke_unknown_one_line_error(
+    cli_env: dict[str, str], tenant: dict[str, Any], token_id: str
+) -> None:
+    _assert_one_line_error(
+        _invoke(cli_env, "provisioning-token", "revoke", "--tenant", tenant["tenant"], "--id", token_id, "--json")
+    )
+
+
+def test_cli_provisioning_token_revoke_other_tenants_token_refused(
+    cli_env: dict[str, str], tenant: dict[str, Any]
+) -> None:
+    other = _ok_json(_invoke(cli_env, "init", "--tenant", _slug()))["tenant"]
+    token_id, _token = _scim_token(cli_env, other)
+    _assert_one_line_error(
+        _invoke(cli_env, "provisioning-token", "revoke", "--tenant", tenant["tenant"], "--id", token_id, "--json")
+    )
+    listed = _ok_json(_invoke(cli_env, "provisioning-token", "list", "--tenant", other, "--json"))["tokens"]
+    assert [(t["id"], t["revoked_at"]) for t in listed] == [(token_id, None)]
+
+
+def test_cli_every_mutation_audited_as_operator(cli_env: dict[str, str], tenant: dict[str, Any]) -> None:
+    slug = tenant["tenant"]
+    client = _ok_json(_invoke(cli_env, "client", "create", "--tenant", slug, "--name", "svc", "--json"))
+    _assert_cli_audited(cli_env, client["client_id"], "client.create")
+    rows = _audit_of(cli_env, client["client_id"])
+    assert all(client["client_secret"] not in str(tuple(row)) for row in rows)
+    token_id, token = _scim_token(cli_env, slug)
+    assert all(token not in str(tuple(row)) for row in _audit_of(cli_env, token_id))
+
+
+def test_cli_provisioning_token_revoke_broadcast_to_serving_processes_via_redis(
+    cli_env: dict[str, str], tenant: dict[str, Any]
+) -> None:
+    url = redis_url_or_skip()
+    slug = tenant["tenant"]
+    # The serving process polls once a minute and caches tokens for seconds: only the broadcast is in time.
+    settings = _cli_settings(cli_env, redis_url=url, revocation_poll_seconds=60)
+    with TestClient(create_app(settings), base_url="http://testserver") as serving:
+        token_id, token = _scim_token(cli_env, slug)
+        assert _scim_get(serving, slug, token, "/Users").status_code == 200
+        time.sleep(0.2)  # let the subscription settle
+        args = ("provisioning-token", "revoke", "--tenant", slug, "--id", token_id, "--json")
+        _ok_json(_invoke({**cli_env, "IDHUB_REDIS_URL": url}, *args))
+        deadline = time.monotonic() + 1.5
+        while (status := _scim_get(serving, slug, token, "/Users").status_code) == 200:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert status == 401

@@ -155,9 +155,7 @@ class Groups:
         """Create a group (with its first members); :class:`Conflict` when the name is taken."""
         name = _checked_name(name)
         group = Group(tenant_id=tenant_id, display_name=name, display_name_key=name.casefold(), external_id=external_id)
-        session = self.uow.session
-        session.add(group)
-        await flush_checked(self.uow, taken=NAME_TAKEN)
+        await flush_checked(self.uow, taken=NAME_TAKEN, new=group)
         self.uow.raise_event(GroupCreated(tenant_id=tenant_id, group_id=group.id, name=name))
         if members is not None:
             await self._set_members(group, members)
@@ -202,13 +200,21 @@ class Groups:
         """Add direct members (already present ones are left as they are)."""
         await self._check_members(group, members)
         current = await self._current(group.id)
-        await self._apply(group, add=_minus(members, current), remove=MemberIds())
+        if await self._apply(group, add=_minus(members, current), remove=MemberIds()):
+            await self._touch(group)
 
     async def remove_members(self, group: Group, members: MemberIds) -> None:
         """Remove direct members (absent ones are ignored)."""
         current = await self._current(group.id)
         remove = MemberIds(users=members.users & current.users, groups=members.groups & current.groups)
-        await self._apply(group, add=MemberIds(), remove=remove)
+        if await self._apply(group, add=MemberIds(), remove=remove):
+            await self._touch(group)
+
+    async def _touch(self, group: Group) -> None:
+        # The members are part of the group's representation: its version (the SCIM ETag) and
+        # lastModified move with them, or a conditional GET would answer 304 with the old members.
+        group.updated_at = utcnow()
+        await flush_checked(self.uow, taken=NAME_TAKEN)
 
     async def resolve_members(
         self, tenant_id: uuid.UUID, references: Iterable[tuple[str | None, uuid.UUID]]
@@ -284,7 +290,8 @@ class Groups:
                 groups.add(gid)
         return MemberIds(frozenset(users), frozenset(groups))
 
-    async def _apply(self, group: Group, *, add: MemberIds, remove: MemberIds) -> None:
+    async def _apply(self, group: Group, *, add: MemberIds, remove: MemberIds) -> bool:
+        """Write the membership change; whether anything changed."""
         session = self.uow.session
         if remove.users or remove.groups:
             await session.execute(
@@ -306,6 +313,8 @@ class Groups:
                     removed=tuple(sorted(map(str, remove.users | remove.groups))),
                 )
             )
+            return True
+        return False
 
     async def _refuse_cycles(self, group_id: uuid.UUID, members: set[uuid.UUID]) -> None:
         """Refuse a nested group that contains (directly or not) the group itself."""

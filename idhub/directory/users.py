@@ -17,10 +17,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, null, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
 from idhub.directory.passwords import PasswordHasher
@@ -59,12 +60,19 @@ def check_version(version: int, expected: Collection[int] | None) -> None:
         raise PreconditionFailed("the resource has changed since that version")
 
 
-async def flush_checked(uow: UnitOfWork, *, taken: str) -> None:
+async def flush_checked(uow: UnitOfWork, *, taken: str, new: object | None = None) -> None:
     """Flush pending writes in a savepoint: a unique key another row holds is a 409 saying ``taken``; a
-    versioned UPDATE that a concurrent writer beat (it bumped the version first) is a 412."""
+    versioned UPDATE that a concurrent writer beat (it bumped the version first) is a 412.
+
+    A new row comes as ``new`` and is added inside the savepoint: ``begin_nested()`` first flushes what is
+    already pending outside it, so a refused INSERT added before would end the whole unit of work.
+    """
+    session = uow.session
     try:
-        async with uow.session.begin_nested():
-            await uow.session.flush()
+        async with session.begin_nested():
+            if new is not None:
+                session.add(new)
+            await session.flush()
     except StaleDataError as exc:
         raise PreconditionFailed("the resource was changed by a concurrent request") from exc
     except IntegrityError as exc:
@@ -127,14 +135,16 @@ class Users:
             user_name=profile.user_name,
             email=profile.email(),
             email_verified=email_verified,
-            enabled=profile.active,
+            # Unassigned is stored NULL: a plain None would let the column's default (true) fill it in.
+            enabled=profile.active if profile.active is not None else null(),
             password_hash=password_hash,
             created_by=self.uow.actor.label(),
             **profile.columns(),
         )
         session = self.uow.session
-        session.add(user)
-        await flush_checked(self.uow, taken=USERNAME_TAKEN)
+        await flush_checked(self.uow, taken=USERNAME_TAKEN, new=user)
+        if profile.active is None:
+            set_committed_value(user, "enabled", None)  # what the INSERT wrote, without reloading it
         rows = profile.value_rows()
         if rows:
             await session.execute(insert(UserValue), [{"user_id": user.id, **row} for row in rows])

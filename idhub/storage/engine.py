@@ -31,6 +31,13 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        @event.listens_for(engine.sync_engine, "savepoint")
+        def _sqlite_begin_before_savepoint(connection: Any, _name: Any) -> None:
+            # The driver sends BEGIN only before a write. A SAVEPOINT sent first would open the transaction
+            # itself, and its RELEASE would commit: the unit of work could no longer roll back what it did.
+            if not connection.connection.driver_connection.in_transaction:
+                connection.exec_driver_sql("BEGIN")
+
     return engine
 
 

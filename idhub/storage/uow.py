@@ -110,10 +110,14 @@ class UnitOfWork:
     async def commit(self) -> None:
         """Write the audit rows, commit, then hand the events on. The only commit in idhub."""
         events, self.events = self.events, []
-        for hook in self._factory.before_commit:
-            await hook(self, events)
-        if self._session is not None:
-            await self._session.commit()
+        try:
+            for hook in self._factory.before_commit:
+                await hook(self, events)
+            if self._session is not None:
+                await self._session.commit()
+        except BaseException:
+            self.events = events + self.events  # not committed: the refusals among them are still owed
+            raise
         self._keep = False
         if events:
             await self._bus.publish(events)
@@ -128,6 +132,12 @@ class UnitOfWork:
             for hook in self._factory.after_rollback:
                 await hook(self, refused)
 
+    async def _rollback_quietly(self) -> None:
+        try:
+            await self.rollback()
+        except Exception:
+            log.exception("rolling back after a failed commit failed too")
+
     async def close(self) -> None:
         """Release the session (anything not committed is rolled back)."""
         if self._session is not None:
@@ -138,7 +148,13 @@ class UnitOfWork:
         """End the unit of work: commit on success (or when kept), else roll back; always close."""
         try:
             if error is None or (self._keep and isinstance(error, Exception)):
-                await self.commit()
+                try:
+                    await self.commit()
+                except Exception:
+                    # A failed COMMIT (or before-commit hook) is a rollback: the refusals still reach
+                    # the failure hooks, then the commit's own error goes up.
+                    await self._rollback_quietly()
+                    raise
             else:
                 await self.rollback()
         finally:

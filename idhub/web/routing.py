@@ -11,7 +11,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from idhub.errors import DomainError, NotFound, Unavailable
+from idhub.errors import Conflict, DomainError, NotFound, Unavailable
 from idhub.oidc.interaction import InteractionError
 from idhub.routing import SurfaceRoute, log_unexpected
 from idhub.web.render import error_page
@@ -32,7 +32,8 @@ def render_page_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, NotFound):
         return error_page("This page does not exist.", tenant=None, status=404)
     if isinstance(exc, DomainError):
-        return error_page(exc.detail or "The request cannot be completed.", tenant=None)
+        status = 409 if isinstance(exc, Conflict) else 400
+        return error_page(exc.detail or "The request cannot be completed.", tenant=None, status=status)
     if isinstance(exc, RequestValidationError):
         return error_page("The request is malformed.", tenant=None)
     if isinstance(exc, HTTPException):
