@@ -547,7 +547,7 @@ class Target:
 
 
 TARGETS = {
-    "client_credentials ES256": Target(min_ratio=0.6, max_p99_ms=40),
+    "client_credentials ES256": Target(min_ratio=0.6, max_p99_ms=20),
     "introspection": Target(min_ratio=0.75),
     "client_credentials RS256": Target(min_ratio=0.2),
     "password sign-ins (login form)": Target(min_rate=30),

@@ -19,11 +19,12 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from idhub.clients.redirects import validate_client_uris
 from idhub.clients.service import create_client
 from idhub.context import AppContext, build_context
 from idhub.directory.groups import MemberIds
 from idhub.directory.profile import UserProfile, ValueRecord
-from idhub.errors import DomainError
+from idhub.errors import DomainError, Invalid
 from idhub.events import Actor
 from idhub.settings import Settings
 from idhub.storage.migrate import upgrade
@@ -175,6 +176,11 @@ def client() -> None:
 @click.option("--public", is_flag=True, help="a public client (no secret; PKCE only)")
 @click.option("--post-logout-redirect-uri", "post_logout_redirect_uris", multiple=True)
 @click.option("--backchannel-logout-uri", default=None)
+@click.option(
+    "--internal-backchannel",
+    is_flag=True,
+    help="let the back-channel logout URI name a loopback or private host (test peers, development)",
+)
 @click.option("--resource", "resources", multiple=True, help="RFC 8707 resource the client may ask for")
 @click.option("--access-token-alg", type=click.Choice(["ES256", "RS256"]), default=None)
 @click.option("--auth-method", type=click.Choice(["client_secret_basic", "client_secret_post"]), default=None)
@@ -189,6 +195,7 @@ def client_create(
     public: bool,
     post_logout_redirect_uris: tuple[str, ...],
     backchannel_logout_uri: str | None,
+    internal_backchannel: bool,
     resources: tuple[str, ...],
     access_token_alg: str | None,
     auth_method: str | None,
@@ -196,6 +203,15 @@ def client_create(
     as_json: bool,
 ) -> None:
     """Register a client and print its id and (once) its secret."""
+    try:  # the same validator create_client runs, before anything touches the database
+        validate_client_uris(
+            redirect_uris=redirect_uris,
+            post_logout_redirect_uris=post_logout_redirect_uris,
+            backchannel_logout_uri=backchannel_logout_uri,
+            allow_private_backchannel=internal_backchannel,
+        )
+    except Invalid as exc:
+        _fail(exc.detail)
 
     async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
         tenant = await require_tenant(uow.session, slug)
@@ -211,6 +227,7 @@ def client_create(
             token_endpoint_auth_method=auth_method,
             post_logout_redirect_uris=list(post_logout_redirect_uris),
             backchannel_logout_uri=backchannel_logout_uri,
+            allow_private_backchannel=internal_backchannel,
             resources=list(resources),
             access_token_alg=access_token_alg,
             first_party=first_party,

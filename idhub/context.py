@@ -23,12 +23,12 @@ from idhub.directory.passwords import PasswordHasher
 from idhub.events import ANONYMOUS, Actor, ClientChanged, DomainEvent, KeysRotated, RevocationRecorded, TenantChanged
 from idhub.metrics import Metrics
 from idhub.settings import Settings
-from idhub.storage.engine import create_engine, create_sessionmaker
+from idhub.storage.engine import Timeouts, create_engine, create_sessionmaker
 from idhub.storage.purge import Purger
 from idhub.storage.statistics import StatisticsRefresher
 from idhub.storage.uow import EventBus, UnitOfWork, UnitOfWorkFactory
 from idhub.tenants.service import TenantCache
-from idhub.throttle import RedisCounter, Throttle
+from idhub.throttle import FallbackCounter, RedisCounter, Throttle
 from idhub.tokens.revocation import RevocationState
 from idhub.tokens.service import TokenService
 
@@ -92,23 +92,43 @@ class AppContext:
 def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppContext:
     """Build the shared services from settings (no I/O beyond reading the master key)."""
     master = settings.master_key_bytes()
-    engine = create_engine(settings.database_url)
+    metrics = metrics or Metrics()
+    timeouts = Timeouts(
+        connect=settings.database_connect_timeout,
+        command=settings.database_command_timeout,
+        pool=settings.database_pool_timeout,
+    )
+    engine = create_engine(settings.database_url, timeouts=timeouts)
     sessionmaker = create_sessionmaker(engine)
     sealer = Sealer(master)
-    keys = KeyStore(sessionmaker, sealer)
+    stale = settings.stale_if_error_seconds
+    keys = KeyStore(sessionmaker, sealer, stale_if_error=stale, faults=metrics)
     secret_hasher = SecretHasher(derive_key(master, "secret-hash"))
     revocations = RevocationState(
-        sessionmaker, poll_seconds=settings.revocation_poll_seconds, redis_url=settings.redis_url
+        sessionmaker,
+        poll_seconds=settings.revocation_poll_seconds,
+        redis_url=settings.redis_url,
+        redis_timeout=settings.redis_timeout,
+        faults=metrics,
     )
     redis = None
     throttle = Throttle(settings.throttle)
     if settings.redis_url:
         import redis.asyncio as aioredis
 
-        redis = aioredis.from_url(settings.redis_url)
-        throttle = Throttle(settings.throttle, RedisCounter(redis))
-    tenants = TenantCache(sessionmaker, settings.public_url)
-    clients = ClientCache(sessionmaker, ttl=settings.client_cache_ttl)
+        # Short timeouts: a Redis that is down or frozen costs a request at most half a second, and
+        # the counters then fall back to this process (design: losing Redis stops nothing).
+        redis = aioredis.from_url(
+            settings.redis_url, socket_connect_timeout=settings.redis_timeout, socket_timeout=settings.redis_timeout
+        )
+        counter = FallbackCounter(
+            RedisCounter(redis),
+            retry_seconds=settings.throttle.redis_retry_seconds,
+            on_fallback=metrics.count_throttle_fallback,
+        )
+        throttle = Throttle(settings.throttle, counter)
+    tenants = TenantCache(sessionmaker, settings.public_url, stale_if_error=stale, faults=metrics)
+    clients = ClientCache(sessionmaker, ttl=settings.client_cache_ttl, stale_if_error=stale, faults=metrics)
     audit = AuditLog(AuditWriter())
 
     bus = EventBus()
@@ -137,7 +157,7 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         revocations=revocations,
         tokens=TokenService(keys=keys, revocations=revocations, settings=settings.tokens),
         throttle=throttle,
-        metrics=metrics or Metrics(),
+        metrics=metrics,
         statistics=StatisticsRefresher(engine),
         provisioning_tokens=ProvisioningTokenCache(sessionmaker, secret_hasher, revocations),
         purger=Purger(uow_factory, interval=settings.purge_interval_seconds),

@@ -49,6 +49,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._series: dict[tuple[str, str], _Series] = {}
         self._issued: dict[tuple[str, str], int] = {}
+        self._faults: dict[tuple[str, str], int] = {}
+        self.throttle_fallbacks = 0
         self.registry.register(self)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -69,6 +71,19 @@ class Metrics:
     def issued(self, grant_type: str, kind: str) -> int:
         """Return how many tokens of ``kind`` the grant issued so far."""
         return self._issued.get((grant_type, kind), 0)
+
+    def count_fault(self, dependency: str, event: str) -> None:
+        """Count one dependency fault and what idhub did about it (``redis``, ``revocation_poll_fallback``)."""
+        faults = self._faults
+        faults[(dependency, event)] = faults.get((dependency, event), 0) + 1
+
+    def faults(self, dependency: str, event: str) -> int:
+        """Return how often ``event`` happened because ``dependency`` failed."""
+        return self._faults.get((dependency, event), 0)
+
+    def count_throttle_fallback(self) -> None:
+        """Count one abuse-limit counter operation served per process because Redis was unreachable."""
+        self.throttle_fallbacks += 1
 
     def collect(self) -> Iterator[Metric]:
         """Build the exposition families (prometheus_client's custom collector protocol)."""
@@ -93,7 +108,19 @@ class Metrics:
         )
         for (grant_type, kind), count in sorted(self._issued.items()):
             issued.add_metric([grant_type, kind], count)
-        yield from (requests, latency, issued)
+        faults = CounterMetricFamily(
+            "idhub_dependency_faults",
+            "Faults of a dependency (database, Redis) by what idhub did instead (fallback, stale data)",
+            labels=["dependency", "event"],
+        )
+        for (dependency, event), count in sorted(self._faults.items()):
+            faults.add_metric([dependency, event], count)
+        fallbacks = CounterMetricFamily(
+            "idhub_throttle_fallback",
+            "Abuse-limit counter operations served per process because Redis was unreachable",
+            value=self.throttle_fallbacks,
+        )
+        yield from (requests, latency, issued, faults, fallbacks)
 
     def render(self) -> bytes:
         """Return the exposition text."""

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
 from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from idhub.context import AppContext
 from idhub.deps import ContextDep
 
 router = APIRouter(tags=["operations"])
+
+# Each probe gets this long (seconds), run side by side: /readyz answers within a second whatever hangs.
+PROBE_TIMEOUT = 0.8
+# Probes given up on may still be closing their connection; they are kept here until they have.
+_abandoned: set[asyncio.Task[None]] = set()
 
 
 @router.get("/healthz", summary="Liveness")
@@ -17,15 +29,60 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness", responses={503: {"description": "database unreachable"}})
+@router.get(
+    "/readyz",
+    summary="Readiness",
+    responses={
+        200: {"description": "ready: `status` is `ok`, or `degraded` while a configured Redis is unreachable"},
+        503: {"description": "database unreachable (`status` is `unavailable`)"},
+    },
+)
 async def readyz(ctx: ContextDep) -> Response:
-    """Answer 200 only while the database answers."""
-    try:
-        async with ctx.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except Exception:
-        return Response('{"status":"unavailable"}', status_code=503, media_type="application/json")
-    return Response('{"status":"ok"}', media_type="application/json")
+    """Answer 200 only while the database answers (within a second); the body names each dependency's state.
+
+    ``{"status": "ok" | "degraded" | "unavailable", "database": "ok" | "unavailable",
+    "redis": "ok" | "unavailable" | "disabled"}``: losing Redis degrades idhub but stops nothing, so it
+    stays ready.
+    """
+    database, redis = await asyncio.gather(_probe(_database(ctx)), _probe(_redis(ctx)))
+    redis_state = "disabled" if ctx.redis is None else ("ok" if redis else "unavailable")
+    if not database:
+        status = "unavailable"
+    elif redis_state == "unavailable":
+        status = "degraded"
+    else:
+        status = "ok"
+    body = {"status": status, "database": "ok" if database else "unavailable", "redis": redis_state}
+    code = 503 if status == "unavailable" else 200
+    return JSONResponse(body, status_code=code, headers={"cache-control": "no-store"})
+
+
+async def _database(ctx: AppContext) -> None:
+    async with ctx.engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def _redis(ctx: AppContext) -> None:
+    if ctx.redis is not None:
+        await ctx.redis.ping()
+
+
+async def _probe(check: Coroutine[Any, Any, None]) -> bool:
+    """Tell whether ``check`` succeeded within :data:`PROBE_TIMEOUT`, without waiting for it to clean up."""
+    task = asyncio.create_task(check)
+    done, _ = await asyncio.wait({task}, timeout=PROBE_TIMEOUT)
+    if not done:
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_forget)
+        return False
+    return not task.cancelled() and task.exception() is None
+
+
+def _forget(task: asyncio.Task[None]) -> None:
+    _abandoned.discard(task)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.exception()  # retrieved: no "exception was never retrieved" warning
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

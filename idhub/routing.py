@@ -11,6 +11,7 @@ that something went wrong.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ from idhub.context import AppContext
 from idhub.crypto.secrets import random_token
 from idhub.errors import DomainError
 from idhub.request_context import RequestInfo
+from idhub.storage.faults import translate as translate_fault
+from idhub.storage.retry import DEFAULT_POLICY, exhausted, is_conflict, sqlstate_of
 from idhub.storage.uow import UnitOfWork
 
 log = logging.getLogger("idhub.errors")
@@ -61,14 +64,45 @@ def log_unexpected(exc: BaseException, surface: str) -> None:
 
 
 async def run_in_boundary(request: Request, handler: Handler, *, surface: str, render: Renderer) -> Response:
-    """Run ``handler`` in a fresh unit of work; commit on success, roll back and render on error."""
+    """Run ``handler`` in a fresh unit of work; commit on success, roll back and render on error.
+
+    A transaction the database aborted as a deadlock or serialization failure is run again, handler and
+    commit, in a new unit of work (:mod:`idhub.storage.retry`); nothing has been sent before the commit,
+    and the request body is replayed to the new attempt. When every attempt collides the answer is a 503.
+    """
+    policy = DEFAULT_POLICY
+    body = _BodyReplay(request.receive)
+    attempt = 1
+    while True:
+        response, error = await _attempt(Request(request.scope, body.receive()), handler, surface)
+        if error is None or not policy.should_retry(error, attempt):
+            break
+        log.info("%s: transaction aborted as a conflict (SQLSTATE %s); retrying", surface, sqlstate_of(error))
+        await asyncio.sleep(policy.delay(attempt))
+        attempt += 1
+    if error is not None:
+        if is_conflict(error):
+            error = exhausted(error, attempt)
+        error = translate_fault(error)  # a database that is down or too slow is a 503, never a 500
+        if isinstance(error, DomainError):
+            log_refusal(error, surface)
+        return render(request, error)
+    assert response is not None
+    return response
+
+
+async def _attempt(request: Request, handler: Handler, surface: str) -> tuple[Response | None, Exception | None]:
+    """Run ``handler`` once in its own unit of work; return its response or the error that ended it."""
     uow = context_of(request).uow(surface=surface)
     request.scope[UOW_KEY] = uow
     error: Exception | None = None
+    response: Response | None = None
     try:
         response = await handler(request)
     except Exception as exc:
         error = exc
+        if is_conflict(exc):
+            uow.events.clear()  # a void attempt: it is run again, and what it refused is not owed to the audit log
     except BaseException:  # cancelled: nobody is waiting for an answer
         await uow.close()
         raise
@@ -79,11 +113,33 @@ async def run_in_boundary(request: Request, handler: Handler, *, surface: str, r
             error = exc  # the commit failed: the change did not happen, and the caller must know
         else:
             log.exception("rollback after an error failed")
-    if error is not None:
-        if isinstance(error, DomainError):
-            log_refusal(error, surface)
-        return render(request, error)
-    return response
+    return response, error
+
+
+class _BodyReplay:
+    """Record the request body's ASGI messages, so that a retried attempt reads the same body again."""
+
+    __slots__ = ("_messages", "_receive")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._messages: list[Message] = []
+
+    def receive(self) -> Receive:
+        """Return a ``receive`` for one attempt: the messages read so far, then the connection's own."""
+        position = 0
+
+        async def replay() -> Message:
+            nonlocal position
+            if position == len(self._messages):
+                message = await self._receive()
+                if message["type"] != "http.request":
+                    return message
+                self._messages.append(message)
+            position += 1
+            return self._messages[position - 1]
+
+        return replay
 
 
 class SurfaceRoute(APIRoute):

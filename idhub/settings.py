@@ -39,11 +39,25 @@ class SessionSettings(BaseModel):
 
 
 class ThrottleSettings(BaseModel):
-    """Brute-force defence: failures allowed per window before requests are refused."""
+    """Brute-force defence: failures allowed per window before attempts are refused (README "Abuse limits").
+
+    ``max_failures_per_account`` counts one account's failures from one source address (OWASP
+    Authentication Cheat Sheet: lock per account *and* source); ``max_unknown_device_failures_per_account``
+    is the account's budget for browsers without its device cookie, all addresses together (the bound
+    on guessing); a browser holding the device cookie has its own ``max_failures_per_device``.
+    ``max_failures_per_address`` limits one address across accounts, for sign-in and client
+    authentication alike. A client's failures only slow its next failures down (up to
+    ``client_failure_max_delay`` seconds); they never refuse the right secret.
+    """
 
     window_seconds: int = Field(default=15 * 60, ge=1)
     max_failures_per_account: int = Field(default=5, ge=1)
     max_failures_per_address: int = Field(default=50, ge=1)
+    max_unknown_device_failures_per_account: int = Field(default=10, ge=1)
+    max_failures_per_device: int = Field(default=10, ge=1)
+    device_cookie_days: int = Field(default=180, ge=1, le=400)
+    client_failure_max_delay: float = Field(default=1.0, ge=0, le=5)
+    redis_retry_seconds: float = Field(default=5.0, gt=0)
 
 
 class PasswordSettings(BaseModel):
@@ -72,6 +86,14 @@ class Settings(BaseSettings):
     client_cache_ttl: float = Field(default=5.0, ge=0)
     # Seconds between purges of expired revocation, single-use and interaction rows (0: never).
     purge_interval_seconds: float = Field(default=300.0, ge=0)
+    # Faults are answers, not hangs (README "Faults"): every wait on the database or Redis is bounded
+    # (seconds). The command timeout is also PostgreSQL's statement_timeout and SQLite's busy timeout.
+    database_connect_timeout: float = Field(default=3.0, gt=0, le=60)
+    database_command_timeout: float = Field(default=10.0, gt=0, le=3600)
+    database_pool_timeout: float = Field(default=3.0, gt=0, le=60)
+    redis_timeout: float = Field(default=0.5, gt=0, le=30)
+    # How long cached clients, tenants and signing keys are still served after their reload failed.
+    stale_if_error_seconds: float = Field(default=60.0, ge=0, le=3600)
 
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     sessions: SessionSettings = Field(default_factory=SessionSettings)

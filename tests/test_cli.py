@@ -141,6 +141,46 @@ def test_cli_client_create_bad_input_one_line_error(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--redirect-uri", "http://app.example/cb"],
+        ["--redirect-uri", "https://app.example/cb#"],
+        ["--redirect-uri", "https://*.example.com/cb"],
+        ["--redirect-uri", "https://user@app.example/cb"],
+        ["--redirect-uri", "https://app.example\\cb"],
+        ["--redirect-uri", "https://app.example/cb\nX-Injected: 1"],
+        ["--redirect-uri", "javascript:alert(1)"],
+        ["--redirect-uri", "blob:https://app.example/1"],
+        ["--redirect-uri", "about:blank"],
+        ["--redirect-uri", "ftp://app.example/cb"],
+        ["--redirect-uri", "http://localhost:8080/cb", "--public"],
+        ["--redirect-uri", "https://app.example/cb", "--post-logout-redirect-uri", "http://app.example/bye"],
+        ["--redirect-uri", "https://app.example/cb", "--backchannel-logout-uri", "http://rp.example/logout"],
+        ["--redirect-uri", "https://app.example/cb", "--backchannel-logout-uri", "https://192.168.0.10/logout"],
+        ["--redirect-uri", "https://app.example/cb", "--backchannel-logout-uri", "https://127.0.0.1/logout"],
+    ],
+)
+def test_cli_client_create_bad_uri_one_line_error(
+    cli_env: dict[str, str], tenant: dict[str, Any], extra: list[str]
+) -> None:
+    result = _invoke(cli_env, "client", "create", "--tenant", tenant["tenant"], "--name", "x", *extra, "--json")
+    _assert_one_line_error(result)
+    assert "URI" in result.stderr
+
+
+def test_cli_client_create_native_and_internal_backchannel_accepted(
+    cli_env: dict[str, str], tenant: dict[str, Any]
+) -> None:
+    base = ["client", "create", "--tenant", tenant["tenant"], "--json"]
+    native = ["--name", "cli app", "--public", "--redirect-uri", "http://127.0.0.1:8400/cb"]
+    assert _ok_json(_invoke(cli_env, *base, *native, "--redirect-uri", "com.example.app:/callback"))["client_id"]
+    peer = ["--name", "test peer", "--redirect-uri", "https://app.example/cb"]
+    backchannel = ["--backchannel-logout-uri", "http://127.0.0.1:9/logout"]
+    _assert_one_line_error(_invoke(cli_env, *base, *peer, *backchannel))
+    assert _ok_json(_invoke(cli_env, *base, *peer, *backchannel, "--internal-backchannel"))["client_secret"]
+
+
 def test_cli_client_create_unknown_tenant_one_line_error(cli_env: dict[str, str]) -> None:
     _assert_one_line_error(_invoke(cli_env, "client", "create", "--tenant", "no-such-tenant", "--name", "x", "--json"))
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import operator
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -65,6 +67,30 @@ async def insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None
     """Insert prepared audit rows with one statement."""
     if rows:
         await session.execute(insert(AuditEvent), rows)
+
+
+_PLAIN_COLUMNS = tuple(column.name for column in AuditEvent.__table__.columns if column.name != "details")
+COPY_COLUMNS = (*_PLAIN_COLUMNS, "details")
+_plain_values = operator.itemgetter(*_PLAIN_COLUMNS)
+
+
+async def copy_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Write a batch of prepared rows; on PostgreSQL with ``COPY`` (binary), else one INSERT.
+
+    The background batches are the audit entries of stateless grants: thousands a second under load. An
+    ``INSERT`` of a thousand rows costs the event loop several milliseconds of statement building and
+    parameter processing; asyncpg's ``copy_records_to_table`` takes plain tuples and encodes them in C.
+    """
+    if not rows:
+        return
+    connection = await session.connection()
+    if connection.dialect.name != "postgresql":
+        await insert_rows(session, rows)
+        return
+    raw = (await connection.get_raw_connection()).driver_connection
+    assert raw is not None
+    records = [(*_plain_values(row), json.dumps(row["details"])) for row in rows]
+    await raw.copy_records_to_table(AuditEvent.__tablename__, records=records, columns=COPY_COLUMNS)
 
 
 class AuditWriter:
@@ -125,7 +151,7 @@ class AuditWriter:
     async def _write(self, rows: list[dict[str, Any]]) -> None:
         assert self.uow_factory is not None, "AuditWriter.uow_factory is set when the context is built"
         async with self.uow_factory(surface="audit") as uow:
-            await insert_rows(uow.session, rows)
+            await copy_rows(uow.session, rows)
         self.written += len(rows)
 
     async def _run(self) -> None:

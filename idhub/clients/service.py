@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -13,16 +15,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from idhub.cache import RefreshingCache
+from idhub.clients.redirects import validate_client_uris
 from idhub.crypto.jwt import SIGNING_ALGS
 from idhub.crypto.secrets import SecretHasher, random_token
 from idhub.errors import Conflict, Invalid
 from idhub.events import ClientChanged, ClientCreated
+from idhub.storage.faults import FaultCounter, OutageLog, is_fault
 from idhub.storage.models import Client
 from idhub.storage.uow import UnitOfWork
 
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 DEFAULT_SCOPE = "openid profile email offline_access"
+KNOWN_CLIENTS_LIMIT = 50_000  # clients remembered for stale-if-error (beyond it the memory starts over)
+RETRY_PAUSE = 1.0  # seconds after a failed load during which loads serve stale data without trying
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,16 +124,6 @@ def redirect_uri_matches(client: ClientInfo, uri: str) -> bool:
     return False
 
 
-def _check_redirect_uri(uri: str) -> None:
-    parts = urlsplit(uri)
-    if not parts.scheme or parts.fragment or len(uri) > 2000:
-        raise Invalid(f"redirect URI {uri!r} must be absolute and carry no fragment (RFC 6749 §3.1.2)")
-    if parts.scheme in ("http", "https") and not parts.netloc:
-        raise Invalid(f"redirect URI {uri!r} has no host")
-    if parts.scheme in ("javascript", "data", "file", "vbscript"):
-        raise Invalid(f"redirect URI scheme {parts.scheme!r} is not allowed")
-
-
 async def create_client(
     uow: UnitOfWork,
     *,
@@ -145,13 +143,23 @@ async def create_client(
     first_party: bool = False,
     application_type: str | None = None,
     client_id: str | None = None,
+    allow_private_backchannel: bool = False,
 ) -> tuple[Client, str | None]:
-    """Register a client; return it and its secret (shown once, stored only as a keyed hash)."""
+    """Register a client; return it and its secret (shown once, stored only as a keyed hash).
+
+    Every URI goes through the one validator (:func:`idhub.clients.redirects.validate_client_uris`);
+    ``allow_private_backchannel`` lets the back-channel logout URI name a loopback or private host.
+    """
     redirect_uris = list(redirect_uris or [])
     if not name.strip() or len(name) > 200:
         raise Invalid("client name must be 1-200 characters")
-    for uri in [*redirect_uris, *(post_logout_redirect_uris or [])]:
-        _check_redirect_uri(uri)
+    application_type = validate_client_uris(
+        redirect_uris=redirect_uris,
+        post_logout_redirect_uris=post_logout_redirect_uris or [],
+        backchannel_logout_uri=backchannel_logout_uri,
+        application_type=application_type,
+        allow_private_backchannel=allow_private_backchannel,
+    )
     if grant_types is None:
         grant_types = ["authorization_code", "refresh_token"] if redirect_uris else ["client_credentials"]
     for grant in grant_types:
@@ -170,12 +178,6 @@ async def create_client(
         raise Invalid("private_key_jwt needs the client's public keys (jwks)")
     if access_token_alg is not None and access_token_alg not in SIGNING_ALGS:
         raise Invalid(f"access_token_alg must be one of {', '.join(SIGNING_ALGS)}")
-    if application_type is None:
-        application_type = (
-            "native" if method == "none" and any(is_loopback_redirect(u) for u in redirect_uris) else "web"
-        )
-    if application_type not in ("web", "native"):
-        raise Invalid("application_type must be web or native")
     secret = random_token(32) if method in ("client_secret_basic", "client_secret_post") else None
     client = Client(
         tenant_id=tenant_id,
@@ -210,11 +212,28 @@ class ClientCache:
 
     The token endpoint authenticates a client on every call; the cache keeps that off the database.
     Changes made in this process invalidate at once; other processes see them within about ``ttl``.
+    When a reload fails because the database is down or too slow, the client as last loaded is served
+    for up to ``stale_if_error`` seconds after that load (stale-if-error), so machine-to-machine traffic
+    rides out a failover; past that, or for a client never loaded, the fault is the caller's 503.
     """
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], ttl: float = 5.0):
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        ttl: float = 5.0,
+        *,
+        stale_if_error: float = 60.0,
+        faults: FaultCounter | None = None,
+    ):
         self._sessionmaker = sessionmaker
         self._cache: RefreshingCache[tuple[uuid.UUID, str], ClientInfo | None] = RefreshingCache(self._load, ttl=ttl)
+        self._stale_if_error = stale_if_error
+        self._faults = faults
+        self._outage = OutageLog(log, "loading clients from the database")
+        self._failed_at = 0.0
+        self._probing = False
+        # The last successful load of each known client: (monotonic time, snapshot).
+        self._known: dict[tuple[uuid.UUID, str], tuple[float, ClientInfo]] = {}
 
     def on_change(self, event: ClientChanged) -> None:
         """Drop a changed client once its change commits (the unit of work's consumer)."""
@@ -224,10 +243,15 @@ class ClientCache:
         """Forget one client, a tenant's clients, or everything."""
         if tenant_id is None:
             self._cache.invalidate()
-        elif client_id is None:
+            self._known.clear()
+            return
+        if client_id is None:
             self._cache.invalidate(lambda key: key[0] == tenant_id)
+            for key in [k for k in self._known if k[0] == tenant_id]:
+                del self._known[key]
         else:
             self._cache.invalidate(lambda key: key == (tenant_id, client_id))
+            self._known.pop((tenant_id, client_id), None)
 
     async def get(self, tenant_id: uuid.UUID, client_id: str) -> ClientInfo | None:
         """Return the enabled client or ``None``."""
@@ -236,6 +260,41 @@ class ClientCache:
         return await self._cache.get((tenant_id, client_id))
 
     async def _load(self, key: tuple[uuid.UUID, str]) -> ClientInfo | None:
-        async with self._sessionmaker() as session:
-            row = await session.scalar(select(Client).where(Client.tenant_id == key[0], Client.client_id == key[1]))
-        return ClientInfo.from_row(row) if row is not None and row.enabled else None
+        known = self._known.get(key)
+        # While the database is down, one load at a time finds out whether it is back.
+        waiting = self._probing or time.monotonic() - self._failed_at < RETRY_PAUSE
+        if known is not None and self._outage.down and waiting and self._may_serve(known):
+            return self._serve_stale(known)
+        probing, self._probing = self._probing, self._outage.down
+        try:
+            async with self._sessionmaker() as session:
+                row = await session.scalar(select(Client).where(Client.tenant_id == key[0], Client.client_id == key[1]))
+        except Exception as exc:
+            if not is_fault(exc):
+                raise
+            self._failed_at = time.monotonic()
+            self._outage.failed(exc, f"serving clients as last loaded for up to {self._stale_if_error:g} s")
+            known = self._known.get(key)
+            if known is None or not self._may_serve(known):
+                raise
+            return self._serve_stale(known)
+        finally:
+            self._probing = probing
+        self._outage.recovered()
+        info = ClientInfo.from_row(row) if row is not None and row.enabled else None
+        if info is None:
+            self._known.pop(key, None)
+        else:
+            if len(self._known) >= KNOWN_CLIENTS_LIMIT and key not in self._known:
+                self._known.clear()
+            self._known[key] = (time.monotonic(), info)
+        return info
+
+    def _may_serve(self, known: tuple[float, ClientInfo]) -> bool:
+        """Tell whether a client loaded at ``known[0]`` may still stand in for a failed load."""
+        return time.monotonic() - known[0] <= self._stale_if_error
+
+    def _serve_stale(self, known: tuple[float, ClientInfo]) -> ClientInfo:
+        if self._faults is not None:
+            self._faults.count_fault("database", "stale_client")
+        return known[1]

@@ -19,6 +19,7 @@ from idhub.crypto.jwt import SigningKeyType
 from idhub.crypto.secrets import random_token
 from idhub.events import KeysRotated
 from idhub.storage.base import utcnow
+from idhub.storage.faults import FaultCounter, OutageLog, is_fault
 from idhub.storage.models import SigningKey
 from idhub.storage.uow import UnitOfWork
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")
 STATE_NEXT, STATE_ACTIVE, STATE_RETIRED = "next", "active", "retired"
+RETRY_PAUSE = 1.0  # seconds: after a reload failed, an unknown kid does not make the next wait for the database
 
 
 def _generate(alg: str) -> SigningKeyType:
@@ -134,10 +136,22 @@ class KeyStore:
     ``idhub keys rotate``/``idhub init``, not something to paper over on restart.
     """
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], sealer: Sealer, ttl: float = 30.0):
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        sealer: Sealer,
+        ttl: float = 30.0,
+        *,
+        stale_if_error: float = 60.0,
+        faults: FaultCounter | None = None,
+    ):
         self._sessionmaker = sessionmaker
         self._sealer = sealer
         self._ttl = ttl
+        self._stale_if_error = stale_if_error
+        self._faults = faults
+        self._outage = OutageLog(log, "reloading signing keys")
+        self._failed_at = 0.0
         self._cache: dict[uuid.UUID, TenantKeys] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._refreshing: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -159,31 +173,60 @@ class KeyStore:
         """Return the tenant's keys.
 
         A stale entry is served while one background task reloads it, so signing never waits on the
-        database; ``max_age`` forces a synchronous reload of an older entry (an unknown ``kid``).
+        database; ``max_age`` forces a synchronous reload of an older entry (an unknown ``kid``). When
+        reloading fails because the database is down or too slow, the keys as last loaded are served
+        until ``stale_if_error`` seconds past their lifetime (stale-if-error); beyond that the fault is
+        raised (the caller's 503).
         """
         cached = self._cache.get(tenant_id)
         if cached is not None:
             age = time.monotonic() - cached.loaded_at
             if max_age is None:
-                if age >= self._ttl and tenant_id not in self._refreshing:
-                    self._refreshing[tenant_id] = asyncio.create_task(self._refresh(tenant_id))
-                return cached
-            if age < max_age:
-                return cached
+                if age < self._ttl + self._stale_if_error:
+                    if age >= self._ttl and tenant_id not in self._refreshing:
+                        self._refreshing[tenant_id] = asyncio.create_task(self._refresh(tenant_id))
+                    return cached
+            elif age < max_age or (self._outage.down and self._usable(cached, pause=True)):
+                return cached  # while the database is down, not every unknown kid waits for it
         lock = self._locks.setdefault(tenant_id, asyncio.Lock())
         async with lock:
             cached = self._cache.get(tenant_id)
             if cached is not None and time.monotonic() - cached.loaded_at < (max_age or self._ttl):
                 return cached
-            loaded = await self._load(tenant_id)
+            try:
+                loaded = await self._load(tenant_id)
+            except Exception as exc:
+                if cached is None or not is_fault(exc) or not self._usable(cached):
+                    raise
+                self._failed(exc)
+                return cached
+            self._outage.recovered()
             self._cache[tenant_id] = loaded
             return loaded
+
+    def _usable(self, cached: TenantKeys, *, pause: bool = False) -> bool:
+        """Tell whether ``cached`` may stand in for a reload that failed (or, with ``pause``, that just failed)."""
+        now = time.monotonic()
+        if pause and now - self._failed_at >= RETRY_PAUSE:
+            return False
+        return now - cached.loaded_at < self._ttl + self._stale_if_error
+
+    def _failed(self, exc: Exception) -> None:
+        self._failed_at = time.monotonic()
+        limit = f"{self._ttl + self._stale_if_error:g}"
+        self._outage.failed(exc, f"serving the keys as last loaded until they are {limit} s old")
+        if self._faults is not None:
+            self._faults.count_fault("database", "stale_keys")
 
     async def _refresh(self, tenant_id: uuid.UUID) -> None:
         try:
             self._cache[tenant_id] = await self._load(tenant_id)
-        except Exception:
-            log.exception("reloading signing keys failed; serving the previous set")
+            self._outage.recovered()
+        except Exception as exc:
+            if is_fault(exc):
+                self._failed(exc)
+            else:
+                log.exception("reloading signing keys failed; serving the previous set")
         finally:
             self._refreshing.pop(tenant_id, None)
 

@@ -2,12 +2,15 @@
 
 One function per method. A client must use exactly the method it registered; a request that carries
 more than one method is ``invalid_request`` (RFC 6749 §2.3). Every failure is the same ``invalid_client``
-(401 with ``WWW-Authenticate``), and failures are throttled per client and per source address, so a
-blocked client is refused without its secret being checked.
+(401 with ``WWW-Authenticate``, RFC 6749 §5.2). Failures are limited per source address (an address
+over the limit is refused without its credentials being checked); a client's own failures only slow
+its next failures down, so a request with valid credentials is never refused because someone else
+failed, and public clients, having no secret to guess, are never counted or refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import json
 import math
@@ -254,10 +257,11 @@ async def authenticate_client(
     if len(creds.client_id) > MAX_CLIENT_ID or not creds.client_id.isprintable():
         raise InvalidClient("client authentication failed")
     throttle = ctx.throttle
-    account = f"client:{tenant.key}:{creds.client_id}"
-    if await throttle.blocked(account=account, address=address):
-        raise InvalidClient("client authentication failed", internal="too many failures: throttled")
     client = await ctx.clients.get(tenant.id, creds.client_id)
+    # A public client identifying itself has no secret to guess: never limited (RFC 6749 §2.1).
+    public = client is not None and client.is_public and creds.method == "none"
+    if not public and await throttle.client_address_blocked(address):
+        raise InvalidClient("client authentication failed", internal="too many failures from this address")
     try:
         if client is None:
             raise InvalidClient("client authentication failed", internal="unknown or disabled client")
@@ -268,10 +272,15 @@ async def authenticate_client(
             )
         await METHODS[creds.method](ctx, client, creds, tenant=tenant, endpoint=endpoint)
     except InvalidClient:
-        await throttle.failed(account=account if client is not None else None, address=address)
+        # Counted per address; per client only for a confidential one, and only as a delay of its
+        # failures, never a refusal of the right secret (the issue #13 "client lockout").
+        counted = client if client is not None and not client.is_public else None
+        delay = await throttle.client_failed(
+            client=f"{tenant.key}:{counted.client_id}" if counted else None, address=address
+        )
+        if delay:
+            await asyncio.sleep(delay)
         raise
-    if creds.method != "none":
-        await throttle.succeeded(account=account)
     if client.is_public and not allow_public:
         raise InvalidClient("public clients cannot use this endpoint")
     return client

@@ -38,6 +38,15 @@ class InvalidRequest(OAuthError):
     error = "invalid_request"
 
 
+class RequestTooLarge(InvalidRequest):
+    """The request body is larger than the endpoint accepts (RFC 9110 §15.5.14: 413 Content Too Large).
+
+    RFC 6749 §5.2 has no code for this; the body says ``invalid_request`` and the status says why.
+    """
+
+    status_code = 413
+
+
 class InvalidClient(OAuthError):
     """Client authentication failed (unknown client, no client authentication included, or unsupported method)."""
 

@@ -18,7 +18,7 @@ from idhub.context import AppContext
 from idhub.errors import NotFound
 from idhub.formdata import decode_pairs
 from idhub.metrics import NOSNIFF
-from idhub.oidc.errors import InvalidRequest
+from idhub.oidc.errors import InvalidRequest, RequestTooLarge
 from idhub.tenants.service import TenantInfo
 
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -31,6 +31,7 @@ _NO_STORE_JSON_HEADERS = [
     NOSNIFF,
 ]
 MAX_BODY_BYTES = 64 * 1024
+TOO_LARGE = f"the request body exceeds {MAX_BODY_BYTES} bytes"
 MAX_FIELDS = 64
 # RFC 8707 §2: ``resource`` may be given more than once.
 REPEATABLE: frozenset[str] = frozenset({"resource"})
@@ -83,7 +84,7 @@ def parse_pairs(pairs: list[tuple[str, str]], *, repeatable: frozenset[str] = RE
 def parse_form(body: bytes, *, repeatable: frozenset[str] = REPEATABLE) -> Params:
     """Parse an urlencoded body strictly (see :func:`parse_pairs`)."""
     if len(body) > MAX_BODY_BYTES:
-        raise InvalidRequest("request body too large")
+        raise RequestTooLarge(TOO_LARGE)
     try:
         pairs = decode_pairs(body, max_fields=MAX_FIELDS)
     except ValueError as exc:
@@ -126,12 +127,16 @@ def is_form(request: Request) -> bool:
 
 
 async def read_form(request: Request, *, repeatable: frozenset[str] = REPEATABLE) -> Params:
-    """Read and parse the request's form body; other content types are ``invalid_request`` (RFC 6749 §3.2)."""
-    if not is_form(request):
-        raise InvalidRequest(f"the request body must be {FORM_TYPE}")
+    """Read and parse the request's form body; other content types are ``invalid_request`` (RFC 6749 §3.2).
+
+    A body over :data:`MAX_BODY_BYTES` is 413 (RFC 9110 §15.5.14), whether its declared length says so
+    up front or a chunked body grows past the limit while it is read.
+    """
     declared = header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise InvalidRequest("request body too large")
+        raise RequestTooLarge(TOO_LARGE)
+    if not is_form(request):
+        raise InvalidRequest(f"the request body must be {FORM_TYPE}")
     # Read the ASGI messages directly (cheaper than Request.stream on this hot path).
     body = b""
     receive = request.receive
@@ -141,7 +146,7 @@ async def read_form(request: Request, *, repeatable: frozenset[str] = REPEATABLE
             raise InvalidRequest("client disconnected")
         body += message.get("body", b"")
         if len(body) > MAX_BODY_BYTES:
-            raise InvalidRequest("request body too large")
+            raise RequestTooLarge(TOO_LARGE)
         if not message.get("more_body", False):
             break
     return parse_form(body, repeatable=repeatable)
@@ -152,6 +157,8 @@ def read_query(request: Request, *, repeatable: frozenset[str] = REPEATABLE) -> 
     raw = request.scope.get("query_string", b"")
     if not raw:
         return Params({})
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidRequest("the query string is too long")
     return parse_form(raw, repeatable=repeatable)
 
 
@@ -199,10 +206,11 @@ def json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def oauth_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """Return OpenAPI entries for OAuth error answers (RFC 6749 §5.2) with the given statuses."""
+    """Return OpenAPI entries for OAuth error answers (RFC 6749 §5.2) with the given statuses, plus 413."""
     text = {400: "invalid request", 401: "client or token authentication failed", 403: "insufficient scope"}
     responses: dict[int | str, dict[str, Any]] = {
         status: json_response(text.get(status, "error"), OAUTH_ERROR_SCHEMA) for status in statuses
     }
+    responses[413] = json_response(f"form body over {MAX_BODY_BYTES} bytes (invalid_request)", OAUTH_ERROR_SCHEMA)
     responses[404] = json_response("unknown tenant", {"type": "object", "properties": {"detail": _STRING}})
     return responses

@@ -69,12 +69,33 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
+def userinfo_url(tenant: TenantInfo) -> str:
+    """Return the UserInfo endpoint's URL, the identifier it answers to as a resource (RFC 8707 §2)."""
+    return f"{tenant.issuer}/userinfo"
+
+
+def check_audience(tenant: TenantInfo, claims: dict[str, Any]) -> None:
+    """Refuse an access token meant for another resource server (RFC 9068 §4).
+
+    The UserInfo endpoint is the audience of a token that names it (``{issuer}/userinfo``, which a
+    client may register and request as a resource), and of a token issued without any resource
+    indicator: for those idhub's grants set ``aud`` to the client's own id (``default_audience``). A
+    token narrowed with ``resource`` to an API (or defaulted to the client's registered API) is not.
+    """
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if userinfo_url(tenant) in audiences or claims.get("client_id") in audiences:
+        return
+    raise InvalidToken("the access token is not meant for the UserInfo endpoint", internal=f"aud={aud!r}")
+
+
 async def userinfo_claims(ctx: AppContext, uow: UnitOfWork, tenant: TenantInfo, token: str) -> dict[str, Any]:
     """Return the claims about the token's user that its scopes release (OIDC Core §5.3.2)."""
     try:
         claims = await ctx.tokens.validate_access_token(tenant=tenant, token=token)
     except TokenInvalid as exc:
         raise InvalidToken("the access token is invalid", internal=exc.internal) from exc
+    check_audience(tenant, claims)
     scopes = str(claims.get("scope", "")).split()
     if "openid" not in scopes:
         raise InsufficientScope("the access token lacks the openid scope")  # OIDC Core §5.3.1

@@ -59,13 +59,17 @@ IfNoneMatch = Annotated[str | None, Header(alias="if-none-match")]
 
 
 async def read_json(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
-    """Read a JSON object body; 413 beyond ``limit``, 400 ``invalidSyntax`` for anything but a JSON object."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in (SCIM_MEDIA_TYPE, "application/json"):
-        raise errors.InvalidSyntax("the body must be application/scim+json")
+    """Read a JSON object body; 413 beyond ``limit``, 400 ``invalidSyntax`` for anything but a JSON object.
+
+    RFC 7644 §3.12: an oversized body is 413 without a ``scimType``, whether its declared length says so
+    up front (checked first, before reading or judging anything else) or a chunked body grows past it.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in (SCIM_MEDIA_TYPE, "application/json"):
+        raise errors.InvalidSyntax("the body must be application/scim+json")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

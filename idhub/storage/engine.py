@@ -2,25 +2,51 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+log = logging.getLogger(__name__)
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """Create the async engine; SQLite gets WAL, foreign keys and a busy timeout."""
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long (seconds) to wait for a new connection, one statement, and a connection from the pool."""
+
+    connect: float = 3.0
+    command: float = 10.0
+    pool: float = 3.0
+
+
+def create_engine(database_url: str, *, pool_size: int = 10, timeouts: Timeouts | None = None) -> AsyncEngine:
+    """Create the async engine with every wait bounded; SQLite gets WAL, foreign keys and a busy timeout.
+
+    On PostgreSQL the command timeout bounds each statement twice: asyncpg gives up on the client side
+    (a partition, where the server never answers) and the server cancels it (``statement_timeout``), so a
+    statement nobody waits for any more does not go on holding locks.
+    """
+    timeouts = timeouts or Timeouts()
     url = make_url(database_url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": False}
+    kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_timeout": timeouts.pool}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": 30}
+        kwargs["connect_args"] = {"timeout": timeouts.command}
     else:
         kwargs.update(pool_size=pool_size, max_overflow=pool_size)
+        if url.get_driver_name() == "asyncpg":
+            kwargs["connect_args"] = {
+                "timeout": timeouts.connect,
+                "command_timeout": timeouts.command,
+                "server_settings": {"statement_timeout": str(max(1, round(timeouts.command * 1000)))},
+            }
     engine = create_async_engine(url, **kwargs)
+    event.listen(engine.sync_engine, "handle_error", _drop_timed_out_connection)
     if url.get_backend_name() == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -55,3 +81,25 @@ async def read_only(session: AsyncSession) -> None:
     """
     if not session.in_transaction():
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+def _drop_timed_out_connection(context: ExceptionContext) -> None:
+    """Close a connection whose statement timed out at once, and have the pool discard it.
+
+    Nothing can be said about a connection the server stopped answering on (a partition): it must
+    not go back to the pool. Closing it here spares the pool's graceful close, which waits for the
+    silent server once more before giving up.
+    """
+    if not isinstance(context.original_exception, TimeoutError) or context.connection is None:
+        return
+    context.is_disconnect = True
+    try:
+        driver = context.connection.connection.driver_connection
+    except Exception:  # already invalidated: nothing left to close
+        return
+    terminate = getattr(driver, "terminate", None)
+    if terminate is not None:
+        try:
+            terminate()
+        except Exception:
+            log.debug("closing a timed-out connection failed", exc_info=True)

@@ -7,6 +7,12 @@ seen when they are used (the ``jti`` of a client assertion, RFC 7523 §3; a SAML
 claimed with :func:`claim`, an ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` into ``used_value``:
 the first insert wins. Both are one statement, so parallel requests on any number of processes get
 exactly one winner, on PostgreSQL and SQLite alike; nothing reads and then writes.
+
+On PostgreSQL a losing ``UPDATE`` that had to wait for the winner keeps a lock on the row it re-checked
+until its transaction ends. A caller that goes on to change related rows (a replayed code or refresh
+token revokes its grant) must therefore lock the parent row first, before :func:`consume`, as every other
+writer of that family does (:func:`idhub.tokens.refresh.lock_grant_of`); otherwise two losers lock the
+same rows in opposite orders and one of them is aborted as a deadlock.
 """
 
 from __future__ import annotations

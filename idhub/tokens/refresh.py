@@ -4,6 +4,12 @@ Refresh tokens are opaque random strings stored only as keyed hashes. Each use r
 a conditional ``UPDATE`` that exactly one request can win; presenting a token that was already rotated
 means it leaked, so the whole family (every refresh token of the grant, the grant, and every access
 token it yielded) is revoked.
+
+Lock order: whatever changes a grant's family locks the ``grant`` row first (:func:`lock_grant_of`, or
+the ``UPDATE grant`` that starts :func:`revoke_grant`), and only then its authorization code or refresh
+token rows. Parallel requests on one family therefore queue on one row instead of locking the token rows
+in opposite orders (a deadlock: the rotation's losers lock the rotated token, then the grant; a later
+reuse locks the grant, then the tokens).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.crypto.secrets import SecretHasher, random_token
@@ -133,18 +139,45 @@ async def issue_refresh_token(
     return token
 
 
+async def lock_grant_of(
+    session: AsyncSession, model: Any, *, tenant_id: uuid.UUID, where: ColumnElement[bool]
+) -> str | None:
+    """Lock the grant of the ``model`` row (a code or a refresh token) matching ``where``; return its id.
+
+    The first step of every change to a grant's family (see the lock order above). ``FOR NO KEY UPDATE``
+    queues writers of the same family behind each other but not the foreign-key checks of new rows that
+    point at the grant. ``None``: no such row in this tenant. SQLite has no row locks (and needs none:
+    it runs one writer at a time).
+    """
+    statement = (
+        select(Grant.id)
+        .join(model, model.grant_id == Grant.id)
+        .where(model.tenant_id == tenant_id, Grant.tenant_id == tenant_id, where)
+        .with_for_update(of=Grant, key_share=True)
+    )
+    found = (await session.execute(statement)).scalar()
+    return None if found is None else str(found)
+
+
 async def rotate_refresh_token(
     session: AsyncSession, *, hasher: SecretHasher, tenant_id: uuid.UUID, client_pk: uuid.UUID, token: str
 ) -> RefreshTokenInfo:
     """Mark a live refresh token of this client rotated and return what it carried (RFC 9700 §4.14.2).
 
-    The conditional ``UPDATE`` has exactly one winner across processes. When it does not win, the
-    token is looked at: one that was already rotated raises ``RefreshTokenRejected(reused=True)``
-    (the caller revokes the family); anything else is a plain rejection.
+    The family's grant is locked first, so parallel uses of one token queue up; then the conditional
+    ``UPDATE`` has exactly one winner across processes. When it does not win, the token is looked at:
+    one that was already rotated (whether long ago or by a parallel request a moment earlier) raises
+    ``RefreshTokenRejected(reused=True)`` and the caller revokes the family; anything else is a plain
+    rejection.
     """
     if len(token) > 512:
         raise RefreshTokenRejected("unknown refresh token")
     token_hash = hasher.hash(token)
+    grant_id = await lock_grant_of(
+        session, RefreshToken, tenant_id=tenant_id, where=RefreshToken.token_hash == token_hash
+    )
+    if grant_id is None:
+        raise RefreshTokenRejected("unknown refresh token")
     now = utcnow()
     row = await consume(
         session,

@@ -7,6 +7,11 @@ commit the unit of work hands that event to :meth:`RevocationState.on_revocation
 entry at once and (when Redis is configured) broadcasts it. Every process also polls the table, so a
 process that missed a broadcast catches up within ``revocation_poll_seconds``.
 
+Faults: while Redis is down, revocations reach other processes by that poll alone (logged once per
+outage, counted as ``idhub_dependency_faults{dependency="redis"}``), and the broadcast resumes by
+itself. While the database is down, the revocations already in memory stay enforced; the poll catches
+up on what it missed once the database answers again.
+
 Kinds: ``jti`` (one access token), ``grant`` (every token of a grant), ``subject`` (every token of a user
 issued up to that moment), ``client`` (every token of a client, likewise) and ``credential`` (a bearer
 credential that is not a JWT, such as a SCIM provisioning token, refused from that moment on).
@@ -29,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from idhub.events import RevocationRecorded
 from idhub.storage.base import utcnow
+from idhub.storage.faults import FaultCounter, OutageLog, is_fault
 from idhub.storage.models import Revocation
 from idhub.storage.uow import UnitOfWork
 
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("jti", "grant", "subject", "client", "credential")
 CHANNEL = "idhub:revocations"
+REDIS_RETRY_SECONDS = (0.5, 10.0)  # first and longest pause between attempts to subscribe again
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +92,29 @@ class RevocationState:
         *,
         poll_seconds: float = 1.0,
         redis_url: str | None = None,
+        redis_timeout: float = 0.5,
+        faults: FaultCounter | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._poll_seconds = poll_seconds
         self._redis_url = redis_url
+        self._redis_timeout = redis_timeout
         self._redis: Any = None
+        self._faults = faults
+        self._broadcast = OutageLog(log, "revocation broadcast over Redis")
+        self._polling = OutageLog(log, "polling revocations from the database")
         # key: (tenant_id, kind, value) -> (created_at, expires_at)
         self._entries: dict[tuple[str, str, str], tuple[float, float]] = {}
         self._last_poll: float = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+
+    # --- state --------------------------------------------------------------------------------
+    @property
+    def broadcast_state(self) -> str:
+        """Say how revocations reach other processes: ``disabled`` (no Redis), ``ok``, ``unavailable`` (poll only)."""
+        if not self._redis_url:
+            return "disabled"
+        return "unavailable" if self._redis is None or self._broadcast.down else "ok"
 
     # --- checks -------------------------------------------------------------------------------
     def is_credential_revoked(self, tenant_id: str, credential_id: str) -> bool:
@@ -133,11 +154,17 @@ class RevocationState:
         """Apply a committed revocation in this process and broadcast it (the unit of work's consumer)."""
         entry = RevocationEntry(str(event.tenant_id), event.kind, event.value, event.created_at, event.expires_at)
         self.apply(entry)
-        if self._redis is not None:
+        if self._redis is not None and not self._broadcast.down:
             try:
                 await self._redis.publish(CHANNEL, entry.to_json())
-            except Exception:  # Redis only speeds things up; the poll catches up.
-                log.warning("revocation broadcast failed; processes will catch up by polling")
+            except Exception as exc:  # Redis only speeds things up; the poll catches up.
+                self._redis_failed(exc)
+
+    def _redis_failed(self, exc: Exception) -> None:
+        every = f"{self._poll_seconds:g}"
+        self._broadcast.failed(exc, f"revocations reach other processes by the database poll (every {every} s)")
+        if self._faults is not None:
+            self._faults.count_fault("redis", "revocation_poll_fallback")
 
     def prune(self) -> None:
         """Drop entries whose tokens have all expired."""
@@ -173,18 +200,20 @@ class RevocationState:
         self._last_poll = started
 
     async def start(self) -> None:
-        """Load state and start following the log (and the Redis channel when configured)."""
+        """Load state and start following the log (and the Redis channel when configured).
+
+        Redis being down never stops the start: revocations then travel by the poll until it is back.
+        """
         await self.load()
         if self._redis_url:
-            try:
-                import redis.asyncio as aioredis
+            import redis.asyncio as aioredis
 
-                self._redis = aioredis.from_url(self._redis_url)
-                await self._redis.ping()
-                self._tasks.append(asyncio.create_task(self._listen()))
-            except Exception:
-                log.warning("Redis unreachable; revocations propagate by polling only")
-                self._redis = None
+            timeout = self._redis_timeout
+            self._redis = aioredis.from_url(
+                self._redis_url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=5
+            )
+            pubsub = await self._subscribe()
+            self._tasks.append(asyncio.create_task(self._listen(pubsub)))
         self._tasks.append(asyncio.create_task(self._poll_loop()))
 
     async def stop(self) -> None:
@@ -207,20 +236,60 @@ class RevocationState:
             await asyncio.sleep(self._poll_seconds)
             try:
                 await self.poll_once()
-                if time.monotonic() - last_prune > prune_every:
-                    self.prune()
-                    last_prune = time.monotonic()
-            except Exception:
-                log.exception("revocation poll failed")
-
-    async def _listen(self) -> None:
-        assert self._redis is not None
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(CHANNEL)
-        async for message in pubsub.listen():
-            if message.get("type") != "message":
+            except Exception as exc:
+                if not is_fault(exc):
+                    log.exception("revocation poll failed")
+                    continue
+                self._polling.failed(exc, "revocations already known stay enforced; the poll catches up later")
+                if self._faults is not None:
+                    self._faults.count_fault("database", "revocation_poll")
                 continue
-            try:
-                self.apply(RevocationEntry.from_json(message["data"]))
-            except (ValueError, TypeError):
-                log.warning("ignored a malformed revocation broadcast")
+            self._polling.recovered()
+            if time.monotonic() - last_prune > prune_every:
+                self.prune()
+                last_prune = time.monotonic()
+
+    async def _subscribe(self) -> Any:
+        """Subscribe to the broadcast channel; on failure note the outage and return ``None``."""
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(CHANNEL)
+        except Exception as exc:
+            self._redis_failed(exc)
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            return None
+        self._broadcast.recovered()
+        return pubsub
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Apply broadcasts as they come; while Redis is away, try to subscribe again now and then."""
+        pause = REDIS_RETRY_SECONDS[0]
+        try:
+            while True:
+                if pubsub is None:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, REDIS_RETRY_SECONDS[1])
+                    pubsub = await self._subscribe()
+                    continue
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                except Exception as exc:
+                    self._redis_failed(exc)
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                    pubsub = None
+                    continue
+                pause = REDIS_RETRY_SECONDS[0]
+                if message is not None and message.get("type") == "message":
+                    self._on_message(message["data"])
+        finally:
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _on_message(self, data: Any) -> None:
+        try:
+            self.apply(RevocationEntry.from_json(data))
+        except (ValueError, TypeError):
+            log.warning("ignored a malformed revocation broadcast")

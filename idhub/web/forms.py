@@ -15,6 +15,13 @@ class BadForm(Exception):
     """The body is not a well-formed urlencoded form."""
 
 
+class FormTooLarge(Exception):
+    """The body is larger than a page accepts; the pages' boundary answers 413 (RFC 9110 §15.5.14).
+
+    Not a :class:`BadForm`, so the pages that turn a malformed form into a 400 let it through.
+    """
+
+
 def group(items: list[tuple[str, str]]) -> dict[str, list[str]]:
     """Group parameters by name; empty values count as omitted (RFC 6749 §3.1).
 
@@ -30,7 +37,14 @@ def group(items: list[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 async def read_form(request: Request) -> dict[str, list[str]]:
-    """Return the urlencoded body grouped by name; any other content type yields no fields."""
+    """Return the urlencoded body grouped by name; any other content type yields no fields.
+
+    A body over :data:`MAX_FORM_BYTES` raises :class:`FormTooLarge`, whether its declared length says so
+    up front or a chunked body grows past the limit while it is read.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise FormTooLarge
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != FORM_TYPE:
         return {}
@@ -38,7 +52,7 @@ async def read_form(request: Request) -> dict[str, list[str]]:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
-            raise BadForm("form too large")
+            raise FormTooLarge
     try:
         items = decode_pairs(body, max_fields=MAX_FIELDS)
     except ValueError as exc:

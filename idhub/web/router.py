@@ -27,8 +27,8 @@ from idhub.oidc.interaction import (
     record_consent,
     usable_browser_secret,
 )
-from idhub.sessions.login import authenticate_password
-from idhub.sessions.service import create_session, load_session
+from idhub.sessions.login import DEVICE_COOKIE, DeviceTrust, authenticate_password
+from idhub.sessions.service import cookie_path, create_session, load_session
 from idhub.storage.models import Interaction
 from idhub.tenants.service import TenantInfo
 from idhub.web.cookies import set_session_cookie
@@ -165,6 +165,8 @@ async def login_submit(
         username=username or "",
         password=password or "",
         address=client_address(request),
+        devices=DeviceTrust.from_settings(ctx.cookie_key, ctx.settings.throttle),
+        device_cookie=request.cookies.get(DEVICE_COOKIE),
     )
     if result.user_id is None:
         return _see_other(f"{page}?error=login")
@@ -204,7 +206,26 @@ async def login_submit(
             await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=auth_request, sso=sso)
         )
     set_session_cookie(response, ctx, tenant, cookie)
+    if result.device_cookie is not None:
+        _set_device_cookie(response, ctx, tenant, result.device_cookie)
     return response
+
+
+def _set_device_cookie(response: Response, ctx: AppContext, tenant: TenantInfo, value: str) -> None:
+    """Remember this browser for the accounts it signed in to (OWASP Authentication CS, device cookies).
+
+    Long-lived (unlike the session cookie), HttpOnly, SameSite=Lax, Secure behind https, and sent only
+    to this tenant's pages.
+    """
+    response.set_cookie(
+        DEVICE_COOKIE,
+        value,
+        max_age=ctx.settings.throttle.device_cookie_days * 86_400,
+        path=cookie_path(tenant.slug),
+        httponly=True,
+        samesite="lax",
+        secure=ctx.settings.secure_cookies,
+    )
 
 
 @router.post(

@@ -14,9 +14,11 @@ from starlette.exceptions import HTTPException
 from idhub.errors import Conflict, DomainError, NotFound, Unavailable
 from idhub.oidc.interaction import InteractionError
 from idhub.routing import SurfaceRoute, log_unexpected
+from idhub.web.forms import FormTooLarge
 from idhub.web.render import error_page
 
 SURFACE = "web"
+TOO_LARGE = "The form you sent is too large. Go back and try again with less text."
 UNEXPECTED = "Something went wrong on our side. Please try again; if it keeps happening, contact your administrator."
 
 
@@ -24,6 +26,8 @@ def render_page_error(request: Request, exc: Exception) -> Response:
     """Render any exception raised behind a page as the HTML error page."""
     if isinstance(exc, InteractionError):
         return error_page(exc.message, tenant=None, status=exc.status)
+    if isinstance(exc, FormTooLarge):
+        return error_page(TOO_LARGE, tenant=None, status=413)  # RFC 9110 §15.5.14
     if isinstance(exc, Unavailable):
         response = error_page("The service is busy or down for a moment. Please try again shortly.", tenant=None,
                               status=503)  # fmt: skip

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, OctKey
 
-from tests.conftest import Env
+from idhub.settings import ThrottleSettings
+from idhub.throttle import Throttle
+from tests.conftest import PUBLIC_URL, Env
 from tests.oidc.grants.helpers import FORM, basic, post, url
 
 CC = {"grant_type": "client_credentials"}
@@ -138,14 +143,81 @@ def test_client_auth_none_public_client_cannot_use_client_credentials(env: Env) 
     _assert_invalid_client(post(env, tenant, "token", {**CC, "client_id": conf_id}))
 
 
-def test_client_auth_repeated_failures_throttled(env: Env) -> None:
+async def _post_from(env: Env, address: str, tenant: Any, endpoint: str, data: Any, headers: Any = None) -> Any:
+    """POST a form as if from ``address`` (the ASGI client tuple), on the app's own event loop."""
+    transport = httpx.ASGITransport(app=env.client.app, client=(address, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as http:
+        return await http.post(url(tenant, endpoint), data=data, headers=headers or {})
+
+
+@contextlib.contextmanager
+def _throttle(env: Env, **settings: Any) -> Iterator[Throttle]:
+    original = env.ctx.throttle
+    env.ctx.throttle = throttle = Throttle(ThrottleSettings(**settings))
+    try:
+        yield throttle
+    finally:
+        env.ctx.throttle = original
+
+
+def test_client_auth_failures_elsewhere_right_secret_accepted(env: Env) -> None:
+    # RFC 6749 §2.3: failures by others must not lock a known (public) client_id out of /token.
     tenant = env.tenant()
     client_id, secret = env.oauth_client(tenant, scope="api")
     limit = env.ctx.settings.throttle.max_failures_per_account
-    for _ in range(limit):
-        _assert_invalid_client(post(env, tenant, "token", CC, basic(client_id, "wrong")))
-    # Blocked: even the right secret is refused, with the same answer.
-    _assert_invalid_client(post(env, tenant, "token", CC, basic(client_id, secret or "")))
+    for i in range(limit + 3):
+        response = env.run(_post_from, env, f"198.51.100.{i}", tenant, "token", CC, basic(client_id, "wrong"))
+        _assert_invalid_client(response)
+    for address in ("203.0.113.7", "198.51.100.1"):
+        response = env.run(_post_from, env, address, tenant, "token", CC, basic(client_id, secret or ""))
+        assert response.status_code == 200, response.text
+    assert post(env, tenant, "introspect", {"token": "x"}, basic(client_id, secret or "")).status_code == 200
+    assert post(env, tenant, "revoke", {"token": "x"}, basic(client_id, secret or "")).status_code == 200
+
+
+def test_client_auth_address_over_limit_refused_other_address_accepted(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, secret = env.oauth_client(tenant, scope="api")
+    with _throttle(env, max_failures_per_address=3):
+        for _ in range(3):
+            _assert_invalid_client(env.run(_post_from, env, "192.0.2.66", tenant, "token", CC, basic("nobody", "x")))
+        # That address is blocked, whatever it sends (RFC 6749 §5.2: still invalid_client, 401)...
+        right = basic(client_id, secret or "")
+        _assert_invalid_client(env.run(_post_from, env, "192.0.2.66", tenant, "token", CC, right))
+        # ...but the client itself is not.
+        assert env.run(_post_from, env, "192.0.2.67", tenant, "token", CC, right).status_code == 200
+
+
+def test_client_auth_public_client_never_counted_or_blocked(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, _ = env.oauth_client(tenant, redirect_uris=["https://rp.example/cb"], public=True)
+    with _throttle(env, max_failures_per_address=2, max_failures_per_account=1) as throttle:
+        for _ in range(3):  # a public client has no secret: sending one is a failure of that address only
+            _assert_invalid_client(
+                env.run(_post_from, env, "192.0.2.80", tenant, "revoke", {"token": "x"}, basic(client_id, "x"))
+            )
+        key = f"client:{tenant.key}:{client_id}"
+        assert env.run(throttle.counter.count, key, 900) == 0
+        # Identifying itself (method none) is never refused, not even from the blocked address.
+        form = {"token": "x", "client_id": client_id}
+        assert env.run(_post_from, env, "192.0.2.80", tenant, "revoke", form).status_code == 200
+
+
+def test_client_auth_client_failures_slowed_bounded_right_secret_accepted(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, secret = env.oauth_client(tenant, scope="api")
+    with _throttle(env, max_failures_per_account=1, client_failure_max_delay=0.3):
+        durations = []
+        for i in range(6):
+            started = time.monotonic()
+            response = env.run(_post_from, env, f"198.51.100.{i}", tenant, "token", CC, basic(client_id, "wrong"))
+            durations.append(time.monotonic() - started)
+            _assert_invalid_client(response)
+        assert durations[-1] >= 0.3  # slowed down, up to the bound
+        assert max(durations) < 0.3 + 5
+        # The right secret is neither refused nor held back by the client's failures.
+        response = env.run(_post_from, env, "203.0.113.9", tenant, "token", CC, basic(client_id, secret or ""))
+        assert response.status_code == 200, response.text
 
 
 def test_client_auth_non_form_body_invalid_request(env: Env) -> None:

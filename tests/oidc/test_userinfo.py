@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import time
+from typing import Any
 
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey
 
 from tests.conftest import Env
-from tests.oidc.grants.helpers import basic, code_setup, exchange_code, post, url
+from tests.flows import pkce_pair
+from tests.oidc.grants.helpers import REDIRECT_URI, basic, code_setup, exchange_code, make_code, post, url
 
 
 def _b64(data: dict[str, object]) -> str:
@@ -129,3 +131,73 @@ def test_userinfo_client_credentials_token_refused(env: Env) -> None:
     ]
     response = env.client.get(url(tenant, "userinfo"), headers=_bearer(token))
     assert response.status_code == 403 and response.json()["error"] == "insufficient_scope"
+
+
+def _code_token(env: Env, *, client_resources: list[str], code_resources: list[str]) -> tuple[Any, str]:
+    """Return a tenant and an access token from a code bound to ``code_resources`` (RFC 8707)."""
+    tenant = env.tenant()
+    client_id, secret = env.oauth_client(tenant, redirect_uris=[REDIRECT_URI], resources=client_resources)
+    user_id = env.user(tenant, email="alice@example.com", password=None)
+    verifier, challenge = pkce_pair()
+    code = make_code(env, tenant, client_id, user_id, challenge=challenge, resources=code_resources)
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI, "code_verifier": verifier}
+    response = post(env, tenant, "token", data, basic(client_id, secret or ""))
+    assert response.status_code == 200, response.text
+    return tenant, response.json()["access_token"]
+
+
+def test_userinfo_token_narrowed_to_other_resource_invalid_token(env: Env) -> None:
+    tenant, token = _code_token(env, client_resources=["https://api.example"], code_resources=["https://api.example"])
+    # RFC 9068 §4: the token is for https://api.example, not for the UserInfo endpoint.
+    _assert_invalid_token(env.client.get(url(tenant, "userinfo"), headers=_bearer(token)))
+    _assert_invalid_token(env.client.post(url(tenant, "userinfo"), headers=_bearer(token)))
+
+
+def test_userinfo_token_issued_for_other_audience_invalid_token(env: Env) -> None:
+    setup = code_setup(env)
+
+    async def issue(audience: str | list[str]) -> str:
+        client = await env.ctx.clients.get(setup.tenant.id, setup.client_id)
+        assert client is not None
+        token, _ = await env.ctx.tokens.issue_access_token(
+            tenant=setup.tenant, client=client, subject=setup.user_id, scope="openid", audience=audience
+        )
+        return token
+
+    for audience in ("https://api.example", ["https://api.example", "https://other.example"], setup.tenant.issuer):
+        token = env.run(issue, audience)
+        _assert_invalid_token(env.client.get(url(setup.tenant, "userinfo"), headers=_bearer(token)))
+    ok = env.run(issue, ["https://api.example", f"{setup.tenant.issuer}/userinfo"])
+    assert env.client.get(url(setup.tenant, "userinfo"), headers=_bearer(ok)).status_code == 200
+
+
+def test_userinfo_token_with_userinfo_among_resources_accepted(env: Env) -> None:
+    tenant = env.tenant()
+    userinfo_resource = f"{tenant.issuer}/userinfo"
+    client_id, secret = env.oauth_client(
+        tenant, redirect_uris=[REDIRECT_URI], resources=["https://api.example", userinfo_resource]
+    )
+    user_id = env.user(tenant, email="alice@example.com", password=None)
+    verifier, challenge = pkce_pair()
+    code = make_code(
+        env, tenant, client_id, user_id, challenge=challenge, resources=["https://api.example", userinfo_resource]
+    )
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI, "code_verifier": verifier}
+    token = post(env, tenant, "token", data, basic(client_id, secret or "")).json()["access_token"]
+    response = env.client.get(url(tenant, "userinfo"), headers=_bearer(token))
+    assert response.status_code == 200 and response.json()["sub"] == user_id
+
+
+def test_userinfo_refreshed_token_without_resource_accepted(env: Env) -> None:
+    setup = code_setup(env, scope="openid offline_access")
+    tokens = exchange_code(env, setup).json()
+    refreshed = post(
+        env,
+        setup.tenant,
+        "token",
+        {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        basic(setup.client_id, setup.secret),
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    response = env.client.get(url(setup.tenant, "userinfo"), headers=_bearer(refreshed.json()["access_token"]))
+    assert response.status_code == 200 and response.json()["sub"] == setup.user_id

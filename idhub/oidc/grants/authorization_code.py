@@ -1,9 +1,11 @@
 """The authorization code grant at the token endpoint (RFC 6749 §4.1.3, RFC 7636 §4.6, OIDC Core §3.1.3).
 
-The code is consumed with the single-use primitive (one conditional ``UPDATE`` that exactly one
-request can win). A code that comes back after it was consumed has leaked, so everything it yielded is
-revoked (RFC 6749 §4.1.2). Every refusal tells the client only that the code is not valid (or which
-parameter it got wrong); whether it was replayed, expired or foreign goes to the log.
+The code's grant is locked first (the lock order of :mod:`idhub.tokens.refresh`), then the code is
+consumed with the single-use primitive (one conditional ``UPDATE`` that exactly one request can win). A
+code that comes back after it was consumed has leaked, so everything it yielded is revoked (RFC 6749
+§4.1.2), also when it comes back in parallel with its one successful redemption. Every refusal tells
+the client only that the code is not valid (or which parameter it got wrong); whether it was replayed,
+expired or foreign goes to the log.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from idhub.oidc.grants.base import TokenRequest, grant_audience, live_grant_user
 from idhub.storage.base import utcnow
 from idhub.storage.models import AuthorizationCode
 from idhub.storage.single_use import consume
-from idhub.tokens.refresh import issue_refresh_token, refresh_expiry, revoke_grant
+from idhub.tokens.refresh import issue_refresh_token, lock_grant_of, refresh_expiry, revoke_grant
 
 GRANT_TYPE = "authorization_code"
 # RFC 7636 §4.1: code_verifier = 43*128unreserved
@@ -69,13 +71,17 @@ async def consume_code(treq: TokenRequest, code: str) -> Any:
         raise InvalidGrant(INVALID_CODE, internal="code too long")
     session = treq.uow.session
     code_hash = treq.ctx.secret_hasher.hash(code)
+    where = AuthorizationCode.code_hash == code_hash
+    # Grant row first: parallel redemptions queue on it, and a replay's revocation locks in the same order.
+    if await lock_grant_of(session, AuthorizationCode, tenant_id=treq.tenant.id, where=where) is None:
+        raise InvalidGrant(INVALID_CODE, internal="code unknown, expired, or issued to another client")
     now = utcnow()
     row = await consume(
         session,
         AuthorizationCode,
         used=AuthorizationCode.consumed_at,
         where=(
-            AuthorizationCode.code_hash == code_hash,
+            where,
             AuthorizationCode.tenant_id == treq.tenant.id,
             AuthorizationCode.client_id == treq.client.id,
             AuthorizationCode.expires_at > now,

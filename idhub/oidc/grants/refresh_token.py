@@ -37,6 +37,8 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
         )
     except RefreshTokenRejected as exc:
         if exc.reused and exc.grant_id is not None:
+            # Also when it lost a parallel race: the server cannot tell the client from an attacker holding
+            # a copy, so any second presentation of one token revokes the family (RFC 9700 §4.14.2).
             await revoke_grant(treq.uow, tenant.id, exc.grant_id, reason="refresh token reused")
             treq.uow.keep_on_error()  # the family stays revoked although the request fails
         raise InvalidGrant(exc.detail, internal=exc.internal) from exc
