@@ -92,6 +92,65 @@ def test_audit_client_credentials_grant_success(env: Env) -> None:
     assert row["details"] == {"grant_type": "client_credentials", "sub": client_id, "issued": ["access_token"]}
 
 
+def test_audit_client_credentials_burst_folded_every_request_id_kept(env: Env) -> None:
+    tenant = env.tenant()
+    client_id, secret = cc_client(env, tenant)
+    rids = [_rid() for _ in range(6)]
+    for rid in rids:
+        headers = {**basic(client_id, secret), "x-request-id": rid}
+        response = post(env, tenant, "token", {"grant_type": "client_credentials"}, headers)
+        assert response.status_code == 200, response.text
+
+    def counted(rows: list[Row]) -> int:
+        return sum(row["details"].get("count", 1) for row in rows if row["action"] == "token.grant")
+
+    rows = [row for row in audit_rows(env, tenant, lambda rows: counted(rows) >= 6) if row["action"] == "token.grant"]
+    assert counted(rows) == 6
+    listed = [rid for row in rows for rid in row["details"].get("request_ids", [row["request_id"]])]
+    assert sorted(listed) == sorted(rids)
+    for row in rows:
+        assert (row["actor_id"], row["target_id"], row["source_address"]) == (client_id, client_id, ADDRESS)
+        assert row["request_id"] == row["details"].get("request_ids", [row["request_id"]])[0]
+        assert {"grant_type": "client_credentials", "sub": client_id, "issued": ["access_token"]}.items() <= (
+            row["details"].items()
+        )
+
+
+def test_audit_writer_fold_equal_successes_one_entry_other_addresses_apart(env: Env) -> None:
+    from idhub import request_context
+    from idhub.events import Actor, TokensIssued
+    from idhub.request_context import RequestInfo
+
+    tenant = env.tenant()
+    event = TokensIssued(
+        tenant_id=tenant.id, client_id="c1", grant_type="client_credentials", subject="c1", kinds=("access_token",)
+    )
+    actor = Actor("client", "c1")
+    calls = [("r-0001-aaaa", "10.0.0.1"), ("r-0002-aaaa", "10.0.0.1"), ("r-0003-aaaa", "10.0.0.2")]
+
+    async def work() -> None:
+        writer = env.ctx.audit.writer
+        await writer.flush()
+        for request_id, address in calls:
+            token = request_context.enter(RequestInfo(request_id, address))
+            try:
+                await writer.fold([event], actor=actor, surface="oidc")
+            finally:
+                request_context.leave(token)
+        await writer.flush()
+
+    env.run(work)
+    found = audit_rows(env, tenant, with_action("token.grant", count=2))
+    rows = sorted((row for row in found if row["action"] == "token.grant"), key=lambda row: row["source_address"])
+    assert [(row["source_address"], row["request_id"]) for row in rows] == [
+        ("10.0.0.1", "r-0001-aaaa"),
+        ("10.0.0.2", "r-0003-aaaa"),
+    ]
+    assert rows[0]["details"]["count"] == 2
+    assert rows[0]["details"]["request_ids"] == ["r-0001-aaaa", "r-0002-aaaa"]
+    assert "count" not in rows[1]["details"]
+
+
 def test_audit_authorization_code_grant_success(env: Env) -> None:
     setup = code_setup(env, grant_types=["authorization_code", "refresh_token"])
     rid = _rid()
