@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,9 +24,10 @@ from idhub.clients.service import create_client
 from idhub.context import AppContext
 from idhub.directory.profile import UserProfile, ValueRecord
 from idhub.events import Actor, RevocationRecorded
-from idhub.settings import Settings
+from idhub.settings import Settings, ThrottleSettings
 from idhub.storage.uow import EventBus, UnitOfWork, UnitOfWorkFactory
 from idhub.tenants.service import TenantInfo, get_or_create_tenant
+from idhub.throttle import Throttle
 from idhub.tokens.revocation import RevocationState
 
 TEST_ACTOR = Actor("test", "fixture")
@@ -116,6 +118,16 @@ class Env:
         if self.runner is not None:
             return self.runner(coro_fn, *args)
         return self.client.portal.call(coro_fn, *args)  # type: ignore[union-attr]
+
+    @contextlib.contextmanager
+    def swapped_throttle(self, **settings: Any) -> Iterator[Throttle]:
+        """Serve with a fresh throttle built from ``settings`` for the ``with`` block (tests of limits)."""
+        original = self.ctx.throttle
+        self.ctx.throttle = throttle = Throttle(ThrottleSettings(**settings))
+        try:
+            yield throttle
+        finally:
+            self.ctx.throttle = original
 
     def tenant(self, slug: str | None = None) -> TenantInfo:
         """Create a fresh tenant (unique slug) and return its snapshot."""

@@ -14,6 +14,8 @@ import errno
 import logging
 import socket
 import sqlite3
+from collections import deque
+from collections.abc import Iterator
 from typing import Protocol
 
 from sqlalchemy import exc as sa_exc
@@ -49,13 +51,7 @@ def as_unavailable(exc: BaseException) -> Unavailable | None:
     """Return the :class:`Unavailable` that ``exc`` stands for, or ``None`` when it is no dependency fault."""
     if isinstance(exc, Unavailable):
         return exc
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending and len(seen) < _CHAIN_LIMIT:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in exception_chain(exc):
         retry_after = _retry_after(current)
         if retry_after is not None:
             return Unavailable(
@@ -63,10 +59,26 @@ def as_unavailable(exc: BaseException) -> Unavailable | None:
                 internal=f"{type(exc).__name__}: {_describe(exc)}",
                 retry_after=retry_after,
             )
+    return None
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """Yield ``exc`` and what it wraps (the driver's ``orig``, cause, context), breadth first, each once.
+
+    SQLAlchemy wraps the driver's error, and a service may have wrapped that again; the chain is cut after
+    a few links, so a pathological exception cannot make this walk long.
+    """
+    seen: set[int] = set()
+    pending: deque[BaseException] = deque([exc])
+    while pending and len(seen) < _CHAIN_LIMIT:
+        current = pending.popleft()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
         for linked in (getattr(current, "orig", None), current.__cause__, current.__context__):
             if isinstance(linked, BaseException):
                 pending.append(linked)
-    return None
 
 
 def translate(exc: Exception) -> Exception:

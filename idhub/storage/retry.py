@@ -14,28 +14,19 @@ import random
 from dataclasses import dataclass
 
 from idhub.errors import Unavailable
+from idhub.storage.faults import exception_chain
 
 DEADLOCK_DETECTED = "40P01"
 SERIALIZATION_FAILURE = "40001"
 CONFLICT_STATES = frozenset({DEADLOCK_DETECTED, SERIALIZATION_FAILURE})
-_CHAIN_LIMIT = 8
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
     """Return the first SQLSTATE found in ``exc``'s chain (``orig``, cause, context), or ``None``."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending and len(seen) < _CHAIN_LIMIT:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in exception_chain(exc):
         state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
         if isinstance(state, str) and state:
             return state
-        for linked in (getattr(current, "orig", None), current.__cause__, current.__context__):
-            if isinstance(linked, BaseException):
-                pending.append(linked)
     return None
 
 

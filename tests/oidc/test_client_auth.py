@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, OctKey
 
-from idhub.settings import ThrottleSettings
-from idhub.throttle import Throttle
 from tests.conftest import PUBLIC_URL, Env
 from tests.oidc.grants.helpers import FORM, basic, post, url
 
@@ -150,16 +146,6 @@ async def _post_from(env: Env, address: str, tenant: Any, endpoint: str, data: A
         return await http.post(url(tenant, endpoint), data=data, headers=headers or {})
 
 
-@contextlib.contextmanager
-def _throttle(env: Env, **settings: Any) -> Iterator[Throttle]:
-    original = env.ctx.throttle
-    env.ctx.throttle = throttle = Throttle(ThrottleSettings(**settings))
-    try:
-        yield throttle
-    finally:
-        env.ctx.throttle = original
-
-
 def test_client_auth_failures_elsewhere_right_secret_accepted(env: Env) -> None:
     # RFC 6749 §2.3: failures by others must not lock a known (public) client_id out of /token.
     tenant = env.tenant()
@@ -178,7 +164,7 @@ def test_client_auth_failures_elsewhere_right_secret_accepted(env: Env) -> None:
 def test_client_auth_address_over_limit_refused_other_address_accepted(env: Env) -> None:
     tenant = env.tenant()
     client_id, secret = env.oauth_client(tenant, scope="api")
-    with _throttle(env, max_failures_per_address=3):
+    with env.swapped_throttle(max_failures_per_address=3):
         for _ in range(3):
             _assert_invalid_client(env.run(_post_from, env, "192.0.2.66", tenant, "token", CC, basic("nobody", "x")))
         # That address is blocked, whatever it sends (RFC 6749 §5.2: still invalid_client, 401)...
@@ -191,7 +177,7 @@ def test_client_auth_address_over_limit_refused_other_address_accepted(env: Env)
 def test_client_auth_public_client_never_counted_or_blocked(env: Env) -> None:
     tenant = env.tenant()
     client_id, _ = env.oauth_client(tenant, redirect_uris=["https://rp.example/cb"], public=True)
-    with _throttle(env, max_failures_per_address=2, max_failures_per_account=1) as throttle:
+    with env.swapped_throttle(max_failures_per_address=2, max_failures_per_account=1) as throttle:
         for _ in range(3):  # a public client has no secret: sending one is a failure of that address only
             _assert_invalid_client(
                 env.run(_post_from, env, "192.0.2.80", tenant, "revoke", {"token": "x"}, basic(client_id, "x"))
@@ -206,7 +192,7 @@ def test_client_auth_public_client_never_counted_or_blocked(env: Env) -> None:
 def test_client_auth_client_failures_slowed_bounded_right_secret_accepted(env: Env) -> None:
     tenant = env.tenant()
     client_id, secret = env.oauth_client(tenant, scope="api")
-    with _throttle(env, max_failures_per_account=1, client_failure_max_delay=0.3):
+    with env.swapped_throttle(max_failures_per_account=1, client_failure_max_delay=0.3):
         durations = []
         for i in range(6):
             started = time.monotonic()

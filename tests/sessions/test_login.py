@@ -7,8 +7,6 @@ import functools
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -42,16 +40,6 @@ class CountingHasher(PasswordHasher):
         if stored_hash is not None:
             self.checked += 1
         return await super().verify_off_loop(password, stored_hash)
-
-
-@contextmanager
-def _throttle(env: Env, **settings: Any) -> Iterator[Throttle]:
-    original = env.ctx.throttle
-    env.ctx.throttle = throttle = Throttle(ThrottleSettings(**settings))
-    try:
-        yield throttle
-    finally:
-        env.ctx.throttle = original
 
 
 async def _attempt_async(
@@ -237,7 +225,7 @@ def test_login_page_device_cookie_set_and_lets_known_browser_in(env: Env) -> Non
             again = await _sign_in(env, mine, tenant, client_id, PASSWORD)
             assert "code" in query_of(again.headers["location"]), again.headers["location"]
 
-    with _throttle(env, max_unknown_device_failures_per_account=5, max_failures_per_address=1000):
+    with env.swapped_throttle(max_unknown_device_failures_per_account=5, max_failures_per_address=1000):
         env.run(scenario)
 
 
