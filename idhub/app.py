@@ -12,15 +12,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from idhub import __version__
-from idhub.context import build_context
+from idhub.context import AppContext, build_context
 from idhub.metrics import Metrics, MetricsMiddleware
 from idhub.oidc import discovery, introspection, revocation, token, userinfo
 from idhub.ops import router as ops_router
 from idhub.request_context import install_log_record_factory
-from idhub.routing import RequestContextMiddleware, log_unexpected
+from idhub.routing import FrontDoor, log_unexpected
 from idhub.scim.router import router as scim_router
 from idhub.scim.router import versions as scim_versions
 from idhub.settings import Settings
@@ -53,6 +55,44 @@ def _install_fallback_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": "temporarily unavailable"}, status_code=503, headers=headers)
         log_unexpected(exc, "operations")
         return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+class AppState(State):
+    """``app.state`` with ``ctx`` found as a class attribute.
+
+    Starlette's ``State`` finds its entries in ``__getattr__``, that is after a failed attribute
+    lookup has built an ``AttributeError``; every request reads ``ctx``, so it gets a property.
+    """
+
+    @property
+    def ctx(self) -> AppContext:
+        """Return the app's shared services (set by the lifespan)."""
+        ctx: AppContext = self._state["ctx"]
+        return ctx
+
+    @ctx.setter
+    def ctx(self, value: AppContext) -> None:
+        self._state["ctx"] = value
+
+
+class IdhubApp(FastAPI):
+    """The FastAPI application behind idhub's front door (:class:`~idhub.routing.FrontDoor`)."""
+
+    front_door: FrontDoor | None = None
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.state = AppState()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front_door is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.front_door(scope, receive, send)
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a request with FastAPI's own stack (what the front door does not serve itself)."""
+        await super().__call__(scope, receive, send)
 
 
 def settle_heap() -> None:
@@ -100,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await ctx.close()
 
-    app = FastAPI(
+    app = IdhubApp(
         **framework_options(),
         title="idhub",
         version=__version__,
@@ -122,9 +162,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(logout_router, prefix=ISSUER_PREFIX)
     app.include_router(web_router, prefix=ISSUER_PREFIX)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # The hot back-channel POSTs skip the framework's router and middleware stack.
-    app.add_middleware(token.BackChannelFastPath, metrics=metrics)
-    # Outermost: every request (the fast path's too) gets its id and address first.
-    app.add_middleware(RequestContextMiddleware, trusted_proxies=settings.trusted_proxies)
+    # Outermost: every request gets its id and address first; the hot back-channel POSTs skip the
+    # framework's middleware stack and router.
+    app.front_door = FrontDoor(
+        app.framework,
+        owner=app,
+        metrics=metrics,
+        trusted_proxies=settings.trusted_proxies,
+        fast_routes=token.back_channel_routes(),
+    )
     install_log_record_factory()
     return app

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from fastapi import Request, Response
@@ -23,8 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from idhub import request_context
 from idhub.context import AppContext
-from idhub.crypto.secrets import random_token
 from idhub.errors import DomainError
+from idhub.metrics import NOSNIFF, Metrics
 from idhub.request_context import RequestInfo
 from idhub.storage.faults import translate as translate_fault
 from idhub.storage.retry import DEFAULT_POLICY, exhausted, is_conflict, sqlstate_of
@@ -63,7 +66,9 @@ def log_unexpected(exc: BaseException, surface: str) -> None:
     log.error("unhandled error on the %s surface", surface, exc_info=exc)
 
 
-async def run_in_boundary(request: Request, handler: Handler, *, surface: str, render: Renderer) -> Response:
+async def run_in_boundary(
+    scope: Scope, receive: Receive, handler: Handler, *, surface: str, render: Renderer
+) -> Response:
     """Run ``handler`` in a fresh unit of work; commit on success, roll back and render on error.
 
     A transaction the database aborted as a deadlock or serialization failure is run again, handler and
@@ -71,15 +76,17 @@ async def run_in_boundary(request: Request, handler: Handler, *, surface: str, r
     and the request body is replayed to the new attempt. When every attempt collides the answer is a 503.
     """
     policy = DEFAULT_POLICY
-    body = _BodyReplay(request.receive)
+    body = _BodyRecorder(receive)
+    request = Request(scope, body.receive)
     attempt = 1
     while True:
-        response, error = await _attempt(Request(request.scope, body.receive()), handler, surface)
+        response, error = await _attempt(request, handler, surface)
         if error is None or not policy.should_retry(error, attempt):
             break
         log.info("%s: transaction aborted as a conflict (SQLSTATE %s); retrying", surface, sqlstate_of(error))
         await asyncio.sleep(policy.delay(attempt))
         attempt += 1
+        request = Request(scope, body.replay())
     if error is not None:
         if is_conflict(error):
             error = exhausted(error, attempt)
@@ -93,7 +100,7 @@ async def run_in_boundary(request: Request, handler: Handler, *, surface: str, r
 
 async def _attempt(request: Request, handler: Handler, surface: str) -> tuple[Response | None, Exception | None]:
     """Run ``handler`` once in its own unit of work; return its response or the error that ended it."""
-    uow = context_of(request).uow(surface=surface)
+    uow = context_of(request).uow_factory(surface=surface)
     request.scope[UOW_KEY] = uow
     error: Exception | None = None
     response: Response | None = None
@@ -116,8 +123,8 @@ async def _attempt(request: Request, handler: Handler, surface: str) -> tuple[Re
     return response, error
 
 
-class _BodyReplay:
-    """Record the request body's ASGI messages, so that a retried attempt reads the same body again."""
+class _BodyRecorder:
+    """Record the request body's ASGI messages as the first attempt reads them, to replay them to a retry."""
 
     __slots__ = ("_messages", "_receive")
 
@@ -125,17 +132,21 @@ class _BodyReplay:
         self._receive = receive
         self._messages: list[Message] = []
 
-    def receive(self) -> Receive:
-        """Return a ``receive`` for one attempt: the messages read so far, then the connection's own."""
+    async def receive(self) -> Message:
+        """The first attempt's ``receive``: the connection's messages, recorded."""
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._messages.append(message)
+        return message
+
+    def replay(self) -> Receive:
+        """Return a ``receive`` for a retry: the messages read so far, then the connection's own."""
         position = 0
 
         async def replay() -> Message:
             nonlocal position
             if position == len(self._messages):
-                message = await self._receive()
-                if message["type"] != "http.request":
-                    return message
-                self._messages.append(message)
+                return await self.receive()
             position += 1
             return self._messages[position - 1]
 
@@ -158,12 +169,12 @@ class SurfaceRoute(APIRoute):
         surface, render = self.surface, type(self).render_error
 
         async def bounded(request: Request) -> Response:
-            return await run_in_boundary(request, handler, surface=surface, render=render)
+            return await run_in_boundary(request.scope, request.receive, handler, surface=surface, render=render)
 
         return bounded
 
 
-# --- request id and caller address ------------------------------------------------------------------
+# --- the front door: request id and caller address, and the hot back-channel routes -----------------
 def client_address(scope: Scope, trusted_proxies: frozenset[str]) -> str:
     """Return the caller's address; ``X-Forwarded-For`` is believed only from a trusted proxy."""
     client = scope.get("client")
@@ -176,12 +187,63 @@ def client_address(scope: Scope, trusted_proxies: frozenset[str]) -> str:
     return peer
 
 
-class RequestContextMiddleware:
-    """Give every HTTP request an id and an address, and echo the id in the response."""
+def new_request_id() -> str:
+    """Return a fresh request id: 16 hexadecimal digits (64 random bits).
 
-    def __init__(self, app: ASGIApp, trusted_proxies: list[str] | None = None) -> None:
+    A correlation id, not a secret (it is echoed to the caller): the non-cryptographic generator is
+    enough and costs no system call per request. CPython reseeds it in each forked worker.
+    """
+    return _random_bits(64).to_bytes(8, "big").hex()
+
+
+_random_bits = random.getrandbits
+FastHandler = Callable[[str, Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class FastRoute:
+    """A hot ``POST /tenants/{tenant}/<endpoint>`` served by :class:`FrontDoor` without the framework."""
+
+    handler: FastHandler  # called with the tenant slug and the request
+    surface: str
+    render: Renderer
+    label: str  # the documented route's path, for metrics
+
+
+class _MatchedRoute:
+    """Stands in for the matched route in ``scope["route"]`` (what metrics and logs read)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class FrontDoor:
+    """The outermost ASGI layer: every HTTP request gets its id and caller address here, first.
+
+    The id comes from a well-formed ``X-Request-ID`` or is made here; it is set as the request's
+    context (:mod:`idhub.request_context`) and echoed on the answer. Then the hot back-channel POSTs
+    (``{issuer}/token``, ``{issuer}/introspect``: thousands a second) go straight to their endpoint
+    functions in the same boundary their documented routes use (:func:`run_in_boundary`: one unit of
+    work, the surface's own errors), skipping the framework's middleware, router and dependency
+    machinery, which cost more than the endpoints themselves. Everything else goes to ``app``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        owner: Any,
+        metrics: Metrics,
+        trusted_proxies: list[str] | None = None,
+        fast_routes: dict[str, FastRoute] | None = None,
+    ) -> None:
         self.app = app
+        self.owner = owner  # the application object routes find in ``scope["app"]``
+        self.metrics = metrics
         self.trusted_proxies = frozenset(trusted_proxies or ())
+        self.fast_routes = {name: (route, _MatchedRoute(route.label)) for name, route in (fast_routes or {}).items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -195,18 +257,53 @@ class RequestContextMiddleware:
                     request_id = candidate
                 break
         if request_id is None:
-            request_id = random_token(12)
+            request_id = new_request_id()
         info = RequestInfo(request_id, client_address(scope, self.trusted_proxies))
         scope["idhub.request"] = info
         token = request_context.enter(info)
-        encoded = request_id.encode("ascii")
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded)]
-            await send(message)
-
         try:
+            fast = self._fast_route(scope)
+            if fast is not None:
+                await self._serve_fast(scope, receive, send, fast, request_id)
+                return
+            encoded = request_id.encode("ascii")
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded)]
+                await send(message)
+
             await self.app(scope, receive, send_with_id)
         finally:
             request_context.leave(token)
+
+    def _fast_route(self, scope: Scope) -> tuple[str, FastRoute, _MatchedRoute] | None:
+        if scope["method"] != "POST" or not self.fast_routes:
+            return None
+        path: str = scope["path"]
+        if not path.startswith("/tenants/"):
+            return None
+        slug, sep, endpoint = path[9:].partition("/")
+        entry = self.fast_routes.get(endpoint) if sep and slug else None
+        return None if entry is None else (slug, *entry)
+
+    async def _serve_fast(
+        self, scope: Scope, receive: Receive, send: Send, fast: tuple[str, FastRoute, _MatchedRoute], request_id: str
+    ) -> None:
+        slug, route, matched = fast
+        scope["app"] = self.owner
+        scope["route"] = matched
+        start = time.perf_counter()
+        handler = route.handler
+
+        async def call(request: Request) -> Response:
+            return await handler(slug, request)
+
+        response = await run_in_boundary(scope, receive, call, surface=route.surface, render=route.render)
+        # The framework's middleware is skipped, so the answer carries what it would have added.
+        headers = response.raw_headers
+        if NOSNIFF not in headers:
+            headers.append(NOSNIFF)
+        headers.append((REQUEST_ID_HEADER, request_id.encode("ascii")))
+        await response(scope, receive, send)
+        self.metrics.observe(matched.path, "POST", response.status_code, time.perf_counter() - start)

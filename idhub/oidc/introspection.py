@@ -8,9 +8,9 @@ meant for the caller is just ``{"active": false}`` (RFC 7662 §2.2).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
 
 from idhub.clients.service import ClientInfo
@@ -90,7 +90,7 @@ async def introspect_access_token(ctx: AppContext, tenant: TenantInfo, client: C
         value = claims.get(name)
         if value is not None:
             body[name] = value
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)
 
 
 async def introspect_refresh_token(
@@ -119,7 +119,7 @@ async def introspect_refresh_token(
     if user is not None:
         body["sub"] = str(user.id)
         body["username"] = user.username
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)
 
 
 async def introspect_token(

@@ -6,14 +6,10 @@ it reads the body itself and answers with a pre-serialised JSON body.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from idhub.metrics import NOSNIFF, Metrics
 from idhub.oidc.grants import exchange
 from idhub.oidc.params import (
     CLIENT_AUTH_FIELDS,
@@ -26,7 +22,7 @@ from idhub.oidc.params import (
     tenant_of,
 )
 from idhub.oidc.routing import SURFACE, OAuthRoute, render_oauth_error
-from idhub.routing import context_of, run_in_boundary, uow_of
+from idhub.routing import FastRoute, context_of, uow_of
 
 router = APIRouter(tags=["oidc"], route_class=OAuthRoute)
 
@@ -72,59 +68,16 @@ async def token(tenant: str, request: Request) -> Response:
     return NoStoreJSON(body)
 
 
-class _RouteLabel:
-    """Stands in for the matched route in ``scope["route"]`` so metrics label fast-path requests."""
+def back_channel_routes() -> dict[str, FastRoute]:
+    """Return the hot back-channel POSTs the front door serves without the framework's router.
 
-    __slots__ = ("path",)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-
-FastHandler = Callable[[str, Request], Awaitable[Response]]
-
-
-class BackChannelFastPath:
-    """ASGI middleware that serves the hot back-channel POSTs without the framework's router.
-
-    ``POST {issuer}/token`` and ``POST {issuer}/introspect`` run thousands of times per second; the
-    router and dependency machinery cost more than the endpoint itself, so these two paths go straight
-    to the same endpoint functions the documented routes use, inside the same boundary as the OAuth
-    routes (:func:`~idhub.routing.run_in_boundary`: one unit of work, RFC 6749 §5.2 errors).
+    ``POST {issuer}/token`` and ``POST {issuer}/introspect`` run thousands of times per second; they
+    go straight to the same endpoint functions the documented routes use, in the OAuth surface's
+    boundary (one unit of work, RFC 6749 §5.2 errors). See :class:`~idhub.routing.FrontDoor`.
     """
+    from idhub.oidc.introspection import introspect  # imported here: introspection imports this module
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        from idhub.oidc.introspection import introspect  # imported here: introspection imports this module
-
-        self.app = app
-        self.metrics = metrics
-        self.handlers: dict[str, tuple[FastHandler, _RouteLabel]] = {}
-        self.register("token", token)
-        self.register("introspect", introspect)
-
-    def register(self, endpoint: str, handler: FastHandler) -> None:
-        """Serve ``POST /tenants/{tenant}/{endpoint}`` with ``handler(tenant, request)``."""
-        self.handlers[endpoint] = (handler, _RouteLabel(f"/tenants/{{tenant}}/{endpoint}"))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/tenants/"):
-            slug, sep, endpoint = scope["path"][9:].partition("/")
-            entry = self.handlers.get(endpoint) if sep and slug else None
-            if entry is not None:
-                handler, label = entry
-                scope["route"] = label
-                start = time.perf_counter()
-
-                async def call(request: Request) -> Response:
-                    return await handler(slug, request)
-
-                response = await run_in_boundary(
-                    Request(scope, receive), call, surface=SURFACE, render=render_oauth_error
-                )
-                # This middleware sits outside the metrics middleware, so it records and secures itself.
-                if NOSNIFF not in response.raw_headers:
-                    response.raw_headers.append(NOSNIFF)
-                await response(scope, receive, send)
-                self.metrics.observe(label.path, "POST", response.status_code, time.perf_counter() - start)
-                return
-        await self.app(scope, receive, send)
+    return {
+        endpoint: FastRoute(handler, SURFACE, render_oauth_error, f"/tenants/{{tenant}}/{endpoint}")
+        for endpoint, handler in (("token", token), ("introspect", introspect))
+    }

@@ -108,11 +108,15 @@ class UnitOfWork:
         self._keep = True
 
     async def commit(self) -> None:
-        """Write the audit rows, commit, then hand the events on. The only commit in idhub."""
+        """Write the audit rows, commit, then hand the events on. The only commit in idhub.
+
+        The before-commit hooks see the events; a unit of work that raised none does not call them.
+        """
         events, self.events = self.events, []
         try:
-            for hook in self._factory.before_commit:
-                await hook(self, events)
+            if events:
+                for hook in self._factory.before_commit:
+                    await hook(self, events)
             if self._session is not None:
                 await self._session.commit()
         except BaseException:
@@ -146,6 +150,13 @@ class UnitOfWork:
 
     async def finish(self, error: BaseException | None) -> None:
         """End the unit of work: commit on success (or when kept), else roll back; always close."""
+        if error is None and self._session is None:  # nothing to close (a stateless token request)
+            try:
+                await self.commit()
+            except Exception:
+                await self._rollback_quietly()
+                raise
+            return
         try:
             if error is None or (self._keep and isinstance(error, Exception)):
                 try:

@@ -134,7 +134,7 @@ def test_audit_writer_fold_equal_successes_one_entry_other_addresses_apart(env: 
         for request_id, address in calls:
             token = request_context.enter(RequestInfo(request_id, address))
             try:
-                await writer.fold([event], actor=actor, surface="oidc")
+                writer.defer([event], actor=actor, surface="oidc")
             finally:
                 request_context.leave(token)
         await writer.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 
 import pytest
@@ -55,3 +56,30 @@ async def test_batch_signer_closed_refuses_new_jobs() -> None:
     signer.close()
     with pytest.raises(RuntimeError):
         await signer.run(lambda: None)
+
+
+async def test_batch_signer_hands_one_iterations_jobs_over_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    handed: list[int] = []
+
+    class CountingQueue(queue.SimpleQueue):  # type: ignore[type-arg]
+        def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
+            handed.append(len(item) if isinstance(item, list) else 0)
+            super().put(item, block, timeout)
+
+    monkeypatch.setattr(queue, "SimpleQueue", CountingQueue)
+    signer = BatchSigner()
+    try:
+        results = await asyncio.gather(*(signer.run(lambda i=i: i) for i in range(50)))
+        assert results == list(range(50))
+        assert handed == [50]  # one wake-up of the worker for the whole iteration, not fifty
+    finally:
+        signer.close()
+
+
+async def test_batch_signer_closed_before_the_hand_over_fails_the_waiting_jobs() -> None:
+    signer = BatchSigner()
+    job = asyncio.ensure_future(signer.run(lambda: "never signed"))
+    await asyncio.sleep(0)  # queued, not yet handed over
+    signer.close()
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(job, 2)

@@ -131,7 +131,7 @@ async def _serve(env: Env, handler: Any, body: bytes) -> Response:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
     scope = {"type": "http", "method": "POST", "path": "/t", "headers": [], "query_string": b"", "app": env.client.app}
-    return await run_in_boundary(Request(scope, receive), handler, surface="oauth", render=render_oauth_error)
+    return await run_in_boundary(scope, receive, handler, surface="oauth", render=render_oauth_error)
 
 
 def test_boundary_conflict_retried_in_a_fresh_unit_of_work_with_the_same_body(env: Env) -> None:
