@@ -1,6 +1,7 @@
 """All tables; importing this package registers them on ``Base.metadata``."""
 
 from idhub.storage.models.audit import AuditEvent
+from idhub.storage.models.broker import FederatedIdentity, IdentityProvider
 from idhub.storage.models.client import Client
 from idhub.storage.models.consent import Consent
 from idhub.storage.models.grant import AuthorizationCode, Grant, RefreshToken
@@ -18,9 +19,11 @@ __all__ = [
     "AuthorizationCode",
     "Client",
     "Consent",
+    "FederatedIdentity",
     "Grant",
     "Group",
     "GroupMember",
+    "IdentityProvider",
     "Interaction",
     "ProvisioningToken",
     "RefreshToken",

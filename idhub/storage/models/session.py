@@ -24,6 +24,10 @@ class UserSession(Base):
     token_hash: Mapped[str] = mapped_column(String(128), unique=True)
     auth_time: Mapped[datetime]
     amr: Mapped[list[str]] = mapped_column(default=list)
+    acr: Mapped[str | None] = mapped_column(String(255))
+    # The linked upstream account the person signed in with (None: a local sign-in). Removing the link
+    # ends its sessions first; the column is cleared if the row goes anyway.
+    link_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("federated_identity.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]

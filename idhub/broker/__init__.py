@@ -1,0 +1,1 @@
+"""Identity brokering: upstream identity providers, their connectors, mapping and account linking."""
