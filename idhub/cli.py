@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -530,5 +531,173 @@ def tenant_update(slug: str, access_token_alg: str | None, name: str | None, as_
     async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
         row = await update_tenant(uow, slug=slug, name=name, access_token_alg=access_token_alg)
         return {"tenant": row.slug, "name": row.name, "settings": row.settings}
+
+    _emit(_run(work), as_json)
+
+
+@main.group()
+def idp() -> None:
+    """Manage upstream identity providers (corporate OIDC and SAML, social networks)."""
+
+
+_IDP_TYPES = ["oidc", "saml", "google", "microsoft", "github", "facebook", "linkedin"]
+
+
+@idp.command("create")
+@click.option("--tenant", "slug", required=True)
+@click.option("--alias", required=True, help="short name used in URLs and idp_hint")
+@click.option("--type", "kind", required=True, type=click.Choice(_IDP_TYPES))
+@click.option("--issuer", default=None, help="the upstream OpenID provider's issuer (discovery is fetched from it)")
+@click.option("--client-id", default=None)
+@click.option("--client-secret-stdin", is_flag=True, help="read the upstream client secret from standard input")
+@click.option("--metadata-file", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--metadata-url", default=None)
+@click.option("--internal", is_flag=True, help="allow private and loopback addresses (a test peer on 127.0.0.1)")
+@click.option("--no-jit", is_flag=True, help="do not create directory users on first sign-in")
+@click.option("--display-name", default=None)
+@click.option("--email-domain", "email_domains", multiple=True, help="a domain this upstream is authoritative for")
+@click.option("--link-claim", default=None, help="upstream claim matched against the directory's externalId")
+@click.option("--json", "as_json", is_flag=True)
+def idp_create(
+    slug: str,
+    alias: str,
+    kind: str,
+    issuer: str | None,
+    client_id: str | None,
+    client_secret_stdin: bool,
+    metadata_file: str | None,
+    metadata_url: str | None,
+    internal: bool,
+    no_jit: bool,
+    display_name: str | None,
+    email_domains: tuple[str, ...],
+    link_claim: str | None,
+    as_json: bool,
+) -> None:
+    """Add an upstream and print the URLs to register with it (callback, or SAML ACS and metadata)."""
+    from idhub.broker.providers import NewProvider
+
+    if metadata_file and metadata_url:
+        _fail("give --metadata-file or --metadata-url, not both")
+    secret = sys.stdin.readline().rstrip("\n") if client_secret_stdin else None
+    if client_secret_stdin and not secret:
+        _fail("no client secret on standard input")
+    metadata = Path(metadata_file).read_bytes() if metadata_file else None
+    new = NewProvider(
+        alias=alias,
+        type=kind,
+        issuer=issuer,
+        client_id=client_id,
+        client_secret=secret,
+        metadata_xml=metadata,
+        metadata_url=metadata_url,
+        internal=internal,
+        jit=not no_jit,
+        display_name=display_name,
+        email_domains=email_domains,
+        link_claim=link_claim,
+    )
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        created = await ctx.broker.providers(uow).create(tenant.id, new)
+        return {"tenant": tenant.slug, **created.describe(issuer_for(ctx.settings.public_url, tenant.slug))}
+
+    _emit(_run(work), as_json)
+
+
+@idp.command("list")
+@click.option("--tenant", "slug", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def idp_list(slug: str, as_json: bool) -> None:
+    """List the tenant's upstream identity providers (never their secrets)."""
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        issuer = issuer_for(ctx.settings.public_url, tenant.slug)
+        listed = await ctx.broker.providers(uow).list(tenant.id)
+        return {"tenant": tenant.slug, "identity_providers": [p.describe(issuer) for p in listed]}
+
+    result = _run(work)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for provider in result["identity_providers"]:
+            state = "enabled" if provider["enabled"] else "disabled"
+            click.echo(f"{provider['alias']}  {provider['type']}  {provider['display_name']}  {state}")
+
+
+@idp.command("show")
+@click.option("--tenant", "slug", required=True)
+@click.option("--alias", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def idp_show(slug: str, alias: str, as_json: bool) -> None:
+    """Show one upstream's settings and URLs (never its secret)."""
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        found = await ctx.broker.providers(uow).get(tenant.id, alias)
+        return {"tenant": tenant.slug, **found.describe(issuer_for(ctx.settings.public_url, tenant.slug))}
+
+    _emit(_run(work), as_json)
+
+
+@idp.command("update")
+@click.option("--tenant", "slug", required=True)
+@click.option("--alias", required=True)
+@click.option("--enable/--disable", "enabled", default=None)
+@click.option("--jit/--no-jit", "jit", default=None)
+@click.option("--display-name", default=None)
+@click.option("--client-secret-stdin", is_flag=True, help="replace the upstream client secret")
+@click.option("--email-domain", "email_domains", multiple=True, help="replaces the authoritative domains")
+@click.option("--clear-email-domains", is_flag=True)
+@click.option("--link-claim", default=None, help='upstream claim for externalId linking ("" removes it)')
+@click.option("--json", "as_json", is_flag=True)
+def idp_update(
+    slug: str,
+    alias: str,
+    enabled: bool | None,
+    jit: bool | None,
+    display_name: str | None,
+    client_secret_stdin: bool,
+    email_domains: tuple[str, ...],
+    clear_email_domains: bool,
+    link_claim: str | None,
+    as_json: bool,
+) -> None:
+    """Change an upstream's settings; what is not given stays."""
+    secret = sys.stdin.readline().rstrip("\n") if client_secret_stdin else None
+    if client_secret_stdin and not secret:
+        _fail("no client secret on standard input")
+    domains: tuple[str, ...] | None = () if clear_email_domains else (email_domains or None)
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        changed = await ctx.broker.providers(uow).update(
+            tenant.id,
+            alias,
+            enabled=enabled,
+            jit=jit,
+            display_name=display_name,
+            client_secret=secret,
+            email_domains=domains,
+            link_claim=link_claim,
+        )
+        return {"tenant": tenant.slug, **changed.describe(issuer_for(ctx.settings.public_url, tenant.slug))}
+
+    _emit(_run(work), as_json)
+
+
+@idp.command("delete")
+@click.option("--tenant", "slug", required=True)
+@click.option("--alias", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def idp_delete(slug: str, alias: str, as_json: bool) -> None:
+    """Remove an upstream with its links; the sessions that came through it end now."""
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        removed = await ctx.broker.providers(uow).delete(tenant.id, alias)
+        return {"tenant": tenant.slug, "alias": removed.alias, "deleted": True}
 
     _emit(_run(work), as_json)

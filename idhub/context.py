@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from idhub.audit.service import AuditLog, AuditWriter
+from idhub.broker.service import Broker
 from idhub.clients.service import ClientCache
 from idhub.credentials.provisioning import ProvisioningTokenCache
 from idhub.crypto.encryption import Sealer, derive_key
@@ -58,6 +59,7 @@ class AppContext:
     statistics: StatisticsRefresher
     provisioning_tokens: ProvisioningTokenCache
     purger: Purger
+    broker: Broker
     redis: Any = None
 
     def uow(self, *, actor: Actor = ANONYMOUS, surface: str = "") -> UnitOfWork:
@@ -83,6 +85,7 @@ class AppContext:
         except Exception:
             log.exception("audit entries could not be written at shutdown")
         await self.statistics.wait()
+        await self.broker.close()
         self.tokens.close()
         if self.redis is not None:
             await self.redis.aclose()
@@ -101,6 +104,7 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
     engine = create_engine(settings.database_url, timeouts=timeouts)
     sessionmaker = create_sessionmaker(engine)
     sealer = Sealer(master)
+    cookie_key = derive_key(master, "cookies")
     stale = settings.stale_if_error_seconds
     keys = KeyStore(sessionmaker, sealer, stale_if_error=stale, faults=metrics)
     secret_hasher = SecretHasher(derive_key(master, "secret-hash"))
@@ -149,7 +153,7 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         audit=audit,
         sealer=sealer,
         secret_hasher=secret_hasher,
-        cookie_key=derive_key(master, "cookies"),
+        cookie_key=cookie_key,
         passwords=PasswordHasher(settings.passwords),
         keys=keys,
         tenants=tenants,
@@ -161,5 +165,6 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         statistics=StatisticsRefresher(engine),
         provisioning_tokens=ProvisioningTokenCache(sessionmaker, secret_hasher, revocations),
         purger=Purger(uow_factory, interval=settings.purge_interval_seconds),
+        broker=Broker(sealer=sealer, cookie_key=cookie_key),
         redis=redis,
     )

@@ -417,3 +417,106 @@ class ProvisioningTokenRevoked(CredentialEvent):
     """A provisioning token was revoked; every process refuses it from this commit on."""
 
     action: ClassVar[str] = "provisioning_token.revoke"
+
+
+# --- brokering ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityProviderChanged(DomainEvent):
+    """An upstream identity provider was added, changed or removed; processes drop their cached connector."""
+
+    action: ClassVar[str] = "idp.update"
+    target_type: ClassVar[str] = "IdentityProvider"
+    provider_id: uuid.UUID
+    alias: str
+    changed: tuple[str, ...] = ()
+
+    @property
+    def target_id(self) -> str:
+        """Return the provider's id."""
+        return str(self.provider_id)
+
+    def details(self) -> dict[str, Any]:
+        """Return the alias and the changed settings' names (never a secret's value)."""
+        return {"alias": self.alias, "changed": list(self.changed)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityProviderCreated(IdentityProviderChanged):
+    """An upstream identity provider was added."""
+
+    action: ClassVar[str] = "idp.create"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityProviderDeleted(IdentityProviderChanged):
+    """An upstream identity provider was removed, with its links."""
+
+    action: ClassVar[str] = "idp.delete"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkEvent(DomainEvent):
+    """An upstream account was linked to, or unlinked from, a directory user."""
+
+    target_type: ClassVar[str] = "User"
+    user_id: uuid.UUID
+    link_id: uuid.UUID
+    alias: str
+    how: str = ""  # existing | external_id | email | jit | proof | operator | person
+
+    @property
+    def target_id(self) -> str:
+        """Return the user's id."""
+        return str(self.user_id)
+
+    def details(self) -> dict[str, Any]:
+        """Return the upstream's alias, the link and how it was made or removed."""
+        return {"alias": self.alias, "link_id": str(self.link_id), "how": self.how}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkCreated(LinkEvent):
+    """A new link: from now on this upstream account signs in as the user."""
+
+    action: ClassVar[str] = "link.create"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkRemoved(LinkEvent):
+    """A link was removed; the sessions it created were ended."""
+
+    action: ClassVar[str] = "link.delete"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokeredSignIn(DomainEvent):
+    """A sign-in through an upstream: who (when known), through which upstream, and why it was refused."""
+
+    action: ClassVar[str] = "signin.broker"
+    target_type: ClassVar[str] = "User"
+    alias: str
+    user_id: uuid.UUID | None = None
+    result: Outcome = "success"
+    reason: str | None = None
+    how: str | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        """Return whether the brokered sign-in succeeded."""
+        return self.result
+
+    @property
+    def target_id(self) -> str:
+        """Return the user's id (empty when the sign-in was refused before a user was found)."""
+        return str(self.user_id) if self.user_id is not None else ""
+
+    def details(self) -> dict[str, Any]:
+        """Return the upstream, how the user was found and why a refusal happened (never shown to the person)."""
+        details: dict[str, Any] = {"alias": self.alias}
+        if self.how:
+            details["how"] = self.how
+        if self.reason:
+            details["reason"] = self.reason
+        return details

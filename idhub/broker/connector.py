@@ -37,13 +37,24 @@ class Identity:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginSecrets:
+    """Values that bind one sign-in's upstream answer to it; the broker picks them and seals them in ``state``.
+
+    ``nonce`` goes into the OIDC authentication request, ``code_verifier`` stays here and its S256
+    challenge goes upstream (RFC 7636), ``request_id`` is the SAML AuthnRequest ID that the response's
+    ``InResponseTo`` must name.
+    """
+
+    nonce: str
+    code_verifier: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class LoginStart:
-    """Where to send the browser upstream, and what the callback must find again (sealed in ``state``)."""
+    """Where to send the browser upstream."""
 
     url: str
-    nonce: str | None = None
-    code_verifier: str | None = None
-    request_id: str | None = None  # SAML AuthnRequest ID (the response's InResponseTo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +70,8 @@ class CallbackInput:
 class LoginStarter(Protocol):
     """Build the upstream authorization (or SAML AuthnRequest) URL."""
 
-    async def login_url(self, *, state: str, callback_url: str) -> LoginStart:
-        """Return where the browser goes upstream for this sign-in."""
+    async def login_url(self, *, state: str, callback_url: str, secrets: LoginSecrets) -> LoginStart:
+        """Return where the browser goes upstream for this sign-in, bound to ``state`` and ``secrets``."""
         ...
 
 

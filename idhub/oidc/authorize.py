@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from idhub.broker.providers import find_provider
 from idhub.clients.service import ClientInfo, redirect_uri_matches
 from idhub.context import AppContext
 from idhub.crypto.secrets import random_token
@@ -53,7 +54,14 @@ CODE_CHALLENGE_RE = re.compile(r"^[A-Za-z0-9_-]{43,128}$")
 PROMPT_VALUES = frozenset({"none", "login", "consent"})
 # RFC 8707 §2: ``resource`` is the one parameter that may be repeated.
 REPEATABLE = frozenset({"resource"})
-MAX_LENGTHS = {"state": 2048, "nonce": 512, "login_hint": 255, "id_token_hint": 16384, "scope": 2000}
+MAX_LENGTHS = {
+    "state": 2048,
+    "nonce": 512,
+    "login_hint": 255,
+    "id_token_hint": 16384,
+    "scope": 2000,
+    "idp_hint": 64,
+}
 
 
 class UntrustedRequest(Exception):
@@ -102,6 +110,7 @@ class AuthorizationContext:
             max_age=self.max_age,
             login_hint=self.one("login_hint"),
             id_token_hint_sub=self.id_token_hint_sub,
+            idp_hint=self.one("idp_hint"),
         )
 
 
@@ -375,4 +384,9 @@ async def process_authorization(
         browser_secret=secret,
         sso=None if needs_login else sso,
     )
-    return StartInteraction(f"{tenant.issuer}/interaction/{interaction_id}", secret, existing is None)
+    location = f"{tenant.issuer}/interaction/{interaction_id}"
+    if needs_login and request.idp_hint and await find_provider(session, tenant.id, request.idp_hint) is not None:
+        # ``idp_hint``: the app's own "Sign in with ..." button; straight to that upstream (an unknown or
+        # disabled alias shows the login page instead, with every way to sign in).
+        location = f"{tenant.issuer}/broker/{request.idp_hint}/login?interaction={interaction_id}"
+    return StartInteraction(location, secret, existing is None)

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -24,8 +25,8 @@ from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
 from idhub.crypto.secrets import constant_time_equals, random_token
 from idhub.oidc.codes import create_authorization_code
-from idhub.oidc.errors import OAuthError
-from idhub.sessions.service import SsoSession
+from idhub.oidc.errors import LoginRequired, OAuthError
+from idhub.sessions.service import SsoSession, create_session
 from idhub.storage.base import utcnow
 from idhub.storage.models import Consent, Interaction
 from idhub.storage.single_use import consume
@@ -52,6 +53,7 @@ class AuthorizationRequest:
     max_age: int | None = None
     login_hint: str | None = None
     id_token_hint_sub: str | None = None
+    idp_hint: str | None = None  # the alias of the upstream to sign in with
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -273,3 +275,62 @@ async def finish_authorization(
     return authorization_response_url(
         request.redirect_uri, {"code": code, "state": request.state, "iss": tenant.issuer}
     )
+
+
+# --- the one way back from any sign-in ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Where the browser goes after a sign-in (303), and the new SSO session's cookie."""
+
+    location: str
+    session_cookie: str
+
+
+async def resume_after_login(
+    session: AsyncSession,
+    *,
+    ctx: AppContext,
+    tenant: TenantInfo,
+    interaction: Interaction,
+    request: AuthorizationRequest,
+    client: ClientInfo,
+    user_id: uuid.UUID,
+    amr: Sequence[str],
+    acr: str | None = None,
+    link_id: uuid.UUID | None = None,
+    previous_cookie: str | None = None,
+) -> Resumed:
+    """Go on with an interaction once someone signed in, however they did (password, upstream, later MFA).
+
+    Starts a new SSO session (regenerated, OWASP session fixation) that records how the person signed
+    in, binds it to the interaction, then: a different user than ``id_token_hint`` named gets
+    ``login_required`` (OIDC Core §3.1.2.1); a client still to be approved gets the consent page;
+    otherwise the interaction is completed (single use) and the client gets its code.
+    """
+    sso, cookie = await create_session(
+        session,
+        hasher=ctx.secret_hasher,
+        settings=ctx.settings.sessions,
+        tenant_id=tenant.id,
+        user_id=user_id,
+        amr=list(amr),
+        acr=acr,
+        link_id=link_id,
+        previous_cookie=previous_cookie,
+    )
+    interaction.user_id, interaction.session_id = sso.user_id, sso.id
+    hinted = request.id_token_hint_sub
+    if hinted is not None and hinted != str(sso.user_id):
+        await complete_interaction(session, interaction_id=interaction.id)
+        error = LoginRequired("the signed-in user is not the one named by id_token_hint")
+        location = error_redirect_url(
+            redirect_uri=request.redirect_uri, issuer=tenant.issuer, error=error, state=request.state
+        )
+    elif await consent_needed(session, client=client, request=request, user_id=sso.user_id):
+        location = f"{tenant.issuer}/interaction/{interaction.id}"
+    else:
+        await complete_interaction(session, interaction_id=interaction.id)
+        location = await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=request, sso=sso)
+    return Resumed(location, cookie)

@@ -49,9 +49,14 @@ async def create_session(
     tenant_id: uuid.UUID,
     user_id: uuid.UUID,
     amr: list[str],
+    acr: str | None = None,
+    link_id: uuid.UUID | None = None,
     previous_cookie: str | None = None,
 ) -> tuple[SsoSession, str]:
     """Start a new SSO session and return it with its cookie value.
+
+    ``amr`` and ``acr`` say how the person signed in (RFC 8176); ``link_id`` is the linked upstream
+    account of a brokered sign-in (removing the link ends the session).
 
     Session regeneration (OWASP session fixation defence): every login gets a new id and secret and
     the session this browser presented before, if any, is revoked.
@@ -67,6 +72,8 @@ async def create_session(
         token_hash=hasher.hash(secret),
         auth_time=now,
         amr=list(amr),
+        acr=acr[:255] if acr else None,
+        link_id=link_id,
         created_at=now,
         last_seen_at=now,
         expires_at=now + timedelta(seconds=settings.absolute_ttl),

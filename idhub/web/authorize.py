@@ -27,7 +27,7 @@ _QUERY_PARAMETERS = [
     {"name": name, "in": "query", "required": name in ("client_id", "response_type"), "schema": {"type": "string"}}
     for name in (
         "client_id", "redirect_uri", "response_type", "scope", "state", "nonce", "code_challenge",
-        "code_challenge_method", "prompt", "max_age", "login_hint", "id_token_hint", "resource",
+        "code_challenge_method", "prompt", "max_age", "login_hint", "id_token_hint", "resource", "idp_hint",
     )
 ]  # fmt: skip
 _FORM_BODY = {

@@ -12,23 +12,23 @@ from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
 from idhub.deps import ContextDep, TenantDep, UnitOfWorkDep, client_address
 from idhub.events import Actor
-from idhub.oidc.errors import AccessDenied, LoginRequired
+from idhub.oidc.errors import AccessDenied
 from idhub.oidc.interaction import (
     BROWSER_COOKIE,
     AuthorizationRequest,
     InteractionError,
     complete_interaction,
-    consent_needed,
     csrf_token,
     csrf_valid,
     error_redirect_url,
     finish_authorization,
     load_interaction,
     record_consent,
+    resume_after_login,
     usable_browser_secret,
 )
 from idhub.sessions.login import DEVICE_COOKIE, DeviceTrust, authenticate_password
-from idhub.sessions.service import cookie_path, create_session, load_session
+from idhub.sessions.service import cookie_path, load_session
 from idhub.storage.models import Interaction
 from idhub.tenants.service import TenantInfo
 from idhub.web.cookies import set_session_cookie
@@ -64,7 +64,7 @@ def _see_other(location: str) -> RedirectResponse:
     return RedirectResponse(location, status_code=303, headers={"cache-control": "no-store"})
 
 
-async def _open(
+async def open_interaction(
     request: Request, ctx: AppContext, tenant: TenantInfo, session: AsyncSession, interaction_id: str
 ) -> tuple[Interaction, AuthorizationRequest, ClientInfo, str]:
     """Load the interaction bound to this browser, its request and its (still enabled) client."""
@@ -90,7 +90,7 @@ async def _form_and_interaction(
         presented = single(form, "csrf_token")
     except BadForm as exc:
         raise InteractionError("The form is malformed.") from exc
-    row, auth_request, client, secret = await _open(request, ctx, tenant, session, interaction_id)
+    row, auth_request, client, secret = await open_interaction(request, ctx, tenant, session, interaction_id)
     if not csrf_valid(ctx.cookie_key, row.id, secret, presented):
         raise InteractionError("The form has expired or was not sent by this site. Go back and try again.")
     return form, row, auth_request, client
@@ -108,13 +108,22 @@ async def interaction_page(
     """Show the login page, or the consent page once the user is signed in."""
     session = uow.session
     try:
-        row, auth_request, client, secret = await _open(request, ctx, tenant, session, interaction_id)
+        row, auth_request, client, secret = await open_interaction(request, ctx, tenant, session, interaction_id)
     except InteractionError as exc:
         return error_page(exc.message, tenant=tenant, status=exc.status)
     base = f"{tenant.issuer}/interaction/{row.id}"
     token = csrf_token(ctx.cookie_key, row.id, secret)
     if row.user_id is None:
         failed = request.query_params.get("error") == "login"
+        upstreams = [
+            {
+                "alias": p.alias,
+                "name": p.display_name,
+                "url": f"{tenant.issuer}/broker/{p.alias}/login?interaction={row.id}",
+            }
+            for p in await ctx.broker.providers(uow).list(tenant.id)
+            if p.enabled
+        ]
         return render_page(
             "login.html",
             tenant=tenant,
@@ -123,6 +132,7 @@ async def interaction_page(
             error=LOGIN_FAILED if failed else None,
             client_name=client.name,
             csrf_token=token,
+            upstreams=upstreams,
         )
     scopes = [(scope, SCOPE_DESCRIPTIONS.get(scope, scope)) for scope in auth_request.scope]
     return render_page(
@@ -171,41 +181,22 @@ async def login_submit(
     if result.user_id is None:
         return _see_other(f"{page}?error=login")
     uow.actor = Actor("user", str(result.user_id))
-    cookie_name = ctx.settings.sessions.cookie_name
-    sso, cookie = await create_session(
-        session,
-        hasher=ctx.secret_hasher,
-        settings=ctx.settings.sessions,
-        tenant_id=tenant.id,
-        user_id=result.user_id,
-        amr=["pwd"],
-        previous_cookie=request.cookies.get(cookie_name),
-    )
-    row.user_id, row.session_id = sso.user_id, sso.id
-    hinted = auth_request.id_token_hint_sub
-    if hinted is not None and hinted != str(sso.user_id):
-        # OIDC Core §3.1.2.1: the id_token_hint named another user; the client gets an error, not a code.
-        try:
-            await complete_interaction(session, interaction_id=row.id)
-        except InteractionError as exc:
-            return error_page(exc.message, tenant=tenant, status=exc.status)
-        error = LoginRequired("the signed-in user is not the one named by id_token_hint")
-        response = _see_other(
-            error_redirect_url(
-                redirect_uri=auth_request.redirect_uri, issuer=tenant.issuer, error=error, state=auth_request.state
-            )
+    try:
+        resumed = await resume_after_login(
+            session,
+            ctx=ctx,
+            tenant=tenant,
+            interaction=row,
+            request=auth_request,
+            client=client,
+            user_id=result.user_id,
+            amr=["pwd"],
+            previous_cookie=request.cookies.get(ctx.settings.sessions.cookie_name),
         )
-    elif await consent_needed(session, client=client, request=auth_request, user_id=sso.user_id):
-        response = _see_other(page)
-    else:
-        try:
-            await complete_interaction(session, interaction_id=row.id)
-        except InteractionError as exc:
-            return error_page(exc.message, tenant=tenant, status=exc.status)
-        response = _see_other(
-            await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=auth_request, sso=sso)
-        )
-    set_session_cookie(response, ctx, tenant, cookie)
+    except InteractionError as exc:
+        return error_page(exc.message, tenant=tenant, status=exc.status)
+    response = _see_other(resumed.location)
+    set_session_cookie(response, ctx, tenant, resumed.session_cookie)
     if result.device_cookie is not None:
         _set_device_cookie(response, ctx, tenant, result.device_cookie)
     return response

@@ -1,0 +1,166 @@
+"""Which directory user an upstream identity signs in as: links, never silent guesses.
+
+An upstream account is known by (upstream, subject); once linked, that pair is the only thing that
+counts, never an email address. A first sign-in is linked, in this order (#14):
+
+1. by an immutable key HR provisioned: the upstream claim named ``link_claim`` (Entra ``oid``, an
+   employee number) equals the directory user's SCIM ``externalId``;
+2. by email, only when the upstream says it verified the address **and** the operator marked the
+   upstream authoritative for that address's domain (unverified-email linking is the account-takeover
+   path of nOAuth and its cousins);
+3. else a new directory user is made just in time, unless the upstream is ``--no-jit``;
+4. else the person must prove they own an existing account by signing in with it (refused here).
+
+More than one candidate is never resolved by picking one. A user who is disabled, deleted or archived
+cannot sign in through any link.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from idhub.broker.connector import Identity
+from idhub.broker.errors import UpstreamRefused
+from idhub.broker.providers import ProviderInfo
+from idhub.directory import Directory
+from idhub.directory.profile import UserProfile, ValueRecord
+from idhub.directory.rules import is_live
+from idhub.errors import Conflict
+from idhub.events import LinkCreated
+from idhub.storage.base import utcnow
+from idhub.storage.models import User
+from idhub.storage.models.broker import FederatedIdentity
+from idhub.storage.uow import UnitOfWork
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Linked:
+    """The user an identity signs in as, through which link, and how the link was found or made."""
+
+    user_id: uuid.UUID
+    link_id: uuid.UUID
+    how: str  # existing | external_id | email | jit
+
+
+def authoritative_email(provider: ProviderInfo, identity: Identity) -> str | None:
+    """Return the identity's email when it may link accounts: verified upstream, in a domain the upstream owns."""
+    email = identity.email
+    if not email or not identity.email_verified or "@" not in email:
+        return None
+    domain = email.rsplit("@", 1)[1].lower()
+    return email if domain in provider.email_domains else None
+
+
+async def link_identity(
+    uow: UnitOfWork, *, directory: Directory, provider: ProviderInfo, identity: Identity
+) -> Linked:
+    """Return the user ``identity`` signs in as, linking or creating one by the rules above."""
+    session = uow.session
+    link = await session.scalar(
+        select(FederatedIdentity).where(
+            FederatedIdentity.provider_id == provider.id, FederatedIdentity.subject == identity.subject
+        )
+    )
+    if link is not None:
+        user = await session.get(User, link.user_id)
+        if not is_live(user):
+            raise UpstreamRefused("account_not_live", "the linked account is disabled or deleted")
+        link.last_login_at = utcnow()
+        if identity.email:
+            link.email = identity.email[:320]
+        return Linked(link.user_id, link.id, "existing")
+
+    claim = provider.config.get("link_claim")
+    key = identity.claims.get(claim) if isinstance(claim, str) else None
+    if isinstance(key, str) and key:
+        found = await _candidates(uow, provider.tenant_id, User.external_id == key)
+        if found:
+            return await _link(uow, provider, identity, _only(found), "external_id")
+
+    email = authoritative_email(provider, identity)
+    if email is not None:
+        found = await _candidates(uow, provider.tenant_id, func.lower(User.email) == email.lower())
+        if found:
+            return await _link(uow, provider, identity, _only(found), "email")
+
+    if not provider.jit:
+        raise UpstreamRefused("no_account", "no linked or matching account, and just-in-time accounts are off")
+    user = await _create_user(directory, provider, identity, email)
+    return await _link(uow, provider, identity, user, "jit")
+
+
+async def _candidates(uow: UnitOfWork, tenant_id: uuid.UUID, match: object) -> list[User]:
+    rows = await uow.session.scalars(
+        select(User).where(User.tenant_id == tenant_id, User.deleted_at.is_(None), match).limit(2)  # type: ignore[arg-type]
+    )
+    return list(rows)
+
+
+def _only(found: list[User]) -> User:
+    if len(found) > 1:
+        raise UpstreamRefused("ambiguous_account", "several directory users match; none is picked")
+    user = found[0]
+    if not is_live(user):
+        raise UpstreamRefused("account_not_live", "the matching account is disabled")
+    return user
+
+
+async def _link(uow: UnitOfWork, provider: ProviderInfo, identity: Identity, user: User, how: str) -> Linked:
+    link = FederatedIdentity(
+        tenant_id=provider.tenant_id,
+        provider_id=provider.id,
+        user_id=user.id,
+        subject=identity.subject,
+        email=identity.email[:320] if identity.email else None,
+        last_login_at=utcnow(),
+    )
+    uow.session.add(link)
+    try:
+        async with uow.session.begin_nested():
+            await uow.session.flush()
+    except Exception as exc:  # the same upstream account linked in parallel: the other request won
+        raise Conflict("this account was linked at the same moment; try again") from exc
+    uow.raise_event(
+        LinkCreated(tenant_id=provider.tenant_id, user_id=user.id, link_id=link.id, alias=provider.alias, how=how)
+    )
+    return Linked(user.id, link.id, how)
+
+
+async def _create_user(directory: Directory, provider: ProviderInfo, identity: Identity, email: str | None) -> User:
+    """Make the directory user of a first sign-in (just in time); the username says where it came from."""
+    values: tuple[ValueRecord, ...] = ()
+    if identity.email:
+        values = (ValueRecord(attribute="emails", value=identity.email[:320], type="work", primary=True),)
+    preferred = email or f"{provider.alias}.{_UNSAFE.sub('_', identity.subject)}"
+    profile = UserProfile(
+        user_name=preferred[:255],
+        values=values,
+        display_name=identity.name,
+        given_name=identity.given_name,
+        family_name=identity.family_name,
+    )
+    try:
+        return await directory.users.create(provider.tenant_id, profile, email_verified=email is not None)
+    except Conflict:
+        # The email is someone's username already (an account this upstream may not claim): use the
+        # upstream-scoped name instead, which no person chose.
+        fallback = f"{provider.alias}.{_UNSAFE.sub('_', identity.subject)}"[:255]
+        if fallback == preferred:
+            raise
+        return await directory.users.create(
+            provider.tenant_id,
+            UserProfile(
+                user_name=fallback,
+                values=values,
+                display_name=identity.name,
+                given_name=identity.given_name,
+                family_name=identity.family_name,
+            ),
+            email_verified=email is not None,
+        )

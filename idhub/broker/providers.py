@@ -1,0 +1,346 @@
+"""A tenant's upstream identity providers: add, list, show, change and remove them.
+
+Every surface (the CLI today, the admin API later) calls these commands. The client secret of an OIDC
+or OAuth upstream and the SAML SP private key are sealed with the master key before they are stored;
+what is not secret lives in ``config``. An OIDC upstream is configured from its discovery document,
+whose issuer must be exactly the one the operator named.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idhub.broker.connectors.oidc import discover
+from idhub.broker.errors import UpstreamConfigError
+from idhub.broker.fetch import Fetcher, FetchPolicy, check_url
+from idhub.crypto.encryption import Sealer
+from idhub.errors import Conflict, Invalid, NotFound
+from idhub.events import IdentityProviderChanged, IdentityProviderCreated, IdentityProviderDeleted
+from idhub.storage.base import utcnow
+from idhub.storage.models import IdentityProvider, UserSession
+from idhub.storage.models.broker import FederatedIdentity
+from idhub.storage.uow import UnitOfWork
+
+ALIAS = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+Protocol = Literal["oidc", "oauth2", "saml"]
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """What a provider type is: its protocol and what is known about it in advance."""
+
+    protocol: Protocol
+    display_name: str
+    issuer: str | None = None  # fixed for the social networks that have one issuer
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    # Whether the upstream's ``email_verified`` claim may be believed. Microsoft's ``email`` claim is
+    # whatever the account's owner typed (the "nOAuth" takeover class): never a verification.
+    email_verified_claim: bool = True
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "oidc": Preset("oidc", "OpenID Connect"),
+    "google": Preset("oidc", "Google", issuer="https://accounts.google.com"),
+    "microsoft": Preset("oidc", "Microsoft", email_verified_claim=False),
+    "linkedin": Preset("oidc", "LinkedIn", issuer="https://www.linkedin.com/oauth"),
+    "saml": Preset("saml", "SAML 2.0", scopes=()),
+}
+UNSUPPORTED_TYPES = ("github", "facebook")  # OAuth 2 profile connectors: not built yet
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    """An upstream provider as the other services see it (the secret stays sealed)."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    alias: str
+    type: str
+    display_name: str
+    enabled: bool
+    internal: bool
+    jit: bool
+    config: dict[str, Any]
+    secret_sealed: bytes | None
+
+    @property
+    def protocol(self) -> Protocol:
+        """Return the protocol its connector speaks."""
+        return PRESETS[self.type].protocol
+
+    @property
+    def policy(self) -> FetchPolicy:
+        """Return the outbound fetch policy (private addresses only for ``--internal`` upstreams)."""
+        return FetchPolicy(internal=self.internal)
+
+    @property
+    def email_domains(self) -> tuple[str, ...]:
+        """Return the email domains this upstream is authoritative for (linking and home-realm discovery)."""
+        return tuple(self.config.get("email_domains", ()))
+
+    def urls(self, issuer: str) -> dict[str, str]:
+        """Return the URLs to register upstream: the OIDC/OAuth callback, or SAML's ACS and metadata."""
+        base = f"{issuer}/broker/{self.alias}"
+        if self.protocol == "saml":
+            metadata = f"{base}/saml/metadata"
+            return {"acs_url": f"{base}/saml/acs", "metadata_url": metadata, "entity_id": metadata}
+        return {"callback_url": f"{base}/callback"}
+
+    def describe(self, issuer: str) -> dict[str, Any]:
+        """Return what operators see: everything but the secret."""
+        return {
+            "id": str(self.id),
+            "alias": self.alias,
+            "type": self.type,
+            "display_name": self.display_name,
+            "enabled": self.enabled,
+            "internal": self.internal,
+            "jit": self.jit,
+            "has_secret": self.secret_sealed is not None,
+            "config": {k: v for k, v in self.config.items() if k != "sp_certificate"},
+            **self.urls(issuer),
+        }
+
+
+def info_of(row: IdentityProvider) -> ProviderInfo:
+    """Return the service view of a stored provider."""
+    return ProviderInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        alias=row.alias,
+        type=row.type,
+        display_name=row.display_name,
+        enabled=row.enabled,
+        internal=row.internal,
+        jit=row.jit,
+        config=dict(row.config or {}),
+        secret_sealed=row.secret_encrypted,
+    )
+
+
+def secret_context(provider_id: uuid.UUID) -> str:
+    """Return the sealing context of one provider's secret (a sealed secret opens only for its provider)."""
+    return f"idp-secret:{provider_id}"
+
+
+def open_secret(sealer: Sealer, provider: ProviderInfo) -> str | None:
+    """Return the provider's client secret or SP private key, unsealed."""
+    if provider.secret_sealed is None:
+        return None
+    return sealer.open(provider.secret_sealed, context=secret_context(provider.id)).decode()
+
+
+def check_alias(alias: str) -> str:
+    """Return ``alias`` if it is usable in URLs: lowercase letters, digits, ``-`` and ``_``."""
+    if not ALIAS.fullmatch(alias):
+        raise Invalid("an alias is 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit")
+    return alias
+
+
+def check_domains(domains: Sequence[str]) -> list[str]:
+    """Return the email domains, lower-cased, each a valid DNS name."""
+    checked = []
+    for domain in domains:
+        value = domain.strip().lower()
+        if not DOMAIN.fullmatch(value):
+            raise Invalid(f"not an email domain: {domain[:100]!r}")
+        checked.append(value)
+    return list(dict.fromkeys(checked))
+
+
+@dataclass(frozen=True, slots=True)
+class NewProvider:
+    """What an operator gives to add an upstream."""
+
+    alias: str
+    type: str
+    issuer: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    metadata_xml: bytes | None = None
+    metadata_url: str | None = None
+    internal: bool = False
+    jit: bool = True
+    display_name: str | None = None
+    email_domains: tuple[str, ...] = ()
+    link_claim: str | None = None  # upstream claim matched against the directory's externalId
+
+
+class Providers:
+    """Commands on a tenant's upstream identity providers, acting in one unit of work."""
+
+    def __init__(self, uow: UnitOfWork, *, sealer: Sealer, fetcher: Fetcher) -> None:
+        self.uow = uow
+        self.sealer = sealer
+        self.fetcher = fetcher
+
+    async def create(self, tenant_id: uuid.UUID, new: NewProvider) -> ProviderInfo:
+        """Add an upstream; an OIDC one is checked against its discovery document first."""
+        alias = check_alias(new.alias)
+        if new.type in UNSUPPORTED_TYPES:
+            raise Invalid(f"provider type {new.type!r} is not supported yet")
+        preset = PRESETS.get(new.type)
+        if preset is None:
+            raise Invalid(f"unknown provider type {new.type!r}; one of {', '.join(sorted(PRESETS))}")
+        config: dict[str, Any] = {"email_domains": check_domains(new.email_domains)}
+        if new.link_claim:
+            config["link_claim"] = new.link_claim[:64]
+        provider_id = uuid.uuid4()
+        secret: str | None
+        if preset.protocol == "oidc":
+            config |= await self._oidc_config(new, preset)
+            secret = new.client_secret
+        else:
+            raise Invalid("SAML upstreams are not supported yet")
+        if await self._find(tenant_id, alias) is not None:
+            raise Conflict(f"an identity provider with alias {alias!r} exists")
+        row = IdentityProvider(
+            id=provider_id,
+            tenant_id=tenant_id,
+            alias=alias,
+            type=new.type,
+            display_name=(new.display_name or preset.display_name)[:200],
+            internal=new.internal,
+            jit=new.jit,
+            config=config,
+            secret_encrypted=None
+            if secret is None
+            else self.sealer.seal(secret.encode(), context=secret_context(provider_id)),
+        )
+        self.uow.session.add(row)
+        await self.uow.session.flush()
+        self.uow.raise_event(IdentityProviderCreated(tenant_id=tenant_id, provider_id=row.id, alias=alias))
+        return info_of(row)
+
+    async def _oidc_config(self, new: NewProvider, preset: Preset) -> dict[str, Any]:
+        issuer = preset.issuer or new.issuer
+        if not issuer:
+            raise Invalid("--issuer is required for this provider type")
+        if preset.issuer and new.issuer and new.issuer != preset.issuer:
+            raise Invalid(f"the {new.type} issuer is {preset.issuer}")
+        if not new.client_id:
+            raise Invalid("--client-id is required for an OpenID Connect upstream")
+        check_url(issuer, internal=new.internal)
+        document = await discover(self.fetcher, issuer, policy=FetchPolicy(internal=new.internal))
+        endpoints = {name: document.get(name) for name in ("authorization_endpoint", "token_endpoint", "jwks_uri")}
+        userinfo = document.get("userinfo_endpoint")
+        for url in (*endpoints.values(), userinfo):
+            if url is not None:
+                try:
+                    check_url(str(url), internal=new.internal)
+                except UpstreamConfigError as exc:
+                    raise Invalid(f"the discovery document names a refused endpoint: {exc.detail}") from exc
+        methods = document.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
+        return {
+            "issuer": issuer,
+            "client_id": new.client_id,
+            **endpoints,
+            "userinfo_endpoint": userinfo if isinstance(userinfo, str) else None,
+            "scopes": list(preset.scopes),
+            "token_auth_method": "client_secret_basic" if "client_secret_basic" in methods else "client_secret_post",
+            "iss_parameter_supported": document.get("authorization_response_iss_parameter_supported") is True,
+            "email_verified_claim": preset.email_verified_claim,
+        }
+
+    async def list(self, tenant_id: uuid.UUID) -> list[ProviderInfo]:
+        """Return the tenant's upstreams, by alias."""
+        rows = await self.uow.session.scalars(
+            select(IdentityProvider).where(IdentityProvider.tenant_id == tenant_id).order_by(IdentityProvider.alias)
+        )
+        return [info_of(row) for row in rows]
+
+    async def get(self, tenant_id: uuid.UUID, alias: str) -> ProviderInfo:
+        """Return one upstream by alias, or raise :class:`NotFound`."""
+        row = await self._find(tenant_id, alias)
+        if row is None:
+            raise NotFound("no identity provider with this alias")
+        return info_of(row)
+
+    async def update(
+        self,
+        tenant_id: uuid.UUID,
+        alias: str,
+        *,
+        enabled: bool | None = None,
+        jit: bool | None = None,
+        display_name: str | None = None,
+        client_secret: str | None = None,
+        email_domains: Sequence[str] | None = None,
+        link_claim: str | None = None,
+    ) -> ProviderInfo:
+        """Change an upstream's settings; only what is given changes."""
+        row = await self._find(tenant_id, alias)
+        if row is None:
+            raise NotFound("no identity provider with this alias")
+        changed: list[str] = []
+        if enabled is not None and enabled != row.enabled:
+            row.enabled, changed = enabled, [*changed, "enabled"]
+        if jit is not None and jit != row.jit:
+            row.jit, changed = jit, [*changed, "jit"]
+        if display_name is not None:
+            row.display_name, changed = display_name[:200], [*changed, "display_name"]
+        if client_secret is not None:
+            row.secret_encrypted = self.sealer.seal(client_secret.encode(), context=secret_context(row.id))
+            changed.append("client_secret")
+        config = dict(row.config or {})
+        if email_domains is not None:
+            config["email_domains"] = check_domains(email_domains)
+            changed.append("email_domains")
+        if link_claim is not None:
+            if link_claim:
+                config["link_claim"] = link_claim[:64]
+            else:
+                config.pop("link_claim", None)
+            changed.append("link_claim")
+        row.config = config
+        row.updated_at = utcnow()
+        await self.uow.session.flush()
+        self.uow.raise_event(
+            IdentityProviderChanged(tenant_id=tenant_id, provider_id=row.id, alias=row.alias, changed=tuple(changed))
+        )
+        return info_of(row)
+
+    async def delete(self, tenant_id: uuid.UUID, alias: str) -> ProviderInfo:
+        """Remove an upstream with its links; the sessions that came through it end now."""
+        row = await self._find(tenant_id, alias)
+        if row is None:
+            raise NotFound("no identity provider with this alias")
+        info = info_of(row)
+        links = select(FederatedIdentity.id).where(FederatedIdentity.provider_id == row.id)
+        session = self.uow.session
+        await session.execute(
+            update(UserSession)
+            .where(UserSession.link_id.in_(links), UserSession.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        await session.execute(delete(FederatedIdentity).where(FederatedIdentity.provider_id == row.id))
+        await session.delete(row)
+        await session.flush()
+        self.uow.raise_event(IdentityProviderDeleted(tenant_id=tenant_id, provider_id=info.id, alias=info.alias))
+        return info
+
+    async def _find(self, tenant_id: uuid.UUID, alias: str) -> IdentityProvider | None:
+        return await self.uow.session.scalar(
+            select(IdentityProvider).where(IdentityProvider.tenant_id == tenant_id, IdentityProvider.alias == alias)
+        )
+
+
+async def find_provider(session: AsyncSession, tenant_id: uuid.UUID, alias: str) -> ProviderInfo | None:
+    """Return the enabled upstream ``alias`` of the tenant, or ``None``."""
+    if not ALIAS.fullmatch(alias):
+        return None
+    row = await session.scalar(
+        select(IdentityProvider).where(
+            IdentityProvider.tenant_id == tenant_id, IdentityProvider.alias == alias, IdentityProvider.enabled.is_(True)
+        )
+    )
+    return info_of(row) if row is not None else None

@@ -1,0 +1,190 @@
+"""Brokered sign-in: send the person to their upstream, then turn the answer into a directory user.
+
+:meth:`Broker.start` seals what the callback needs into ``state`` and returns the upstream URL;
+:meth:`Broker.finish` opens ``state`` (same browser, not expired, not used before), lets the upstream's
+connector validate its answer, and links the identity to a directory user
+(:func:`idhub.broker.linking.link_identity`). Every decision is an audit event (``signin.broker``,
+``link.create``) with the upstream and, for a refusal, the reason. The page that called ``finish``
+then resumes the interaction exactly as a password sign-in does
+(:func:`idhub.oidc.interaction.resume_after_login`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from idhub.broker.connector import CallbackInput, Connector, Identity
+from idhub.broker.connectors.oidc import OidcConfig, OidcConnector
+from idhub.broker.errors import UpstreamRefused
+from idhub.broker.fetch import Fetcher
+from idhub.broker.jwks import JwksCache
+from idhub.broker.linking import Linked, link_identity
+from idhub.broker.providers import ProviderInfo, Providers, open_secret
+from idhub.broker.state import browser_binding, consume_state, new_pending, open_state, seal_state
+from idhub.crypto.encryption import Sealer
+from idhub.directory import Directory
+from idhub.errors import DomainError, NotFound
+from idhub.events import BrokeredSignIn
+from idhub.storage.uow import UnitOfWork
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A brokered sign-in that got through: which interaction it resumes, as whom, and how."""
+
+    interaction_id: str
+    provider: ProviderInfo
+    identity: Identity
+    linked: Linked
+
+    @property
+    def amr(self) -> list[str]:
+        """Return the methods for the session: ``fed`` (RFC 8176 §2) and what the upstream reported."""
+        return list(dict.fromkeys(["fed", *self.identity.amr]))
+
+
+class Broker:
+    """The broker's shared parts: the outbound fetcher, the JWKS cache and the connectors built from them."""
+
+    def __init__(self, *, sealer: Sealer, cookie_key: bytes, fetcher: Fetcher | None = None) -> None:
+        self.sealer = sealer
+        self.cookie_key = cookie_key
+        self.fetcher = fetcher or Fetcher()
+        self.jwks = JwksCache(self.fetcher)
+
+    def providers(self, uow: UnitOfWork) -> Providers:
+        """Return the provider commands acting in ``uow``."""
+        return Providers(uow, sealer=self.sealer, fetcher=self.fetcher)
+
+    def connector(self, provider: ProviderInfo) -> Connector:
+        """Return the connector of ``provider`` (a registry by protocol: adding one touches only this map)."""
+        build = _FACTORIES.get(provider.protocol)
+        if build is None:
+            raise UpstreamRefused("unsupported_provider", f"no connector for {provider.type}")
+        return build(self, provider)
+
+    async def start(
+        self,
+        uow: UnitOfWork,
+        *,
+        tenant_id: uuid.UUID,
+        alias: str,
+        interaction_id: str,
+        browser_secret: str,
+        callback_url: str,
+    ) -> str:
+        """Return the upstream URL that starts this interaction's sign-in at ``alias``."""
+        provider = await self.enabled_provider(uow, tenant_id, alias)
+        pending = new_pending(
+            tenant_id=tenant_id,
+            provider_id=provider.id,
+            interaction_id=interaction_id,
+            browser=browser_binding(self.cookie_key, browser_secret),
+            now=time.time(),
+        )
+        state = seal_state(self.sealer, pending)
+        start = await self.connector(provider).login_url(
+            state=state, callback_url=callback_url, secrets=pending.secrets
+        )
+        return start.url
+
+    async def finish(
+        self,
+        uow: UnitOfWork,
+        *,
+        directory: Directory,
+        tenant_id: uuid.UUID,
+        alias: str,
+        params: Mapping[str, str],
+        browser_secret: str | None,
+        callback_url: str,
+        state_param: str = "state",
+    ) -> Finished:
+        """Validate the upstream's answer for a pending sign-in and return the user it signs in as."""
+        try:
+            return await self._finish(
+                uow,
+                directory=directory,
+                tenant_id=tenant_id,
+                alias=alias,
+                params=params,
+                browser_secret=browser_secret,
+                callback_url=callback_url,
+                state_param=state_param,
+            )
+        except UpstreamRefused as exc:
+            uow.raise_event(BrokeredSignIn(tenant_id=tenant_id, alias=alias, result="failure", reason=exc.reason))
+            raise
+        except DomainError as exc:
+            reason = type(exc).__name__
+            uow.raise_event(BrokeredSignIn(tenant_id=tenant_id, alias=alias, result="failure", reason=reason))
+            raise
+
+    async def _finish(
+        self,
+        uow: UnitOfWork,
+        *,
+        directory: Directory,
+        tenant_id: uuid.UUID,
+        alias: str,
+        params: Mapping[str, str],
+        browser_secret: str | None,
+        callback_url: str,
+        state_param: str,
+    ) -> Finished:
+        browser = browser_binding(self.cookie_key, browser_secret) if browser_secret else None
+        pending = open_state(self.sealer, params.get(state_param), browser=browser, now=time.time())
+        provider = await self.enabled_provider(uow, tenant_id, alias)
+        if pending.provider_id != str(provider.id) or pending.tenant_id != str(tenant_id):
+            # The answer came to another upstream's callback than the one the sign-in went to (mix-up).
+            raise UpstreamRefused("mix_up", "state was issued for another upstream")
+        await consume_state(uow, pending)
+        answer = CallbackInput(
+            params=params, nonce=pending.nonce, code_verifier=pending.code_verifier, request_id=pending.request_id
+        )
+        identity = await self.connector(provider).handle_callback(answer, callback_url=callback_url)
+        linked = await link_identity(uow, directory=directory, provider=provider, identity=identity)
+        uow.raise_event(
+            BrokeredSignIn(tenant_id=tenant_id, alias=alias, user_id=linked.user_id, how=linked.how)
+        )
+        return Finished(pending.interaction_id, provider, identity, linked)
+
+    async def enabled_provider(self, uow: UnitOfWork, tenant_id: uuid.UUID, alias: str) -> ProviderInfo:
+        """Return the enabled upstream ``alias`` or raise :class:`NotFound`."""
+        provider = await self.providers(uow).get(tenant_id, alias)
+        if not provider.enabled:
+            raise NotFound("no identity provider with this alias")
+        return provider
+
+    async def close(self) -> None:
+        """Close outbound connections."""
+        await self.fetcher.aclose()
+
+
+def _oidc(broker: Broker, provider: ProviderInfo) -> Connector:
+    config = provider.config
+    return OidcConnector(
+        OidcConfig(
+            issuer=config["issuer"],
+            client_id=config["client_id"],
+            client_secret=open_secret(broker.sealer, provider),
+            authorization_endpoint=config["authorization_endpoint"],
+            token_endpoint=config["token_endpoint"],
+            jwks_uri=config["jwks_uri"],
+            userinfo_endpoint=config.get("userinfo_endpoint"),
+            scopes=tuple(config.get("scopes") or ("openid", "email", "profile")),
+            token_auth_method=config.get("token_auth_method", "client_secret_basic"),
+            iss_parameter_supported=bool(config.get("iss_parameter_supported")),
+            email_verified_claim=bool(config.get("email_verified_claim", True)),
+            policy=provider.policy,
+        ),
+        fetcher=broker.fetcher,
+        jwks=broker.jwks,
+    )
+
+
+_FACTORIES = {"oidc": _oidc}
+
