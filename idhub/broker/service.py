@@ -141,11 +141,14 @@ class Broker:
         if pending.provider_id != str(provider.id) or pending.tenant_id != str(tenant_id):
             # The answer came to another upstream's callback than the one the sign-in went to (mix-up).
             raise UpstreamRefused("mix_up", "state was issued for another upstream")
-        await consume_state(uow, pending)
         answer = CallbackInput(
             params=params, nonce=pending.nonce, code_verifier=pending.code_verifier, request_id=pending.request_id
         )
+        # The upstream is asked before anything is written here, so no lock or write transaction is held
+        # while it answers (a slow upstream must not hold database resources); the state is used up
+        # right after, before anything is believed.
         identity = await self.connector(provider).handle_callback(answer, callback_url=callback_url)
+        await consume_state(uow, pending)
         linked = await link_identity(uow, directory=directory, provider=provider, identity=identity)
         uow.raise_event(
             BrokeredSignIn(tenant_id=tenant_id, alias=alias, user_id=linked.user_id, how=linked.how)

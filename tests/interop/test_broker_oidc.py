@@ -1,0 +1,197 @@
+"""Brokered sign-in end to end: one idhub tenant signs people in through another idhub tenant.
+
+``apps`` is the OpenID provider of a social app; ``corp`` plays the company's identity provider
+(a second idhub tenant on the same live server, speaking real OIDC over loopback HTTP). A person
+signs in to the app with their corp account: app -> apps/authorize (idp_hint=corp) -> corp login ->
+apps callback -> app, and the app's tokens carry ``amr: ["fed", "pwd"]`` and the linked user.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from idhub.broker.providers import NewProvider
+from idhub.events import Actor
+from tests.conftest import Env
+from tests.flows import authorize_params, follow_to_client, pkce_pair, query_of
+
+APP_REDIRECT = "https://app.example/cb"
+PASSWORD = "correct horse battery"
+
+
+def _claims(jwt: str) -> dict[str, Any]:
+    payload = jwt.split(".")[1]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return decoded
+
+
+class Setup:
+    """Two tenants wired together, plus an app registered at ``apps``."""
+
+    def __init__(self, live: Env, *, jit: bool = True, email_domains: tuple[str, ...] = ()) -> None:
+        self.live = live
+        self.corp = live.tenant()
+        self.apps = live.tenant()
+        self.alias = "corp"
+        self.username = f"alice-{uuid.uuid4().hex[:6]}"
+        self.email = f"{self.username}@corp.example"
+        self.corp_user = live.user(self.corp, self.username, PASSWORD, email=self.email, email_verified=True)
+        callback = f"{self.apps.issuer}/broker/{self.alias}/callback"
+        self.broker_client, self.broker_secret = live.oauth_client(
+            self.corp,
+            redirect_uris=[callback],
+            grant_types=["authorization_code"],
+            scope="openid profile email",
+            first_party=True,
+        )
+        self.app_client, self.app_secret = live.oauth_client(
+            self.apps,
+            redirect_uris=[APP_REDIRECT],
+            grant_types=["authorization_code"],
+            scope="openid profile email",
+            first_party=True,
+        )
+        new = NewProvider(
+            alias=self.alias,
+            type="oidc",
+            issuer=self.corp.issuer,
+            client_id=self.broker_client,
+            client_secret=self.broker_secret,
+            internal=True,
+            jit=jit,
+            email_domains=email_domains,
+        )
+
+        async def create() -> None:
+            async with live.ctx.uow(actor=Actor("cli", "test"), surface="cli") as uow:
+                await live.ctx.broker.providers(uow).create(self.apps.id, new)
+
+        live.run(create)
+
+    def sign_in(self, http: httpx.Client, **extra: str) -> dict[str, str]:
+        """Run the app's authorization request through corp; return the query the app receives."""
+        verifier, challenge = pkce_pair()
+        self.verifier = verifier
+        params = authorize_params(
+            client_id=self.app_client,
+            redirect_uri=APP_REDIRECT,
+            code_challenge=challenge,
+            scope="openid profile email",
+            extra_params={"idp_hint": self.alias, **extra},
+        )
+        response = http.get(f"/tenants/{self.apps.slug}/authorize", params=params)
+        assert response.status_code == 303, response.text
+        assert f"/tenants/{self.apps.slug}/broker/{self.alias}/login" in response.headers["location"]
+        response = http.get(response.headers["location"])
+        assert response.status_code == 303, response.text
+        upstream = response.headers["location"]
+        assert upstream.startswith(f"{self.corp.issuer}/authorize?")
+        back = follow_to_client(
+            http, http.get(upstream), tenant_slug=self.corp.slug, username=self.username, password=PASSWORD
+        )
+        assert set(back) >= {"code", "state", "iss"} and back["iss"] == self.corp.issuer  # RFC 9207
+        response = http.get(f"/tenants/{self.apps.slug}/broker/{self.alias}/callback", params=back)
+        assert response.status_code == 303, response.text
+        return query_of(response.headers["location"])
+
+    def tokens(self, code: str) -> dict[str, Any]:
+        response = httpx.post(
+            f"{self.apps.issuer}/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": APP_REDIRECT,
+                "code_verifier": self.verifier,
+            },
+            auth=(self.app_client, self.app_secret or ""),
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@pytest.fixture
+def browser(live: Env) -> Any:
+    with httpx.Client(base_url=live.base_url, follow_redirects=False, timeout=15) as client:
+        yield client
+
+
+def test_broker_oidc_round_trip_through_a_second_tenant_jit_user(live: Env, browser: httpx.Client) -> None:
+    setup = Setup(live)
+    answer = setup.sign_in(browser)
+    assert set(answer) >= {"code", "state", "iss"} and answer["iss"] == setup.apps.issuer
+    tokens = setup.tokens(answer["code"])
+    claims = _claims(tokens["id_token"])
+    assert claims["iss"] == setup.apps.issuer and claims["aud"] == setup.app_client
+    assert claims["amr"][0] == "fed" and "pwd" in claims["amr"]  # RFC 8176: federated, upstream said pwd
+    assert claims["sub"] != setup.corp_user  # a new user of the apps directory, linked to the corp account
+
+    again = setup.sign_in(browser, prompt="login")  # again through corp: the existing link, the same user
+    assert _claims(setup.tokens(again["code"])["id_token"])["sub"] == claims["sub"]
+
+
+def test_broker_oidc_links_by_verified_email_of_an_authoritative_domain(live: Env, browser: httpx.Client) -> None:
+    setup = Setup(live, email_domains=("corp.example",))
+    existing = live.user(setup.apps, f"local-{setup.username}", None, email=setup.email, email_verified=True)
+    answer = setup.sign_in(browser)
+    assert _claims(setup.tokens(answer["code"])["id_token"])["sub"] == existing
+
+
+def test_broker_oidc_never_links_by_email_without_authority(live: Env, browser: httpx.Client) -> None:
+    setup = Setup(live)  # corp is not authoritative for corp.example here
+    existing = live.user(setup.apps, f"local-{setup.username}", None, email=setup.email, email_verified=True)
+    answer = setup.sign_in(browser)
+    assert _claims(setup.tokens(answer["code"])["id_token"])["sub"] != existing
+
+
+def test_broker_oidc_no_jit_and_no_match_is_refused_with_no_session(live: Env, browser: httpx.Client) -> None:
+    setup = Setup(live, jit=False)
+    with pytest.raises(AssertionError, match="400"):
+        setup.sign_in(browser)
+    assert not any(c.name == live.ctx.settings.sessions.cookie_name and setup.apps.slug in (c.path or "")
+                   for c in browser.cookies.jar)  # fmt: skip
+
+
+def test_broker_oidc_state_replayed_or_in_another_browser_refused(live: Env, browser: httpx.Client) -> None:
+    setup = Setup(live)
+    _verifier, challenge = pkce_pair()
+    params = authorize_params(
+        client_id=setup.app_client, redirect_uri=APP_REDIRECT, code_challenge=challenge,
+        extra_params={"idp_hint": setup.alias},
+    )  # fmt: skip
+    start = browser.get(f"/tenants/{setup.apps.slug}/authorize", params=params)
+    upstream = browser.get(start.headers["location"]).headers["location"]
+    back = follow_to_client(
+        browser, browser.get(upstream), tenant_slug=setup.corp.slug, username=setup.username, password=PASSWORD
+    )
+    callback = f"/tenants/{setup.apps.slug}/broker/{setup.alias}/callback"
+    with httpx.Client(base_url=live.base_url, follow_redirects=False, timeout=15) as other:
+        assert other.get(callback, params=back).status_code == 400  # another browser: no binding cookie
+    assert browser.get(callback, params=back).status_code == 303
+    assert browser.get(callback, params=back).status_code in (400, 403)  # replay: state already used
+    forged = {**back, "state": back["state"][:-4] + "AAAA"}
+    assert browser.get(callback, params=forged).status_code == 400
+
+
+def test_broker_oidc_mixed_up_callback_refused(live: Env, browser: httpx.Client) -> None:
+    setup = Setup(live)
+    _verifier, challenge = pkce_pair()
+    params = authorize_params(
+        client_id=setup.app_client, redirect_uri=APP_REDIRECT, code_challenge=challenge,
+        extra_params={"idp_hint": setup.alias},
+    )  # fmt: skip
+    start = browser.get(f"/tenants/{setup.apps.slug}/authorize", params=params)
+    upstream = browser.get(start.headers["location"]).headers["location"]
+    back = follow_to_client(
+        browser, browser.get(upstream), tenant_slug=setup.corp.slug, username=setup.username, password=PASSWORD
+    )
+    forged_iss = {**back, "iss": "https://attacker.example"}
+    response = browser.get(f"/tenants/{setup.apps.slug}/broker/{setup.alias}/callback", params=forged_iss)
+    assert response.status_code == 400 and "text/html" in response.headers["content-type"]
