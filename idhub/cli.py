@@ -701,3 +701,46 @@ def idp_delete(slug: str, alias: str, as_json: bool) -> None:
         return {"tenant": tenant.slug, "alias": removed.alias, "deleted": True}
 
     _emit(_run(work), as_json)
+
+
+@main.group()
+def link() -> None:
+    """Manage linked upstream accounts (which corporate or social account signs in as which user)."""
+
+
+@link.command("list")
+@click.option("--tenant", "slug", required=True)
+@click.option("--username", default=None, help="only this user's links")
+@click.option("--json", "as_json", is_flag=True)
+def link_list(slug: str, username: str | None, as_json: bool) -> None:
+    """List linked accounts (upstream alias, upstream subject, user)."""
+    from idhub.broker.linking import list_links
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        user_id = (await _find_user(ctx, uow, tenant.id, username, None)).id if username else None
+        links = await list_links(uow, tenant_id=tenant.id, user_id=user_id)
+        return {"tenant": tenant.slug, "links": [found.describe() for found in links]}
+
+    result = _run(work)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for found in result["links"]:
+            click.echo(f"{found['id']}  {found['alias']}:{found['subject']}  user {found['user_id']}")
+
+
+@link.command("delete")
+@click.option("--tenant", "slug", required=True)
+@click.option("--id", "link_id", required=True, help="the link's id (from idhub link list)")
+@click.option("--json", "as_json", is_flag=True)
+def link_delete(slug: str, link_id: str, as_json: bool) -> None:
+    """Remove a link; the sessions it created end now."""
+    from idhub.broker.linking import remove_link
+
+    async def work(_ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        removed = await remove_link(uow, tenant_id=tenant.id, link_id=_uuid(link_id, "--id"), how="operator")
+        return {"tenant": tenant.slug, "id": str(removed.id), "deleted": True}
+
+    _emit(_run(work), as_json)

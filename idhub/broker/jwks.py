@@ -110,9 +110,7 @@ def _select(entry: _Entry, kid: str | None, alg: str) -> Key | None:
     suitable = [
         key
         for member, key in entry.keys
-        if member.get("kty") == kty
-        and member.get("alg", alg) == alg
-        and (kid is None or member.get("kid") == kid)
+        if member.get("kty") == kty and member.get("alg", alg) == alg and (kid is None or member.get("kid") == kid)
     ]
     if kid is None and len(suitable) > 1:
         raise UpstreamRefused("ambiguous_key", "the token names no kid and several keys fit")

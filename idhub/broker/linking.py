@@ -21,7 +21,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from idhub.broker.connector import Identity
 from idhub.broker.errors import UpstreamRefused
@@ -29,10 +29,10 @@ from idhub.broker.providers import ProviderInfo
 from idhub.directory import Directory
 from idhub.directory.profile import UserProfile, ValueRecord
 from idhub.directory.rules import is_live
-from idhub.errors import Conflict
-from idhub.events import LinkCreated
+from idhub.errors import Conflict, NotFound
+from idhub.events import LinkCreated, LinkRemoved
 from idhub.storage.base import utcnow
-from idhub.storage.models import User
+from idhub.storage.models import IdentityProvider, User, UserSession
 from idhub.storage.models.broker import FederatedIdentity
 from idhub.storage.uow import UnitOfWork
 
@@ -57,9 +57,7 @@ def authoritative_email(provider: ProviderInfo, identity: Identity) -> str | Non
     return email if domain in provider.email_domains else None
 
 
-async def link_identity(
-    uow: UnitOfWork, *, directory: Directory, provider: ProviderInfo, identity: Identity
-) -> Linked:
+async def link_identity(uow: UnitOfWork, *, directory: Directory, provider: ProviderInfo, identity: Identity) -> Linked:
     """Return the user ``identity`` signs in as, linking or creating one by the rules above."""
     session = uow.session
     link = await session.scalar(
@@ -164,3 +162,72 @@ async def _create_user(directory: Directory, provider: ProviderInfo, identity: I
             ),
             email_verified=email is not None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """A linked upstream account as operators and the person see it."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    alias: str
+    subject: str
+    email: str | None
+    created_at: str
+    last_login_at: str | None
+
+    def describe(self) -> dict[str, str | None]:
+        """Return the link as JSON-ready values."""
+        return {
+            "id": str(self.id),
+            "user_id": str(self.user_id),
+            "alias": self.alias,
+            "subject": self.subject,
+            "email": self.email,
+            "created_at": self.created_at,
+            "last_login_at": self.last_login_at,
+        }
+
+
+async def list_links(uow: UnitOfWork, *, tenant_id: uuid.UUID, user_id: uuid.UUID | None = None) -> list[LinkInfo]:
+    """Return the tenant's links (one user's, when ``user_id`` is given), newest first."""
+    query = (
+        select(FederatedIdentity, IdentityProvider.alias)
+        .join(IdentityProvider, IdentityProvider.id == FederatedIdentity.provider_id)
+        .where(FederatedIdentity.tenant_id == tenant_id)
+        .order_by(FederatedIdentity.created_at.desc())
+    )
+    if user_id is not None:
+        query = query.where(FederatedIdentity.user_id == user_id)
+    rows = await uow.session.execute(query)
+    return [
+        LinkInfo(
+            id=link.id,
+            user_id=link.user_id,
+            alias=alias,
+            subject=link.subject,
+            email=link.email,
+            created_at=link.created_at.isoformat(),
+            last_login_at=link.last_login_at.isoformat() if link.last_login_at else None,
+        )
+        for link, alias in rows
+    ]
+
+
+async def remove_link(
+    uow: UnitOfWork, *, tenant_id: uuid.UUID, link_id: uuid.UUID, user_id: uuid.UUID | None = None, how: str
+) -> LinkInfo:
+    """Remove a link and end the sessions it created; ``user_id`` limits it to that person's own links."""
+    found = [link for link in await list_links(uow, tenant_id=tenant_id, user_id=user_id) if link.id == link_id]
+    if not found:
+        raise NotFound("no such linked account")
+    link = found[0]
+    session = uow.session
+    await session.execute(
+        update(UserSession)
+        .where(UserSession.link_id == link_id, UserSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    await session.execute(delete(FederatedIdentity).where(FederatedIdentity.id == link_id))
+    uow.raise_event(LinkRemoved(tenant_id=tenant_id, user_id=link.user_id, link_id=link_id, alias=link.alias, how=how))
+    return link

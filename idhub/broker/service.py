@@ -150,9 +150,7 @@ class Broker:
         identity = await self.connector(provider).handle_callback(answer, callback_url=callback_url)
         await consume_state(uow, pending)
         linked = await link_identity(uow, directory=directory, provider=provider, identity=identity)
-        uow.raise_event(
-            BrokeredSignIn(tenant_id=tenant_id, alias=alias, user_id=linked.user_id, how=linked.how)
-        )
+        uow.raise_event(BrokeredSignIn(tenant_id=tenant_id, alias=alias, user_id=linked.user_id, how=linked.how))
         return Finished(pending.interaction_id, provider, identity, linked)
 
     async def enabled_provider(self, uow: UnitOfWork, tenant_id: uuid.UUID, alias: str) -> ProviderInfo:
@@ -190,4 +188,3 @@ def _oidc(broker: Broker, provider: ProviderInfo) -> Connector:
 
 
 _FACTORIES = {"oidc": _oidc}
-

@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from idhub.broker.linking import list_links, remove_link
 from idhub.broker.providers import NewProvider
 from idhub.events import Actor
+from tests.audit.test_audit import audit_rows, only, with_action
 from tests.conftest import Env
 from tests.flows import authorize_params, follow_to_client, pkce_pair, query_of
 
@@ -195,3 +197,45 @@ def test_broker_oidc_mixed_up_callback_refused(live: Env, browser: httpx.Client)
     forged_iss = {**back, "iss": "https://attacker.example"}
     response = browser.get(f"/tenants/{setup.apps.slug}/broker/{setup.alias}/callback", params=forged_iss)
     assert response.status_code == 400 and "text/html" in response.headers["content-type"]
+
+
+def test_broker_decisions_are_audited_with_upstream_and_reason(live: Env, browser: httpx.Client) -> None:
+    setup = Setup(live)
+    setup.sign_in(browser)
+    rows = audit_rows(live, setup.apps, with_action("signin.broker"))
+    signin, created = only(rows, "signin.broker"), only(rows, "link.create")
+    assert signin["outcome"] == "success" and signin["details"] == {"alias": "corp", "how": "jit"}
+    assert created["details"]["how"] == "jit" and created["target_id"] == signin["target_id"]
+    assert only(rows, "idp.create")["details"]["alias"] == "corp"
+
+    refused = Setup(live, jit=False)
+    with pytest.raises(AssertionError):
+        refused.sign_in(browser)
+    rows = audit_rows(live, refused.apps, with_action("signin.broker"))
+    entry = only(rows, "signin.broker")
+    assert (entry["outcome"], entry["details"]) == ("failure", {"alias": "corp", "reason": "no_account"})
+    assert not [row for row in rows if row["action"] == "link.create"]
+
+
+def test_broker_link_removal_ends_its_sessions(live: Env, browser: httpx.Client) -> None:
+    setup = Setup(live)
+    setup.sign_in(browser)
+
+    async def links() -> list[Any]:
+        async with live.uow() as uow:
+            return await list_links(uow, tenant_id=setup.apps.id)
+
+    (found,) = live.run(links)
+    assert found.alias == "corp" and found.subject == setup.corp_user
+
+    async def remove() -> None:
+        async with live.uow() as uow:
+            await remove_link(uow, tenant_id=setup.apps.id, link_id=found.id, how="operator")
+
+    live.run(remove)
+    assert live.run(links) == []
+    # The apps session this link made is over: a new authorization request must sign in again.
+    _verifier, challenge = pkce_pair()
+    params = authorize_params(client_id=setup.app_client, redirect_uri=APP_REDIRECT, code_challenge=challenge)
+    response = browser.get(f"/tenants/{setup.apps.slug}/authorize", params=params)
+    assert response.status_code == 303 and "/interaction/" in response.headers["location"]
