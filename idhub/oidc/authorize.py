@@ -38,10 +38,9 @@ from idhub.oidc.errors import (
 )
 from idhub.oidc.interaction import (
     AuthorizationRequest,
-    consent_needed,
+    consent_or_finish,
     create_interaction,
     error_redirect_url,
-    finish_authorization,
     login_needed,
     usable_browser_secret,
 )
@@ -360,19 +359,16 @@ async def process_authorization(
         needs_login = login_needed(request, sso, now_ts=time.time())
         if needs_login and prompt_none:
             raise LoginRequired("the user is not signed in or must sign in again")
-        needs_consent = False
         if not needs_login:
             assert sso is not None
-            needs_consent = await consent_needed(session, client=client, request=request, user_id=sso.user_id)
-            if needs_consent and prompt_none:
+            # The same consent-or-finish step as after a fresh sign-in (resume_after_login).
+            finished = await consent_or_finish(session, ctx=ctx, tenant=tenant, client=client, request=request, sso=sso)
+            if finished is not None:
+                return Redirect(finished)
+            if prompt_none:
                 raise ConsentRequired("the user has not approved this application yet")
     except OAuthError as exc:
         return fail(exc)
-    if not needs_login and not needs_consent:
-        assert sso is not None
-        return Redirect(
-            await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=request, sso=sso)
-        )
     existing = usable_browser_secret(browser_cookie)
     secret = existing or random_token(32)
     interaction_id = await create_interaction(

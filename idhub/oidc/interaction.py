@@ -33,6 +33,8 @@ from idhub.storage.single_use import consume
 from idhub.tenants.service import TenantInfo
 
 BROWSER_COOKIE = "idhub_interaction"
+# The key of an authorization code's ``extra`` that carries the session's ``acr`` (no column of its own).
+CODE_ACR = "acr"
 MAX_BROWSER_SECRET = 128
 MAX_INTERACTION_ID = 64
 
@@ -193,13 +195,18 @@ async def complete_interaction(session: AsyncSession, *, interaction_id: str) ->
 # --- login and consent decisions -------------------------------------------------------------------
 
 
+def hint_names_other_user(request: AuthorizationRequest, sso: SsoSession) -> bool:
+    """Tell whether ``id_token_hint`` named someone other than the signed-in user (OIDC Core §3.1.2.1)."""
+    return request.id_token_hint_sub is not None and request.id_token_hint_sub != sso.subject
+
+
 def login_needed(request: AuthorizationRequest, sso: SsoSession | None, *, now_ts: float) -> bool:
     """Tell whether the user must (re-)authenticate (OIDC Core §3.1.2.1 ``prompt``, ``max_age``, ``id_token_hint``)."""
     if sso is None or "login" in request.prompt:
         return True
     if request.max_age is not None and sso.auth_time.timestamp() + request.max_age < now_ts:
         return True
-    return request.id_token_hint_sub is not None and request.id_token_hint_sub != sso.subject
+    return hint_names_other_user(request, sso)
 
 
 async def consented_scopes(session: AsyncSession, *, client: ClientInfo, user_id: uuid.UUID) -> set[str]:
@@ -271,10 +278,36 @@ async def finish_authorization(
         auth_time=sso.auth_time,
         amr=list(sso.amr),
         ttl=ctx.settings.tokens.authorization_code_ttl,
+        # The code has no acr column; its JSON ``extra`` carries it to the ID token (OIDC Core §2).
+        extra={CODE_ACR: sso.acr} if sso.acr else None,
     )
     return authorization_response_url(
         request.redirect_uri, {"code": code, "state": request.state, "iss": tenant.issuer}
     )
+
+
+async def consent_or_finish(
+    session: AsyncSession,
+    *,
+    ctx: AppContext,
+    tenant: TenantInfo,
+    client: ClientInfo,
+    request: AuthorizationRequest,
+    sso: SsoSession,
+    interaction_id: str | None = None,
+) -> str | None:
+    """Finish a request of a signed-in user unless consent is still missing; ``None`` means "ask first".
+
+    The one consent-or-finish decision of every way to the code: a browser already signed in
+    (:func:`idhub.oidc.authorize.process_authorization`) and a fresh sign-in (:func:`resume_after_login`).
+    When finishing a parked request, ``interaction_id`` is completed first with the single-use primitive,
+    so of two parallel finishes exactly one issues a code (:class:`InteractionError` for the other).
+    """
+    if await consent_needed(session, client=client, request=request, user_id=sso.user_id):
+        return None
+    if interaction_id is not None:
+        await complete_interaction(session, interaction_id=interaction_id)
+    return await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=request, sso=sso)
 
 
 # --- the one way back from any sign-in ---------------------------------------------------------------
@@ -305,9 +338,10 @@ async def resume_after_login(
     """Go on with an interaction once someone signed in, however they did (password, upstream, later MFA).
 
     Starts a new SSO session (regenerated, OWASP session fixation) that records how the person signed
-    in, binds it to the interaction, then: a different user than ``id_token_hint`` named gets
-    ``login_required`` (OIDC Core §3.1.2.1); a client still to be approved gets the consent page;
-    otherwise the interaction is completed (single use) and the client gets its code.
+    in (``amr``/``acr``, RFC 8176; ``link_id`` for a brokered sign-in), binds it to the interaction,
+    then: a different user than ``id_token_hint`` named gets ``login_required`` (OIDC Core §3.1.2.1); a
+    client still to be approved gets the consent page; otherwise the interaction is completed (single
+    use) and the client gets its code. An interaction completed meanwhile raises :class:`InteractionError`.
     """
     sso, cookie = await create_session(
         session,
@@ -321,16 +355,14 @@ async def resume_after_login(
         previous_cookie=previous_cookie,
     )
     interaction.user_id, interaction.session_id = sso.user_id, sso.id
-    hinted = request.id_token_hint_sub
-    if hinted is not None and hinted != str(sso.user_id):
+    if hint_names_other_user(request, sso):
         await complete_interaction(session, interaction_id=interaction.id)
         error = LoginRequired("the signed-in user is not the one named by id_token_hint")
         location = error_redirect_url(
             redirect_uri=request.redirect_uri, issuer=tenant.issuer, error=error, state=request.state
         )
-    elif await consent_needed(session, client=client, request=request, user_id=sso.user_id):
-        location = f"{tenant.issuer}/interaction/{interaction.id}"
-    else:
-        await complete_interaction(session, interaction_id=interaction.id)
-        location = await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=request, sso=sso)
-    return Resumed(location, cookie)
+        return Resumed(location, cookie)
+    finished = await consent_or_finish(
+        session, ctx=ctx, tenant=tenant, client=client, request=request, sso=sso, interaction_id=interaction.id
+    )
+    return Resumed(finished or f"{tenant.issuer}/interaction/{interaction.id}", cookie)

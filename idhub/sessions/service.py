@@ -18,6 +18,7 @@ from idhub.storage.models import User, UserSession
 # for an idle timeout measured in minutes.
 TOUCH_INTERVAL = timedelta(seconds=30)
 MAX_COOKIE_LENGTH = 256
+MAX_ACR_LENGTH = 255  # the width of ``user_session.acr``
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class SsoSession:
     user_id: uuid.UUID
     auth_time: datetime
     amr: tuple[str, ...]
+    acr: str | None = None
 
     @property
     def subject(self) -> str:
@@ -55,8 +57,9 @@ async def create_session(
 ) -> tuple[SsoSession, str]:
     """Start a new SSO session and return it with its cookie value.
 
-    ``amr`` and ``acr`` say how the person signed in (RFC 8176); ``link_id`` is the linked upstream
-    account of a brokered sign-in (removing the link ends the session).
+    ``amr`` and ``acr`` say how the person signed in (RFC 8176, OIDC Core §2; an ``acr`` longer than
+    255 characters is not kept); ``link_id`` is the linked upstream account of a brokered sign-in
+    (removing the link ends the session).
 
     Session regeneration (OWASP session fixation defence): every login gets a new id and secret and
     the session this browser presented before, if any, is revoked.
@@ -65,6 +68,8 @@ async def create_session(
         await end_session_by_cookie(session, hasher=hasher, tenant_id=tenant_id, cookie=previous_cookie)
     now = utcnow()
     secret = random_token(32)
+    # acr is compared as a whole value (OIDC Core §2): one too long for the column is dropped, never cut.
+    acr = acr if acr and len(acr) <= MAX_ACR_LENGTH else None
     row = UserSession(
         id=random_token(16),
         tenant_id=tenant_id,
@@ -72,7 +77,7 @@ async def create_session(
         token_hash=hasher.hash(secret),
         auth_time=now,
         amr=list(amr),
-        acr=acr[:255] if acr else None,
+        acr=acr,
         link_id=link_id,
         created_at=now,
         last_seen_at=now,
@@ -80,7 +85,7 @@ async def create_session(
     )
     session.add(row)
     await session.flush()
-    return SsoSession(row.id, tenant_id, user_id, now, tuple(amr)), secret
+    return SsoSession(row.id, tenant_id, user_id, now, tuple(amr), acr), secret
 
 
 async def load_session(
@@ -118,7 +123,7 @@ async def load_session(
         return None
     if now - row.last_seen_at >= TOUCH_INTERVAL:
         row.last_seen_at = now
-    return SsoSession(row.id, row.tenant_id, row.user_id, row.auth_time, tuple(row.amr or ()))
+    return SsoSession(row.id, row.tenant_id, row.user_id, row.auth_time, tuple(row.amr or ()), row.acr)
 
 
 async def end_session(session: AsyncSession, *, tenant_id: uuid.UUID, session_id: str) -> bool:

@@ -116,11 +116,15 @@ class TokenService:
         auth_time: int,
         nonce: str | None = None,
         amr: list[str] | None = None,
+        acr: str | None = None,
         session_id: str | None = None,
         access_token: str | None = None,
         extra_claims: dict[str, Any] | None = None,
     ) -> str:
-        """Return an ID token (OIDC Core §2, §3.1.3.6 ``at_hash``), signed with the client's ID token alg."""
+        """Return an ID token (OIDC Core §2, §3.1.3.6 ``at_hash``), signed with the client's ID token alg.
+
+        ``amr`` (RFC 8176) and ``acr`` say how the user signed in; each is left out when unknown.
+        """
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": tenant.issuer,
@@ -135,6 +139,8 @@ class TokenService:
             claims["nonce"] = nonce
         if amr:
             claims["amr"] = list(amr)
+        if acr:
+            claims["acr"] = acr
         if session_id is not None:
             claims["sid"] = session_id
         if access_token is not None:

@@ -21,6 +21,7 @@ from idhub.crypto.secrets import constant_time_equals
 from idhub.oidc.claims import user_claims
 from idhub.oidc.errors import InvalidGrant, InvalidRequest
 from idhub.oidc.grants.base import TokenRequest, grant_audience, live_grant_user
+from idhub.oidc.interaction import CODE_ACR
 from idhub.storage.base import utcnow
 from idhub.storage.models import AuthorizationCode
 from idhub.storage.single_use import consume
@@ -43,6 +44,7 @@ _CODE_COLUMNS = (
     AuthorizationCode.resources,
     AuthorizationCode.auth_time,
     AuthorizationCode.amr,
+    AuthorizationCode.extra,
 )
 
 
@@ -107,6 +109,12 @@ async def consume_code(treq: TokenRequest, code: str) -> Any:
     raise InvalidGrant(INVALID_CODE, internal="code unknown, expired, or issued to another client")
 
 
+def code_acr(extra: dict[str, Any] | None) -> str | None:
+    """Return the ``acr`` of the sign-in the code came from, kept in its JSON ``extra`` (no column of its own)."""
+    value = (extra or {}).get(CODE_ACR)
+    return value if isinstance(value, str) and value else None
+
+
 def check_code(row: Any, *, redirect_uri: str, verifier: str) -> None:
     """Check the redirect URI is identical (RFC 6749 §4.1.3) and the PKCE proof (RFC 7636 §4.6)."""
     if not constant_time_equals(redirect_uri, row.redirect_uri):
@@ -155,6 +163,7 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
             auth_time=auth_time,
             nonce=row.nonce,
             amr=list(row.amr or ()),
+            acr=code_acr(row.extra),
             session_id=row.session_id,
             access_token=access_token,
             extra_claims=user_claims(user, scopes),
