@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse
 
 from idhub.deps import ContextDep, TenantDep, UnitOfWorkDep
 from idhub.events import Actor
-from idhub.oidc.interaction import BROWSER_COOKIE, resume_after_login, usable_browser_secret
+from idhub.oidc.interaction import BROWSER_COOKIE, InteractionError, resume_after_login, usable_browser_secret
 from idhub.web.cookies import set_session_cookie
 from idhub.web.forms import BadForm, read_params, single
 from idhub.web.render import error_page
@@ -92,6 +92,8 @@ async def broker_callback(
     row, auth_request, client, _secret = await open_interaction(
         request, ctx, tenant, uow.session, finished.interaction_id
     )
+    if row.user_id is not None:  # signed in already (another tab): one sign-in per interaction
+        raise InteractionError("This sign-in request was already completed. Return to the application.")
     uow.actor = Actor("user", str(finished.linked.user_id))
     resumed = await resume_after_login(
         uow.session,
