@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from idhub.broker.connector import Identity
 from idhub.broker.errors import UpstreamRefused
@@ -122,7 +123,7 @@ async def _link(uow: UnitOfWork, provider: ProviderInfo, identity: Identity, use
     try:
         async with uow.session.begin_nested():
             await uow.session.flush()
-    except Exception as exc:  # the same upstream account linked in parallel: the other request won
+    except IntegrityError as exc:  # the same upstream account linked in parallel: the other request won
         raise Conflict("this account was linked at the same moment; try again") from exc
     uow.raise_event(
         LinkCreated(tenant_id=provider.tenant_id, user_id=user.id, link_id=link.id, alias=provider.alias, how=how)
