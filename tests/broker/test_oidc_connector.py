@@ -11,13 +11,13 @@ from dataclasses import fields
 from typing import Any
 
 import pytest
-from idhub.broker.fetch import Fetcher, FetchPolicy
-from idhub.broker.jwks import JwksCache
 from joserfc.jwk import RSAKey
 
 from idhub.broker.connector import CallbackInput, LoginSecrets
 from idhub.broker.connectors.oidc import OidcConfig, OidcConnector, discover, pkce_challenge
 from idhub.broker.errors import UpstreamRefused
+from idhub.broker.fetch import Fetcher, FetchPolicy
+from idhub.broker.jwks import JwksCache
 from tests.broker.standin import StandInProvider, serve
 from tests.flows import query_of
 
