@@ -101,42 +101,30 @@ class Broker:
         params: Mapping[str, str],
         browser_secret: str | None,
         callback_url: str,
-        state_param: str = "state",
     ) -> Finished:
-        """Validate the upstream's answer for a pending sign-in and return the user it signs in as."""
+        """Validate the upstream's answer for a pending sign-in and return the user it signs in as.
+
+        A refusal is audited (``signin.broker``, failure, with the reason code) and raised.
+        """
         try:
-            return await self._finish(
-                uow,
-                directory=directory,
-                tenant_id=tenant_id,
-                alias=alias,
-                params=params,
-                browser_secret=browser_secret,
-                callback_url=callback_url,
-                state_param=state_param,
-            )
-        except UpstreamRefused as exc:
-            uow.raise_event(BrokeredSignIn(tenant_id=tenant_id, alias=alias, result="failure", reason=exc.reason))
-            raise
+            return await self._finish(uow, directory, tenant_id, alias, params, browser_secret, callback_url)
         except DomainError as exc:
-            reason = type(exc).__name__
+            reason = exc.reason if isinstance(exc, UpstreamRefused) else type(exc).__name__
             uow.raise_event(BrokeredSignIn(tenant_id=tenant_id, alias=alias, result="failure", reason=reason))
             raise
 
     async def _finish(
         self,
         uow: UnitOfWork,
-        *,
         directory: Directory,
         tenant_id: uuid.UUID,
         alias: str,
         params: Mapping[str, str],
         browser_secret: str | None,
         callback_url: str,
-        state_param: str,
     ) -> Finished:
         browser = browser_binding(self.cookie_key, browser_secret) if browser_secret else None
-        pending = open_state(self.sealer, params.get(state_param), browser=browser, now=time.time())
+        pending = open_state(self.sealer, params.get("state"), browser=browser, now=time.time())
         provider = await self.enabled_provider(uow, tenant_id, alias)
         if pending.provider_id != str(provider.id) or pending.tenant_id != str(tenant_id):
             # The answer came to another upstream's callback than the one the sign-in went to (mix-up).

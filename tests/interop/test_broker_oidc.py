@@ -76,6 +76,19 @@ class Setup:
 
         live.run(create)
 
+    def upstream_answer(self, http: httpx.Client) -> dict[str, str]:
+        """Start a brokered sign-in and sign in at corp; return what corp sends to the broker's callback."""
+        _verifier, challenge = pkce_pair()
+        params = authorize_params(
+            client_id=self.app_client, redirect_uri=APP_REDIRECT, code_challenge=challenge,
+            extra_params={"idp_hint": self.alias},
+        )  # fmt: skip
+        start = http.get(f"/tenants/{self.apps.slug}/authorize", params=params)
+        upstream = http.get(start.headers["location"]).headers["location"]
+        return follow_to_client(
+            http, http.get(upstream), tenant_slug=self.corp.slug, username=self.username, password=PASSWORD
+        )
+
     def sign_in(self, http: httpx.Client, **extra: str) -> dict[str, str]:
         """Run the app's authorization request through corp; return the query the app receives."""
         verifier, challenge = pkce_pair()
@@ -163,16 +176,7 @@ def test_broker_oidc_no_jit_and_no_match_is_refused_with_no_session(live: Env, b
 
 def test_broker_oidc_state_replayed_or_in_another_browser_refused(live: Env, browser: httpx.Client) -> None:
     setup = Setup(live)
-    _verifier, challenge = pkce_pair()
-    params = authorize_params(
-        client_id=setup.app_client, redirect_uri=APP_REDIRECT, code_challenge=challenge,
-        extra_params={"idp_hint": setup.alias},
-    )  # fmt: skip
-    start = browser.get(f"/tenants/{setup.apps.slug}/authorize", params=params)
-    upstream = browser.get(start.headers["location"]).headers["location"]
-    back = follow_to_client(
-        browser, browser.get(upstream), tenant_slug=setup.corp.slug, username=setup.username, password=PASSWORD
-    )
+    back = setup.upstream_answer(browser)
     callback = f"/tenants/{setup.apps.slug}/broker/{setup.alias}/callback"
     with httpx.Client(base_url=live.base_url, follow_redirects=False, timeout=15) as other:
         assert other.get(callback, params=back).status_code == 400  # another browser: no binding cookie
@@ -184,16 +188,7 @@ def test_broker_oidc_state_replayed_or_in_another_browser_refused(live: Env, bro
 
 def test_broker_oidc_mixed_up_callback_refused(live: Env, browser: httpx.Client) -> None:
     setup = Setup(live)
-    _verifier, challenge = pkce_pair()
-    params = authorize_params(
-        client_id=setup.app_client, redirect_uri=APP_REDIRECT, code_challenge=challenge,
-        extra_params={"idp_hint": setup.alias},
-    )  # fmt: skip
-    start = browser.get(f"/tenants/{setup.apps.slug}/authorize", params=params)
-    upstream = browser.get(start.headers["location"]).headers["location"]
-    back = follow_to_client(
-        browser, browser.get(upstream), tenant_slug=setup.corp.slug, username=setup.username, password=PASSWORD
-    )
+    back = setup.upstream_answer(browser)
     forged_iss = {**back, "iss": "https://attacker.example"}
     response = browser.get(f"/tenants/{setup.apps.slug}/broker/{setup.alias}/callback", params=forged_iss)
     assert response.status_code == 400 and "text/html" in response.headers["content-type"]
