@@ -557,6 +557,7 @@ _IDP_TYPES = ["oidc", "saml", "google", "microsoft", "github", "facebook", "link
 @click.option("--display-name", default=None)
 @click.option("--email-domain", "email_domains", multiple=True, help="a domain this upstream is authoritative for")
 @click.option("--link-claim", default=None, help="upstream claim matched against the directory's externalId")
+@click.option("--idp-initiated", is_flag=True, help="SAML: accept sign-ins the IdP starts (off by default)")
 @click.option("--json", "as_json", is_flag=True)
 def idp_create(
     slug: str,
@@ -572,9 +573,12 @@ def idp_create(
     display_name: str | None,
     email_domains: tuple[str, ...],
     link_claim: str | None,
+    idp_initiated: bool,
     as_json: bool,
 ) -> None:
     """Add an upstream and print the URLs to register with it (callback, or SAML ACS and metadata)."""
+    from dataclasses import replace
+
     from idhub.broker.providers import NewProvider
 
     if metadata_file and metadata_url:
@@ -596,12 +600,14 @@ def idp_create(
         display_name=display_name,
         email_domains=email_domains,
         link_claim=link_claim,
+        allow_idp_initiated=idp_initiated,
     )
 
     async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
         tenant = await require_tenant(uow.session, slug)
-        created = await ctx.broker.providers(uow).create(tenant.id, new)
-        return {"tenant": tenant.slug, **created.describe(issuer_for(ctx.settings.public_url, tenant.slug))}
+        issuer = issuer_for(ctx.settings.public_url, tenant.slug)
+        created = await ctx.broker.providers(uow).create(tenant.id, replace(new, tenant_issuer=issuer))
+        return {"tenant": tenant.slug, **created.describe(issuer)}
 
     _emit(_run(work), as_json)
 

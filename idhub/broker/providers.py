@@ -18,6 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.broker.connectors.oidc import discover
+from idhub.broker.connectors.saml import new_sp_key, parse_idp_metadata
 from idhub.broker.errors import UpstreamConfigError
 from idhub.broker.fetch import Fetcher, FetchPolicy, check_url
 from idhub.crypto.encryption import Sealer
@@ -91,8 +92,9 @@ class ProviderInfo:
         """Return the URLs to register upstream: the OIDC/OAuth callback, or SAML's ACS and metadata."""
         base = f"{issuer}/broker/{self.alias}"
         if self.protocol == "saml":
-            metadata = f"{base}/saml/metadata"
-            return {"acs_url": f"{base}/saml/acs", "metadata_url": metadata, "entity_id": metadata}
+            metadata = self.config.get("sp_entity_id") or f"{base}/saml/metadata"
+            acs = self.config.get("acs_url") or f"{base}/saml/acs"
+            return {"acs_url": acs, "metadata_url": metadata, "entity_id": metadata}
         return {"callback_url": f"{base}/callback"}
 
     def describe(self, issuer: str) -> dict[str, Any]:
@@ -173,6 +175,8 @@ class NewProvider:
     display_name: str | None = None
     email_domains: tuple[str, ...] = ()
     link_claim: str | None = None  # upstream claim matched against the directory's externalId
+    tenant_issuer: str | None = None  # fixes a SAML SP's entity ID and ACS URL at creation
+    allow_idp_initiated: bool = False  # SAML: accept unsolicited Responses (off unless asked for)
 
 
 class Providers:
@@ -199,8 +203,12 @@ class Providers:
         if preset.protocol == "oidc":
             config |= await self._oidc_config(new, preset)
             secret = new.client_secret
+        elif preset.protocol == "saml":
+            config |= await self._saml_config(new)
+            # The SP key decrypts assertions: sealed with the master key like a client secret.
+            secret = config.pop("sp_private_key")
         else:
-            raise Invalid("SAML upstreams are not supported yet")
+            raise Invalid(f"provider type {new.type!r} is not supported yet")
         if await self._find(tenant_id, alias) is not None:
             raise Conflict(f"an identity provider with alias {alias!r} exists")
         row = IdentityProvider(
@@ -249,6 +257,38 @@ class Providers:
             "token_auth_method": "client_secret_basic" if "client_secret_basic" in methods else "client_secret_post",
             "iss_parameter_supported": document.get("authorization_response_iss_parameter_supported") is True,
             "email_verified_claim": preset.email_verified_claim,
+        }
+
+    async def _saml_config(self, new: NewProvider) -> dict[str, Any]:
+        """Read the IdP's metadata (a file, or a URL fetched through the outbound guard) and make the SP's key."""
+        if not new.tenant_issuer:
+            raise Invalid("the tenant's issuer is needed to name the SAML service provider")
+        if (new.metadata_xml is None) == (new.metadata_url is None):
+            raise Invalid("a SAML upstream needs --metadata-file or --metadata-url (one of them)")
+        metadata = new.metadata_xml
+        if new.metadata_url is not None:
+            check_url(new.metadata_url, internal=new.internal)
+            metadata = await self.fetcher.get_bytes(new.metadata_url, policy=FetchPolicy(internal=new.internal))
+        assert metadata is not None
+        try:
+            entity_id, sso_url, certificates = parse_idp_metadata(metadata)
+            check_url(sso_url, internal=new.internal)
+        except UpstreamConfigError as exc:
+            raise Invalid(f"the IdP metadata is refused: {exc.detail}") from exc
+        base = f"{new.tenant_issuer}/broker/{new.alias}/saml"
+        key_pem, certificate_pem = new_sp_key(f"{base}/metadata")
+        return {
+            "idp_entity_id": entity_id,
+            "idp_sso_url": sso_url,
+            "idp_certificates": list(certificates),
+            "metadata_url": new.metadata_url,
+            # Fixed at creation: the IdP trusts this entity ID and posts to this ACS URL, so they must
+            # not move when the public URL of a deployment is changed later.
+            "sp_entity_id": f"{base}/metadata",
+            "acs_url": f"{base}/acs",
+            "sp_certificate": certificate_pem,
+            "allow_idp_initiated": new.allow_idp_initiated,
+            "sp_private_key": key_pem,
         }
 
     async def list(self, tenant_id: uuid.UUID) -> list[ProviderInfo]:

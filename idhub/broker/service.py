@@ -11,13 +11,17 @@ then resumes the interaction exactly as a password sign-in does
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from idhub.broker.connector import CallbackInput, Connector, Identity
 from idhub.broker.connectors.oidc import OidcConfig, OidcConnector
+from idhub.broker.connectors.saml import SamlConfig, SamlConnector, sp_metadata
 from idhub.broker.errors import UpstreamRefused
 from idhub.broker.fetch import Fetcher
 from idhub.broker.jwks import JwksCache
@@ -28,14 +32,27 @@ from idhub.crypto.encryption import Sealer
 from idhub.directory import Directory
 from idhub.errors import DomainError, NotFound
 from idhub.events import BrokeredSignIn
+from idhub.storage.single_use import claim
 from idhub.storage.uow import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
-class Finished:
-    """A brokered sign-in that got through: which interaction it resumes, as whom, and how."""
+class LoginRedirect:
+    """Where the browser goes upstream, and the sealed state the browser must carry itself (SAML only).
 
-    interaction_id: str
+    SAML's ``RelayState`` may hold 80 bytes at most (Bindings §3.4.3, §3.5.3): too little for the sealed
+    state, so it carries only the state's random id and the sealed state rides in a cookie next to it.
+    """
+
+    url: str
+    saml_state: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A brokered sign-in that got through: which interaction it resumes (None: IdP-initiated), as whom, and how."""
+
+    interaction_id: str | None
     provider: ProviderInfo
     identity: Identity
     linked: Linked
@@ -75,8 +92,8 @@ class Broker:
         interaction_id: str,
         browser_secret: str,
         callback_url: str,
-    ) -> str:
-        """Return the upstream URL that starts this interaction's sign-in at ``alias``."""
+    ) -> LoginRedirect:
+        """Return where the browser goes to start this interaction's sign-in at ``alias``."""
         provider = await self.enabled_provider(uow, tenant_id, alias)
         pending = new_pending(
             tenant_id=tenant_id,
@@ -86,10 +103,15 @@ class Broker:
             now=time.time(),
         )
         state = seal_state(self.sealer, pending)
+        if provider.protocol == "saml":
+            start = await self.connector(provider).login_url(
+                state=pending.id, callback_url=provider.config["acs_url"], secrets=pending.secrets
+            )
+            return LoginRedirect(start.url, saml_state=state)
         start = await self.connector(provider).login_url(
             state=state, callback_url=callback_url, secrets=pending.secrets
         )
-        return start.url
+        return LoginRedirect(start.url)
 
     async def finish(
         self,
@@ -101,13 +123,17 @@ class Broker:
         params: Mapping[str, str],
         browser_secret: str | None,
         callback_url: str,
+        saml_state: str | None = None,
     ) -> Finished:
         """Validate the upstream's answer for a pending sign-in and return the user it signs in as.
 
-        A refusal is audited (``signin.broker``, failure, with the reason code) and raised.
+        ``saml_state`` is the sealed state a SAML sign-in's browser carried in its cookie. A refusal is
+        audited (``signin.broker``, failure, with the reason code) and raised.
         """
         try:
-            return await self._finish(uow, directory, tenant_id, alias, params, browser_secret, callback_url)
+            return await self._finish(
+                uow, directory, tenant_id, alias, params, browser_secret, callback_url, saml_state
+            )
         except DomainError as exc:
             reason = exc.reason if isinstance(exc, UpstreamRefused) else type(exc).__name__
             uow.raise_event(BrokeredSignIn(tenant_id=tenant_id, alias=alias, result="failure", reason=reason))
@@ -122,13 +148,23 @@ class Broker:
         params: Mapping[str, str],
         browser_secret: str | None,
         callback_url: str,
+        saml_state: str | None,
     ) -> Finished:
         browser = browser_binding(self.cookie_key, browser_secret) if browser_secret else None
-        pending = open_state(self.sealer, params.get("state"), browser=browser, now=time.time())
         provider = await self.enabled_provider(uow, tenant_id, alias)
+        saml = provider.protocol == "saml"
+        if saml and not saml_state and provider.config.get("allow_idp_initiated"):
+            return await self._idp_initiated(uow, directory, provider, params)
+        pending = open_state(self.sealer, saml_state if saml else params.get("state"), browser=browser, now=time.time())
         if pending.provider_id != str(provider.id) or pending.tenant_id != str(tenant_id):
             # The answer came to another upstream's callback than the one the sign-in went to (mix-up).
             raise UpstreamRefused("mix_up", "state was issued for another upstream")
+        if saml:
+            # RelayState must name the sign-in this browser started (Profiles §4.1.3.3 keeps it intact).
+            relay = params.get("RelayState") or ""
+            if not hmac.compare_digest(relay.encode(), pending.id.encode()):
+                raise UpstreamRefused("bad_relay_state", "RelayState is not the one this browser's sign-in sent")
+            callback_url = provider.config["acs_url"]
         answer = CallbackInput(
             params=params, nonce=pending.nonce, code_verifier=pending.code_verifier, request_id=pending.request_id
         )
@@ -137,9 +173,34 @@ class Broker:
         # right after, before anything is believed.
         identity = await self.connector(provider).handle_callback(answer, callback_url=callback_url)
         await consume_state(uow, pending)
+        await _claim_assertion(uow, provider, identity)
         linked = await link_identity(uow, directory=directory, provider=provider, identity=identity)
         uow.raise_event(BrokeredSignIn(tenant_id=tenant_id, alias=alias, user_id=linked.user_id, how=linked.how))
         return Finished(pending.interaction_id, provider, identity, linked)
+
+    async def _idp_initiated(
+        self, uow: UnitOfWork, directory: Directory, provider: ProviderInfo, params: Mapping[str, str]
+    ) -> Finished:
+        """Accept an unsolicited SAML Response (Profiles §4.1.5), for upstreams that allow it.
+
+        With no request to answer, the assertion replay cache is the only single-use guard; RelayState
+        is never followed (it would be an open redirect). The person lands on their account page.
+        """
+        answer = CallbackInput(params=params)
+        identity = await self.connector(provider).handle_callback(answer, callback_url=provider.config["acs_url"])
+        await _claim_assertion(uow, provider, identity)
+        linked = await link_identity(uow, directory=directory, provider=provider, identity=identity)
+        uow.raise_event(
+            BrokeredSignIn(tenant_id=provider.tenant_id, alias=provider.alias, user_id=linked.user_id, how=linked.how)
+        )
+        return Finished(None, provider, identity, linked)
+
+    async def saml_metadata(self, uow: UnitOfWork, tenant_id: uuid.UUID, alias: str) -> bytes:
+        """Return the SP metadata of the enabled SAML upstream ``alias`` (SAML Metadata §2.4.4)."""
+        provider = await self.enabled_provider(uow, tenant_id, alias)
+        if provider.protocol != "saml":
+            raise NotFound("no SAML identity provider with this alias")
+        return sp_metadata(_saml_config(self, provider))
 
     async def enabled_provider(self, uow: UnitOfWork, tenant_id: uuid.UUID, alias: str) -> ProviderInfo:
         """Return the enabled upstream ``alias`` or raise :class:`NotFound`."""
@@ -175,4 +236,44 @@ def _oidc(broker: Broker, provider: ProviderInfo) -> Connector:
     )
 
 
-_FACTORIES = {"oidc": _oidc}
+async def _claim_assertion(uow: UnitOfWork, provider: ProviderInfo, identity: Identity) -> None:
+    """Use a SAML assertion up (Profiles §4.1.4.5): its ID is kept until the connector would refuse it anyway.
+
+    The replay cache is the database's single-use table, so it holds across processes and restarts.
+    """
+    assertion_id = identity.claims.get("assertion_id")
+    if not isinstance(assertion_id, str):
+        return
+    until = identity.claims.get("not_on_or_after")
+    expires = datetime.fromtimestamp(until if isinstance(until, int) else time.time() + 3600, UTC)
+    value = assertion_id if len(assertion_id) <= 200 else hashlib.sha256(assertion_id.encode()).hexdigest()
+    won = await claim(
+        uow.session,
+        tenant_id=provider.tenant_id,
+        namespace=f"saml_assertion:{provider.id}",
+        value=value,
+        expires_at=expires,
+    )
+    if not won:
+        raise UpstreamRefused("assertion_replayed", "this assertion was used before")
+
+
+def _saml_config(broker: Broker, provider: ProviderInfo) -> SamlConfig:
+    config = provider.config
+    return SamlConfig(
+        sp_entity_id=config["sp_entity_id"],
+        acs_url=config["acs_url"],
+        idp_entity_id=config["idp_entity_id"],
+        idp_sso_url=config["idp_sso_url"],
+        idp_certificates=tuple(config["idp_certificates"]),
+        sp_private_key_pem=open_secret(broker.sealer, provider),
+        sp_certificate_pem=config.get("sp_certificate"),
+        allow_idp_initiated=bool(config.get("allow_idp_initiated")),
+    )
+
+
+def _saml(broker: Broker, provider: ProviderInfo) -> Connector:
+    return SamlConnector(_saml_config(broker, provider))
+
+
+_FACTORIES = {"oidc": _oidc, "saml": _saml}

@@ -5,21 +5,34 @@ interaction (from the login page's button, or from ``idp_hint``); ``GET {issuer}
 takes the upstream's answer, lets the broker validate it and find the user, and resumes the
 interaction exactly as a password sign-in does (:func:`idhub.oidc.interaction.resume_after_login`).
 A refused answer is an error page, an audit entry with the reason, and no session.
+
+SAML answers arrive as a cross-site POST at the ACS (Bindings §3.5), which carries none of idhub's
+``SameSite=Lax`` cookies, so nothing can be tied to the browser there. The ACS only hands the Response
+back to the browser in a form that posts it to ``.../saml/continue`` on idhub's own site, where the
+cookies come along: that step checks the browser binding, validates the Response and resumes. Nothing
+is believed at the ACS itself.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
+from idhub.broker.service import Finished
+from idhub.context import AppContext
 from idhub.deps import ContextDep, TenantDep, UnitOfWorkDep
 from idhub.events import Actor
 from idhub.oidc.interaction import BROWSER_COOKIE, InteractionError, resume_after_login, usable_browser_secret
-from idhub.web.cookies import set_session_cookie
-from idhub.web.forms import BadForm, read_params, single
-from idhub.web.render import error_page
+from idhub.sessions.service import create_session
+from idhub.storage.uow import UnitOfWork
+from idhub.tenants.service import TenantInfo
+from idhub.web.cookies import clear_cookie, set_cookie, set_session_cookie
+from idhub.web.forms import BadForm, read_form, read_params, single
+from idhub.web.render import PAGE_HEADERS, error_page, render_page
 from idhub.web.router import open_interaction
 from idhub.web.routing import PageRoute
 
@@ -31,6 +44,21 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
     400: {"description": "HTML error page", "content": {"text/html": {}}},
     404: {"description": "HTML error page (unknown upstream)", "content": {"text/html": {}}},
     503: {"description": "HTML error page (the upstream is not responding)", "content": {"text/html": {}}},
+}
+
+
+SAML_STATE_COOKIE = "idhub_broker_saml"
+MAX_SAML_FORM = 400_000  # the connector's 256 kB Response cap, base64-encoded, plus the form's own fields
+_AUTOPOST = "document.forms[0].submit();"
+# The one script idhub's pages run, allowed by its hash only (CSP Level 3 §8.3); without JavaScript the
+# person presses the button.
+_AUTOPOST_CSP = PAGE_HEADERS["content-security-policy"].replace(
+    "script-src 'none'",
+    "script-src 'sha256-" + base64.b64encode(hashlib.sha256(_AUTOPOST.encode()).digest()).decode() + "'",
+)
+_SAML_RESPONSES: dict[int | str, dict[str, object]] = {
+    **_RESPONSES,
+    413: {"description": "HTML error page (the Response is too large)", "content": {"text/html": {}}},
 }
 
 
@@ -54,7 +82,7 @@ async def broker_login(
 ) -> Response:
     """Send the browser to the upstream's sign-in (303)."""
     row, _request, _client, secret = await open_interaction(request, ctx, tenant, uow.session, interaction)
-    url = await ctx.broker.start(
+    redirect = await ctx.broker.start(
         uow,
         tenant_id=tenant.id,
         alias=alias,
@@ -62,7 +90,10 @@ async def broker_login(
         browser_secret=secret,
         callback_url=f"{tenant.issuer}/broker/{alias}/callback",
     )
-    return _see_other(url)
+    response = _see_other(redirect.url)
+    if redirect.saml_state is not None:
+        set_cookie(response, ctx, tenant, SAML_STATE_COOKIE, redirect.saml_state)
+    return response
 
 
 @router.get(
@@ -89,12 +120,112 @@ async def broker_callback(
         browser_secret=usable_browser_secret(request.cookies.get(BROWSER_COOKIE)),
         callback_url=f"{tenant.issuer}/broker/{alias}/callback",
     )
+    return await _resume(request, ctx, tenant, uow, finished)
+
+
+@router.get(
+    "/broker/{alias}/saml/metadata",
+    summary="SAML 2.0 metadata of idhub as the service provider of this upstream",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/samlmetadata+xml": {}}},
+        404: {"description": "HTML error page (unknown upstream)", "content": {"text/html": {}}},
+    },
+)
+async def saml_metadata(alias: Alias, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep) -> Response:
+    """Return the SP metadata to register at the IdP (SAML Metadata §2.4.4, its media type per §4.1)."""
+    document = await ctx.broker.saml_metadata(uow, tenant.id, alias)
+    return Response(document, media_type="application/samlmetadata+xml", headers={"cache-control": "max-age=300"})
+
+
+@router.post(
+    "/broker/{alias}/saml/acs",
+    summary="Assertion Consumer Service of a SAML 2.0 upstream (HTTP-POST binding)",
+    response_class=Response,
+    responses={200: {"content": {"text/html": {}}}, **_SAML_RESPONSES},
+)
+async def saml_acs(alias: Alias, request: Request, tenant: TenantDep) -> Response:
+    """Hand the POSTed Response back to the browser, to be posted on to ``continue`` with its cookies."""
+    fields = await _saml_form(request)
+    if fields is None:
+        return error_page("The request is malformed.", tenant=tenant)
+    response = render_page(
+        "saml_post.html",
+        tenant=tenant,
+        action=f"{tenant.issuer}/broker/{alias}/saml/continue",
+        saml_response=fields["SAMLResponse"],
+        relay_state=fields.get("RelayState", ""),
+        script=_AUTOPOST,
+    )
+    response.headers["content-security-policy"] = _AUTOPOST_CSP
+    return response
+
+
+@router.post(
+    "/broker/{alias}/saml/continue",
+    summary="Validate a SAML 2.0 Response in the browser that started the sign-in, and go on",
+    response_class=Response,
+    responses=_SAML_RESPONSES,
+)
+async def saml_continue(
+    alias: Alias, request: Request, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep
+) -> Response:
+    """Validate the Response for this browser's pending SAML sign-in and go on with the interaction (303)."""
+    fields = await _saml_form(request)
+    if fields is None:
+        return error_page("The request is malformed.", tenant=tenant)
+    finished = await ctx.broker.finish(
+        uow,
+        directory=ctx.directory(uow),
+        tenant_id=tenant.id,
+        alias=alias,
+        params=fields,
+        browser_secret=usable_browser_secret(request.cookies.get(BROWSER_COOKIE)),
+        callback_url=f"{tenant.issuer}/broker/{alias}/saml/acs",
+        saml_state=request.cookies.get(SAML_STATE_COOKIE),
+    )
+    response = await _resume(request, ctx, tenant, uow, finished)
+    clear_cookie(response, ctx, tenant, SAML_STATE_COOKIE)
+    return response
+
+
+async def _saml_form(request: Request) -> dict[str, str] | None:
+    """Return ``SAMLResponse`` and ``RelayState`` of a POST (each at most once), or None when malformed."""
+    try:
+        form = await read_form(request, max_bytes=MAX_SAML_FORM)
+        fields = {name: single(form, name) or "" for name in ("SAMLResponse", "RelayState")}
+    except BadForm:
+        return None
+    if not fields["SAMLResponse"] or len(fields["RelayState"]) > 80:  # RelayState: Bindings §3.5.3
+        return None
+    return fields
+
+
+async def _resume(
+    request: Request, ctx: AppContext, tenant: TenantInfo, uow: UnitOfWork, finished: Finished
+) -> Response:
+    """Resume the interaction a brokered sign-in finished, exactly as a password sign-in does."""
+    uow.actor = Actor("user", str(finished.linked.user_id))
+    if finished.interaction_id is None:  # IdP-initiated: an SSO session, then the person's account page
+        _sso, cookie = await create_session(
+            uow.session,
+            hasher=ctx.secret_hasher,
+            settings=ctx.settings.sessions,
+            tenant_id=tenant.id,
+            user_id=finished.linked.user_id,
+            amr=finished.amr,
+            acr=finished.identity.acr,
+            link_id=finished.linked.link_id,
+            previous_cookie=request.cookies.get(ctx.settings.sessions.cookie_name),
+        )
+        response = _see_other(f"{tenant.issuer}/account")
+        set_session_cookie(response, ctx, tenant, cookie)
+        return response
     row, auth_request, client, _secret = await open_interaction(
         request, ctx, tenant, uow.session, finished.interaction_id
     )
     if row.user_id is not None:  # signed in already (another tab): one sign-in per interaction
         raise InteractionError("This sign-in request was already completed. Return to the application.")
-    uow.actor = Actor("user", str(finished.linked.user_id))
     resumed = await resume_after_login(
         uow.session,
         ctx=ctx,

@@ -36,14 +36,14 @@ def group(items: list[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
-async def read_form(request: Request) -> dict[str, list[str]]:
+async def read_form(request: Request, *, max_bytes: int = MAX_FORM_BYTES) -> dict[str, list[str]]:
     """Return the urlencoded body grouped by name; any other content type yields no fields.
 
-    A body over :data:`MAX_FORM_BYTES` raises :class:`FormTooLarge`, whether its declared length says so
+    A body over ``max_bytes`` raises :class:`FormTooLarge`, whether its declared length says so
     up front or a chunked body grows past the limit while it is read.
     """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise FormTooLarge
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != FORM_TYPE:
@@ -51,7 +51,7 @@ async def read_form(request: Request) -> dict[str, list[str]]:
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FORM_BYTES:
+        if len(body) > max_bytes:
             raise FormTooLarge
     try:
         items = decode_pairs(body, max_fields=MAX_FIELDS)

@@ -24,9 +24,9 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -739,6 +739,32 @@ def _idp_descriptor(entity: etree._Element) -> etree._Element | None:
         if PROTOCOL in (descriptor.get("protocolSupportEnumeration") or "").split():
             return descriptor
     return None
+
+
+def new_sp_key(entity_id: str, *, now: float | None = None) -> tuple[str, str]:
+    """Return a fresh RSA-3072 private key and a self-signed certificate for this SP (PEM, PEM).
+
+    The certificate only carries the public key in metadata (SAML Metadata §2.4.1.1): IdPs encrypt
+    assertions to it, and trust in it comes from the metadata exchange, not from a CA. The key never
+    leaves idhub unsealed.
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    start = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, urlsplit(entity_id).hostname or "idhub")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start - timedelta(minutes=5))
+        .not_valid_after(start + timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
+    return key_pem, certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
 def sp_metadata(config: SamlConfig) -> bytes:
