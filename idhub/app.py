@@ -28,6 +28,7 @@ from idhub.scim.router import versions as scim_versions
 from idhub.settings import Settings
 from idhub.storage.faults import as_unavailable
 from idhub.storage.migrate import upgrade
+from idhub.web.account import router as account_router
 from idhub.web.authorize import router as authorize_router
 from idhub.web.broker import router as broker_router
 from idhub.web.logout import router as logout_router
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(logout_router, prefix=ISSUER_PREFIX)
     app.include_router(web_router, prefix=ISSUER_PREFIX)
     app.include_router(broker_router, prefix=ISSUER_PREFIX)
+    app.include_router(account_router, prefix=ISSUER_PREFIX)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Outermost: every request gets its id and address first; the hot back-channel POSTs skip the
     # framework's middleware stack and router.

@@ -558,6 +558,7 @@ _IDP_TYPES = ["oidc", "saml", "google", "microsoft", "github", "facebook", "link
 @click.option("--email-domain", "email_domains", multiple=True, help="a domain this upstream is authoritative for")
 @click.option("--link-claim", default=None, help="upstream claim matched against the directory's externalId")
 @click.option("--idp-initiated", is_flag=True, help="SAML: accept sign-ins the IdP starts (off by default)")
+@click.option("--mapping-file", type=click.Path(exists=True, dir_okay=False), default=None, help="mapping rules (JSON)")
 @click.option("--json", "as_json", is_flag=True)
 def idp_create(
     slug: str,
@@ -574,6 +575,7 @@ def idp_create(
     email_domains: tuple[str, ...],
     link_claim: str | None,
     idp_initiated: bool,
+    mapping_file: str | None,
     as_json: bool,
 ) -> None:
     """Add an upstream and print the URLs to register with it (callback, or SAML ACS and metadata)."""
@@ -601,6 +603,7 @@ def idp_create(
         email_domains=email_domains,
         link_claim=link_claim,
         allow_idp_initiated=idp_initiated,
+        mapping=Path(mapping_file).read_bytes() if mapping_file else None,
     )
 
     async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
@@ -658,6 +661,8 @@ def idp_show(slug: str, alias: str, as_json: bool) -> None:
 @click.option("--email-domain", "email_domains", multiple=True, help="replaces the authoritative domains")
 @click.option("--clear-email-domains", is_flag=True)
 @click.option("--link-claim", default=None, help='upstream claim for externalId linking ("" removes it)')
+@click.option("--mapping-file", type=click.Path(exists=True, dir_okay=False), default=None, help="mapping rules (JSON)")
+@click.option("--clear-mapping", is_flag=True, help="back to the default mapping")
 @click.option("--json", "as_json", is_flag=True)
 def idp_update(
     slug: str,
@@ -669,6 +674,8 @@ def idp_update(
     email_domains: tuple[str, ...],
     clear_email_domains: bool,
     link_claim: str | None,
+    mapping_file: str | None,
+    clear_mapping: bool,
     as_json: bool,
 ) -> None:
     """Change an upstream's settings; what is not given stays."""
@@ -676,6 +683,7 @@ def idp_update(
     if client_secret_stdin and not secret:
         _fail("no client secret on standard input")
     domains: tuple[str, ...] | None = () if clear_email_domains else (email_domains or None)
+    mapping = Path(mapping_file).read_bytes() if mapping_file else None
 
     async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
         tenant = await require_tenant(uow.session, slug)
@@ -688,10 +696,52 @@ def idp_update(
             client_secret=secret,
             email_domains=domains,
             link_claim=link_claim,
+            mapping=mapping,
+            clear_mapping=clear_mapping,
         )
         return {"tenant": tenant.slug, **changed.describe(issuer_for(ctx.settings.public_url, tenant.slug))}
 
     _emit(_run(work), as_json)
+
+
+@idp.command("preview")
+@click.option("--tenant", "slug", required=True)
+@click.option("--alias", required=True)
+@click.option(
+    "--claims-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="a sample assertion: OIDC claims, or SAML name_id and attributes (JSON)",
+)
+@click.option("--json", "as_json", is_flag=True)
+def idp_preview(slug: str, alias: str, claims_file: str, as_json: bool) -> None:
+    """Print what a sign-in with a sample assertion would map, link and change; nothing is changed."""
+    from idhub.broker.sync import preview_claims
+
+    sample = Path(claims_file).read_bytes()
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        try:
+            provider = await ctx.broker.providers(uow).get(tenant.id, alias)
+            preview = await preview_claims(uow, directory=ctx.directory(uow), provider=provider, sample=sample)
+            return {"tenant": tenant.slug, "alias": provider.alias, **preview.describe()}
+        finally:
+            await uow.rollback()  # read-only, whatever happened above
+
+    result = _run(work)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        link = result["link"]
+        click.echo(f"link: {link['rule']}  user {link['userName'] or '-'} {link['user_id'] or ''}".rstrip())
+        for name, value in result["attributes"].items():
+            click.echo(f"attribute {name}: {value}")
+        for name in result["groups"]:
+            click.echo(f"group: {name}")
+        for key, values in result["changes"].items():
+            if values:
+                click.echo(f"{key}: {', '.join(values)}")
 
 
 @idp.command("delete")

@@ -464,7 +464,7 @@ class LinkEvent(DomainEvent):
     user_id: uuid.UUID
     link_id: uuid.UUID
     alias: str
-    how: str = ""  # existing | external_id | email | jit | proof | operator | person
+    how: str = ""  # existing | external_id | email | jit | proof | operator | self (the account page)
 
     @property
     def target_id(self) -> str:

@@ -8,8 +8,11 @@ counts, never an email address. A first sign-in is linked, in this order (#14):
 2. by email, only when the upstream says it verified the address **and** the operator marked the
    upstream authoritative for that address's domain (unverified-email linking is the account-takeover
    path of nOAuth and its cousins);
-3. else a new directory user is made just in time, unless the upstream is ``--no-jit``;
-4. else the person must prove they own an existing account by signing in with it (refused here).
+3. else a new directory user is made just in time, unless the upstream is ``--no-jit`` or the
+   upstream's email is already an account's address (that account may be the person's own, but this
+   upstream may not vouch for it, and a second account with the same address would split the person);
+4. else the person must prove they own an existing account by signing in with it
+   (:class:`ProofNeeded`; :mod:`idhub.broker.proof` carries the identity to that page and back).
 
 More than one candidate is never resolved by picking one. A user who is disabled, deleted or archived
 cannot sign in through any link.
@@ -19,18 +22,18 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idhub.broker.connector import Identity
 from idhub.broker.errors import UpstreamRefused
+from idhub.broker.mapping import apply, mapping_of, profile_for
 from idhub.broker.providers import ProviderInfo
 from idhub.directory import Directory
-from idhub.directory.profile import UserProfile, ValueRecord
 from idhub.directory.rules import is_live
-from idhub.errors import Conflict, NotFound
+from idhub.errors import Conflict, Invalid, NotFound
 from idhub.events import LinkCreated, LinkRemoved
 from idhub.storage.base import utcnow
 from idhub.storage.models import IdentityProvider, User, UserSession
@@ -38,6 +41,14 @@ from idhub.storage.models.broker import FederatedIdentity
 from idhub.storage.uow import UnitOfWork
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
+
+
+class ProofNeeded(Exception):  # a next step, not an error
+    """No link may be made automatically: the person must sign in with the existing account first."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # email_in_use | no_account
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +71,10 @@ def authoritative_email(provider: ProviderInfo, identity: Identity) -> str | Non
 
 async def link_identity(uow: UnitOfWork, *, directory: Directory, provider: ProviderInfo, identity: Identity) -> Linked:
     """Return the user ``identity`` signs in as, linking or creating one by the rules above."""
+    if identity.claims.get("transient_name_id"):
+        # A SAML transient NameID is new at every sign-in (Core §8.3.8): as a link key it would make a new
+        # account each time. idhub asks for persistent NameIDs; an IdP that answers otherwise is refused.
+        raise UpstreamRefused("transient_subject", "the IdP sent a transient NameID; configure a persistent one")
     session = uow.session
     link = await session.scalar(
         select(FederatedIdentity).where(
@@ -88,10 +103,27 @@ async def link_identity(uow: UnitOfWork, *, directory: Directory, provider: Prov
         if found:
             return await _link(uow, provider, identity, _only(found), "email")
 
+    if identity.email and await _candidates(uow, provider.tenant_id, func.lower(User.email) == identity.email.lower()):
+        raise ProofNeeded("email_in_use")
     if not provider.jit:
-        raise UpstreamRefused("no_account", "no linked or matching account, and just-in-time accounts are off")
+        raise ProofNeeded("no_account")
     user = await _create_user(directory, provider, identity, email)
     return await _link(uow, provider, identity, user, "jit")
+
+
+async def link_proved(uow: UnitOfWork, *, provider: ProviderInfo, identity: Identity, user_id: uuid.UUID) -> Linked:
+    """Link ``identity`` to the account its owner just signed in with (linking rule 4)."""
+    user = await uow.session.get(User, user_id)
+    if user is None or user.tenant_id != provider.tenant_id or not is_live(user):
+        raise UpstreamRefused("account_not_live", "the account signed in with is disabled or deleted")
+    existing = await uow.session.scalar(
+        select(FederatedIdentity.user_id).where(
+            FederatedIdentity.provider_id == provider.id, FederatedIdentity.subject == identity.subject
+        )
+    )
+    if existing is not None:
+        raise UpstreamRefused("already_linked", "this upstream account was linked meanwhile")
+    return await _link(uow, provider, identity, user, "proof")
 
 
 async def _candidates(uow: UnitOfWork, tenant_id: uuid.UUID, match: object) -> list[User]:
@@ -132,36 +164,26 @@ async def _link(uow: UnitOfWork, provider: ProviderInfo, identity: Identity, use
 
 
 async def _create_user(directory: Directory, provider: ProviderInfo, identity: Identity, email: str | None) -> User:
-    """Make the directory user of a first sign-in (just in time); the username says where it came from."""
-    values: tuple[ValueRecord, ...] = ()
-    if identity.email:
-        values = (ValueRecord(attribute="emails", value=identity.email[:320], type="work", primary=True),)
-    preferred = email or f"{provider.alias}.{_UNSAFE.sub('_', identity.subject)}"
-    profile = UserProfile(
-        user_name=preferred[:255],
-        values=values,
-        display_name=identity.name,
-        given_name=identity.given_name,
-        family_name=identity.family_name,
-    )
+    """Make the directory user of a first sign-in (just in time) from the upstream's mapped attributes.
+
+    The username is the mapped ``userName``, else the authoritative email, else one that says where the
+    account came from. The address counts as verified only when it is the one the upstream owns.
+    """
+    fallback = f"{provider.alias}.{_UNSAFE.sub('_', identity.subject)}"[:255]
+    mapped = apply(mapping_of(provider.config), identity)
+    preferred = (mapped.attributes.get("userName") or email or fallback)[:255]
+    profile = profile_for(mapped, user_name=preferred)
+    address = profile.email()
+    verified = email is not None and address is not None and address.lower() == email.lower()
     try:
-        return await directory.users.create(provider.tenant_id, profile, email_verified=email is not None)
-    except Conflict:
-        # The email is someone's username already (an account this upstream may not claim): use the
-        # upstream-scoped name instead, which no person chose.
-        fallback = f"{provider.alias}.{_UNSAFE.sub('_', identity.subject)}"[:255]
+        return await directory.users.create(provider.tenant_id, profile, email_verified=verified)
+    except (Conflict, Invalid):
+        # The name is someone's username already (an account this upstream may not claim), or the
+        # mapped one is not a valid username: use the upstream-scoped name instead, which no person chose.
         if fallback == preferred:
             raise
         return await directory.users.create(
-            provider.tenant_id,
-            UserProfile(
-                user_name=fallback,
-                values=values,
-                display_name=identity.name,
-                given_name=identity.given_name,
-                family_name=identity.family_name,
-            ),
-            email_verified=email is not None,
+            provider.tenant_id, replace(profile, user_name=fallback), email_verified=verified
         )
 
 

@@ -21,6 +21,7 @@ from idhub.broker.connectors.oidc import discover
 from idhub.broker.connectors.saml import new_sp_key, parse_idp_metadata
 from idhub.broker.errors import UpstreamConfigError
 from idhub.broker.fetch import Fetcher, FetchPolicy, check_url
+from idhub.broker.mapping import load_mapping
 from idhub.crypto.encryption import Sealer
 from idhub.errors import Conflict, Invalid, NotFound
 from idhub.events import IdentityProviderChanged, IdentityProviderCreated, IdentityProviderDeleted
@@ -46,16 +47,48 @@ class Preset:
     # whatever the account's owner typed (the "nOAuth" takeover class): never a verification.
     email_verified_claim: bool = True
     endpoints: dict[str, str] = field(default_factory=dict)
+    hosted_domain_claim: str | None = None  # see OidcConfig.hosted_domain_claim
+    own_domains: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, Preset] = {
     "oidc": Preset("oidc", "OpenID Connect"),
-    "google": Preset("oidc", "Google", issuer="https://accounts.google.com"),
+    "google": Preset(
+        "oidc",
+        "Google",
+        issuer="https://accounts.google.com",
+        hosted_domain_claim="hd",
+        own_domains=("gmail.com", "googlemail.com"),
+    ),
     "microsoft": Preset("oidc", "Microsoft", email_verified_claim=False),
     "linkedin": Preset("oidc", "LinkedIn", issuer="https://www.linkedin.com/oauth"),
     "saml": Preset("saml", "SAML 2.0", scopes=()),
+    # OAuth 2 plus a profile API (idhub.broker.connectors.oauth2): no discovery, so the endpoints are
+    # known here. The issuer is ours to fix: with the network's account id, it is the link key.
+    "github": Preset(
+        "oauth2",
+        "GitHub",
+        issuer="https://github.com",
+        scopes=("read:user", "user:email"),
+        endpoints={
+            "authorization_endpoint": "https://github.com/login/oauth/authorize",
+            "token_endpoint": "https://github.com/login/oauth/access_token",
+            "profile_endpoint": "https://api.github.com/user",
+            "emails_endpoint": "https://api.github.com/user/emails",
+        },
+    ),
+    "facebook": Preset(
+        "oauth2",
+        "Facebook",
+        issuer="https://www.facebook.com",
+        scopes=("email", "public_profile"),
+        endpoints={
+            "authorization_endpoint": "https://www.facebook.com/v19.0/dialog/oauth",
+            "token_endpoint": "https://graph.facebook.com/v19.0/oauth/access_token",
+            "profile_endpoint": "https://graph.facebook.com/v19.0/me?fields=id,name,email,first_name,last_name",
+        },
+    ),
 }
-UNSUPPORTED_TYPES = ("github", "facebook")  # OAuth 2 profile connectors: not built yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +210,9 @@ class NewProvider:
     link_claim: str | None = None  # upstream claim matched against the directory's externalId
     tenant_issuer: str | None = None  # fixes a SAML SP's entity ID and ACS URL at creation
     allow_idp_initiated: bool = False  # SAML: accept unsolicited Responses (off unless asked for)
+    mapping: str | bytes | None = None  # mapping rules as JSON (idhub.broker.mapping), checked before saving
+    # OAuth 2 networks: endpoints that replace the preset's, for a stand-in on loopback (``internal`` only).
+    endpoints: dict[str, str] | None = None
 
 
 class Providers:
@@ -190,18 +226,22 @@ class Providers:
     async def create(self, tenant_id: uuid.UUID, new: NewProvider) -> ProviderInfo:
         """Add an upstream; an OIDC one is checked against its discovery document first."""
         alias = check_alias(new.alias)
-        if new.type in UNSUPPORTED_TYPES:
-            raise Invalid(f"provider type {new.type!r} is not supported yet")
+        mapping = load_mapping(new.mapping) if new.mapping is not None else None
         preset = PRESETS.get(new.type)
         if preset is None:
             raise Invalid(f"unknown provider type {new.type!r}; one of {', '.join(sorted(PRESETS))}")
         config: dict[str, Any] = {"email_domains": check_domains(new.email_domains)}
         if new.link_claim:
             config["link_claim"] = new.link_claim[:64]
+        if mapping is not None:
+            config["mapping"] = mapping.describe()
         provider_id = uuid.uuid4()
         secret: str | None
         if preset.protocol == "oidc":
             config |= await self._oidc_config(new, preset)
+            secret = new.client_secret
+        elif preset.protocol == "oauth2":
+            config |= self._oauth2_config(new, preset)
             secret = new.client_secret
         elif preset.protocol == "saml":
             config |= await self._saml_config(new)
@@ -257,7 +297,35 @@ class Providers:
             "token_auth_method": "client_secret_basic" if "client_secret_basic" in methods else "client_secret_post",
             "iss_parameter_supported": document.get("authorization_response_iss_parameter_supported") is True,
             "email_verified_claim": preset.email_verified_claim,
+            "hosted_domain_claim": preset.hosted_domain_claim,
+            "own_domains": list(preset.own_domains),
         }
+
+    def _oauth2_config(self, new: NewProvider, preset: Preset) -> dict[str, Any]:
+        """Return an OAuth 2 network's configuration: its preset endpoints, a stand-in's for internal tests.
+
+        Nothing is fetched: these networks publish no discovery document. Endpoint overrides are for
+        ``--internal`` stand-ins only: the identity's issuer stays the network's, so pointing a public
+        upstream at another host (a GitHub Enterprise server, say) would let its account ids collide
+        with the network's own under one link key.
+        """
+        if new.issuer and new.issuer != preset.issuer:
+            raise Invalid(f"the {new.type} issuer is {preset.issuer}")
+        if not new.client_id or not new.client_secret:
+            raise Invalid(f"--client-id and --client-secret-stdin are required for a {preset.display_name} upstream")
+        overrides = dict(new.endpoints or {})
+        if overrides and not new.internal:
+            raise Invalid("endpoint overrides are for internal (test) upstreams only")
+        unknown = sorted(set(overrides) - set(preset.endpoints))
+        if unknown:
+            raise Invalid(f"unknown endpoint {unknown[0][:40]!r} for {new.type}")
+        endpoints = {**preset.endpoints, **overrides}
+        for url in endpoints.values():
+            try:
+                check_url(url, internal=new.internal)
+            except UpstreamConfigError as exc:
+                raise Invalid(f"refused endpoint: {exc.detail}") from exc
+        return {"issuer": preset.issuer, "client_id": new.client_id, **endpoints, "scopes": list(preset.scopes)}
 
     async def _saml_config(self, new: NewProvider) -> dict[str, Any]:
         """Read the IdP's metadata (a file, or a URL fetched through the outbound guard) and make the SP's key."""
@@ -316,8 +384,13 @@ class Providers:
         client_secret: str | None = None,
         email_domains: Sequence[str] | None = None,
         link_claim: str | None = None,
+        mapping: str | bytes | None = None,
+        clear_mapping: bool = False,
     ) -> ProviderInfo:
-        """Change an upstream's settings; only what is given changes."""
+        """Change an upstream's settings; only what is given changes (``mapping`` is JSON mapping rules)."""
+        if mapping is not None and clear_mapping:
+            raise Invalid("give a mapping or clear it, not both")
+        rules = load_mapping(mapping) if mapping is not None else None
         row = await self._find(tenant_id, alias)
         if row is None:
             raise NotFound("no identity provider with this alias")
@@ -341,6 +414,12 @@ class Providers:
             else:
                 config.pop("link_claim", None)
             changed.append("link_claim")
+        if rules is not None or (clear_mapping and "mapping" in config):
+            if rules is not None:
+                config["mapping"] = rules.describe()
+            else:
+                config.pop("mapping", None)
+            changed.append("mapping")
         row.config = config
         row.updated_at = utcnow()
         await self.uow.session.flush()

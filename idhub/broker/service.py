@@ -3,7 +3,8 @@
 :meth:`Broker.start` seals what the callback needs into ``state`` and returns the upstream URL;
 :meth:`Broker.finish` opens ``state`` (same browser, not expired, not used before), lets the upstream's
 connector validate its answer, and links the identity to a directory user
-(:func:`idhub.broker.linking.link_identity`). Every decision is an audit event (``signin.broker``,
+(:func:`idhub.broker.linking.link_identity`) and applies the upstream's mapping rules to that user
+(:func:`idhub.broker.sync.sync_user`). Every decision is an audit event (``signin.broker``,
 ``link.create``) with the upstream and, for a refusal, the reason. The page that called ``finish``
 then resumes the interaction exactly as a password sign-in does
 (:func:`idhub.oidc.interaction.resume_after_login`).
@@ -20,14 +21,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from idhub.broker.connector import CallbackInput, Connector, Identity
+from idhub.broker.connectors.oauth2 import OAuth2Config, OAuth2Connector
 from idhub.broker.connectors.oidc import OidcConfig, OidcConnector
 from idhub.broker.connectors.saml import SamlConfig, SamlConnector, sp_metadata
 from idhub.broker.errors import UpstreamRefused
 from idhub.broker.fetch import Fetcher
 from idhub.broker.jwks import JwksCache
-from idhub.broker.linking import Linked, link_identity
+from idhub.broker.linking import Linked, ProofNeeded, link_identity, link_proved
+from idhub.broker.proof import consume_proof, new_proof, open_proof, seal_proof
 from idhub.broker.providers import ProviderInfo, Providers, open_secret
 from idhub.broker.state import browser_binding, consume_state, new_pending, open_state, seal_state
+from idhub.broker.sync import sync_user
 from idhub.crypto.encryption import Sealer
 from idhub.directory import Directory
 from idhub.errors import DomainError, NotFound
@@ -56,11 +60,23 @@ class Finished:
     provider: ProviderInfo
     identity: Identity
     linked: Linked
+    also: tuple[str, ...] = ()  # methods used here besides the upstream (``pwd`` when ownership was proved)
 
     @property
     def amr(self) -> list[str]:
-        """Return the methods for the session: ``fed`` (RFC 8176 §2) and what the upstream reported."""
-        return list(dict.fromkeys(["fed", *self.identity.amr]))
+        """Return the methods for the session: ``fed`` (RFC 8176 §2), any used here, and the upstream's."""
+        return list(dict.fromkeys(["fed", *self.also, *self.identity.amr]))
+
+
+@dataclass(frozen=True, slots=True)
+class ProofRequired:
+    """A brokered sign-in that needs its person to sign in with an existing account before it is linked."""
+
+    interaction_id: str
+    provider: ProviderInfo
+    email: str | None
+    reason: str
+    token: str  # sealed :class:`idhub.broker.proof.PendingProof`, for the page's form
 
 
 class Broker:
@@ -124,7 +140,7 @@ class Broker:
         browser_secret: str | None,
         callback_url: str,
         saml_state: str | None = None,
-    ) -> Finished:
+    ) -> Finished | ProofRequired:
         """Validate the upstream's answer for a pending sign-in and return the user it signs in as.
 
         ``saml_state`` is the sealed state a SAML sign-in's browser carried in its cookie. A refusal is
@@ -149,7 +165,7 @@ class Broker:
         browser_secret: str | None,
         callback_url: str,
         saml_state: str | None,
-    ) -> Finished:
+    ) -> Finished | ProofRequired:
         browser = browser_binding(self.cookie_key, browser_secret) if browser_secret else None
         provider = await self.enabled_provider(uow, tenant_id, alias)
         saml = provider.protocol == "saml"
@@ -174,9 +190,65 @@ class Broker:
         identity = await self.connector(provider).handle_callback(answer, callback_url=callback_url)
         await consume_state(uow, pending)
         await _claim_assertion(uow, provider, identity)
-        linked = await link_identity(uow, directory=directory, provider=provider, identity=identity)
+        try:
+            linked = await link_identity(uow, directory=directory, provider=provider, identity=identity)
+        except ProofNeeded as needed:
+            proof = new_proof(
+                tenant_id=tenant_id,
+                provider_id=provider.id,
+                interaction_id=pending.interaction_id,
+                browser=pending.browser,
+                identity=identity,
+                reason=needed.reason,
+                now=time.time(),
+            )
+            uow.raise_event(
+                BrokeredSignIn(
+                    tenant_id=tenant_id, alias=alias, result="failure", reason=f"proof_required:{needed.reason}"
+                )
+            )
+            return ProofRequired(
+                pending.interaction_id, provider, identity.email, needed.reason, seal_proof(self.sealer, proof)
+            )
+        await sync_user(uow, directory=directory, provider=provider, identity=identity, linked=linked)
         uow.raise_event(BrokeredSignIn(tenant_id=tenant_id, alias=alias, user_id=linked.user_id, how=linked.how))
         return Finished(pending.interaction_id, provider, identity, linked)
+
+    async def prove(
+        self,
+        uow: UnitOfWork,
+        *,
+        tenant_id: uuid.UUID,
+        alias: str,
+        token: str | None,
+        browser_secret: str | None,
+        interaction_id: str,
+        user_id: uuid.UUID,
+    ) -> Finished:
+        """Link the upstream identity of a proof token to ``user_id``, who has just signed in with a password.
+
+        The caller has checked the password; this checks the token (same browser, not expired, used
+        once, issued for this upstream) and links. A refusal is audited and raised.
+        """
+        try:
+            browser = browser_binding(self.cookie_key, browser_secret) if browser_secret else None
+            proof = open_proof(self.sealer, token, browser=browser, now=time.time())
+            provider = await self.enabled_provider(uow, tenant_id, alias)
+            if proof.provider_id != str(provider.id) or proof.tenant_id != str(tenant_id):
+                raise UpstreamRefused("mix_up", "proof token was issued for another upstream")
+            if proof.interaction_id != interaction_id:
+                raise UpstreamRefused("bad_proof", "proof token was issued for another sign-in")
+            await consume_proof(uow, proof)
+            identity = proof.identity()
+            # No mapping sync here: the token carries only what linking needs; the next sign-in through
+            # this link brings the full claims and syncs them.
+            linked = await link_proved(uow, provider=provider, identity=identity, user_id=user_id)
+        except DomainError as exc:
+            reason = exc.reason if isinstance(exc, UpstreamRefused) else type(exc).__name__
+            uow.raise_event(BrokeredSignIn(tenant_id=tenant_id, alias=alias, result="failure", reason=reason))
+            raise
+        uow.raise_event(BrokeredSignIn(tenant_id=tenant_id, alias=alias, user_id=linked.user_id, how=linked.how))
+        return Finished(proof.interaction_id, provider, identity, linked, also=("pwd",))
 
     async def _idp_initiated(
         self, uow: UnitOfWork, directory: Directory, provider: ProviderInfo, params: Mapping[str, str]
@@ -190,6 +262,7 @@ class Broker:
         identity = await self.connector(provider).handle_callback(answer, callback_url=provider.config["acs_url"])
         await _claim_assertion(uow, provider, identity)
         linked = await link_identity(uow, directory=directory, provider=provider, identity=identity)
+        await sync_user(uow, directory=directory, provider=provider, identity=identity, linked=linked)
         uow.raise_event(
             BrokeredSignIn(tenant_id=provider.tenant_id, alias=provider.alias, user_id=linked.user_id, how=linked.how)
         )
@@ -229,6 +302,8 @@ def _oidc(broker: Broker, provider: ProviderInfo) -> Connector:
             token_auth_method=config.get("token_auth_method", "client_secret_basic"),
             iss_parameter_supported=bool(config.get("iss_parameter_supported")),
             email_verified_claim=bool(config.get("email_verified_claim", True)),
+            hosted_domain_claim=config.get("hosted_domain_claim"),
+            own_domains=tuple(config.get("own_domains") or ()),
             policy=provider.policy,
         ),
         fetcher=broker.fetcher,
@@ -276,4 +351,26 @@ def _saml(broker: Broker, provider: ProviderInfo) -> Connector:
     return SamlConnector(_saml_config(broker, provider))
 
 
-_FACTORIES = {"oidc": _oidc, "saml": _saml}
+def _oauth2(broker: Broker, provider: ProviderInfo) -> Connector:
+    config = provider.config
+    secret = open_secret(broker.sealer, provider)
+    if secret is None:
+        raise UpstreamRefused("no_client_secret", f"the {provider.type} upstream has no client secret")
+    return OAuth2Connector(
+        OAuth2Config(
+            network=provider.type,
+            issuer=config["issuer"],
+            client_id=config["client_id"],
+            client_secret=secret,
+            authorization_endpoint=config["authorization_endpoint"],
+            token_endpoint=config["token_endpoint"],
+            profile_endpoint=config["profile_endpoint"],
+            emails_endpoint=config.get("emails_endpoint"),
+            scopes=tuple(config.get("scopes") or ()),
+            policy=provider.policy,
+        ),
+        fetcher=broker.fetcher,
+    )
+
+
+_FACTORIES = {"oidc": _oidc, "oauth2": _oauth2, "saml": _saml}

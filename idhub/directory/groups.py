@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from idhub.directory.users import check_version, flush_checked
@@ -197,11 +198,67 @@ class Groups:
         self.uow.raise_event(GroupDeleted(tenant_id=group.tenant_id, group_id=group.id, name=group.display_name))
 
     async def add_members(self, group: Group, members: MemberIds) -> None:
-        """Add direct members (already present ones are left as they are)."""
+        """Add direct members (already present ones are left as they are).
+
+        An explicit add makes a membership an upstream's mapping made the operator's own (its source is
+        cleared), so a later sign-in through that upstream no longer removes it.
+        """
         await self._check_members(group, members)
         current = await self._current(group.id)
+        if members.users & current.users:
+            await self.uow.session.execute(
+                update(GroupMember)
+                .where(
+                    GroupMember.group_id == group.id,
+                    GroupMember.user_id.in_(members.users & current.users),
+                    GroupMember.source.is_not(None),
+                )
+                .values(source=None)
+                .execution_options(synchronize_session=False)
+            )
         if await self._apply(group, add=_minus(members, current), remove=MemberIds()):
             await self._touch(group)
+
+    async def sync_user_groups(
+        self, tenant_id: uuid.UUID, user_id: uuid.UUID, *, source: str, wanted: Collection[uuid.UUID]
+    ) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+        """Make the memberships ``source`` made for a user exactly ``wanted``; return (joined, left) groups.
+
+        Memberships from any other source (admins, the CLI, SCIM, another upstream) are never removed,
+        and a group the user is already in stays as it is. Every group must exist in the tenant.
+        """
+        rows = (
+            await self.uow.session.execute(
+                select(GroupMember.group_id, GroupMember.source).where(GroupMember.user_id == user_id)
+            )
+        ).all()
+        member_of = {gid for gid, _ in rows}
+        made_here = {gid for gid, made_by in rows if made_by == source}
+        join = sorted(set(wanted) - member_of)
+        leave = sorted(made_here - set(wanted))
+        if not join and not leave:
+            return [], []
+        groups = {
+            g.id: g
+            for g in await self.uow.session.scalars(
+                select(Group).where(Group.tenant_id == tenant_id, Group.id.in_([*join, *leave]))
+            )
+        }
+        user = MemberIds(users=frozenset({user_id}))
+        joined: list[uuid.UUID] = []
+        left = [gid for gid in leave if gid in groups]
+        for gid in (gid for gid in join if gid in groups):
+            try:
+                async with self.uow.session.begin_nested():
+                    await self._apply(groups[gid], add=user, remove=MemberIds(), source=source)
+            except IntegrityError:
+                continue  # joined by a parallel request (or an admin) a moment ago: already a member
+            await self._touch(groups[gid])
+            joined.append(gid)
+        for gid in left:
+            await self._apply(groups[gid], add=MemberIds(), remove=user)
+            await self._touch(groups[gid])
+        return joined, left
 
     async def remove_members(self, group: Group, members: MemberIds) -> None:
         """Remove direct members (absent ones are ignored)."""
@@ -290,8 +347,8 @@ class Groups:
                 groups.add(gid)
         return MemberIds(frozenset(users), frozenset(groups))
 
-    async def _apply(self, group: Group, *, add: MemberIds, remove: MemberIds) -> bool:
-        """Write the membership change; whether anything changed."""
+    async def _apply(self, group: Group, *, add: MemberIds, remove: MemberIds, source: str | None = None) -> bool:
+        """Write the membership change (new rows made by ``source``); whether anything changed."""
         session = self.uow.session
         if remove.users or remove.groups:
             await session.execute(
@@ -300,8 +357,8 @@ class Groups:
                     GroupMember.user_id.in_(remove.users) | GroupMember.member_group_id.in_(remove.groups),
                 )
             )
-        rows = [{"group_id": group.id, "user_id": uid} for uid in add.users]
-        rows += [{"group_id": group.id, "member_group_id": gid} for gid in add.groups]
+        rows = [{"group_id": group.id, "user_id": uid, "source": source} for uid in add.users]
+        rows += [{"group_id": group.id, "member_group_id": gid, "source": source} for gid in add.groups]
         if rows:
             await session.execute(insert(GroupMember), rows)
         if rows or remove.users or remove.groups:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from idhub.broker.discovery import provider_for_email_domain
 from idhub.broker.providers import find_provider
 from idhub.clients.service import ClientInfo, redirect_uri_matches
 from idhub.context import AppContext
@@ -381,8 +382,23 @@ async def process_authorization(
         sso=None if needs_login else sso,
     )
     location = f"{tenant.issuer}/interaction/{interaction_id}"
-    if needs_login and request.idp_hint and await find_provider(session, tenant.id, request.idp_hint) is not None:
-        # ``idp_hint``: the app's own "Sign in with ..." button; straight to that upstream (an unknown or
-        # disabled alias shows the login page instead, with every way to sign in).
-        location = f"{tenant.issuer}/broker/{request.idp_hint}/login?interaction={interaction_id}"
+    if needs_login and (alias := await _upstream_for(session, tenant, request)) is not None:
+        location = f"{tenant.issuer}/broker/{alias}/login?interaction={interaction_id}"
     return StartInteraction(location, secret, existing is None)
+
+
+async def _upstream_for(session: AsyncSession, tenant: TenantInfo, request: AuthorizationRequest) -> str | None:
+    """Return the alias of the upstream the request goes straight to, or ``None`` for the login page.
+
+    ``idp_hint`` is the app's own "Sign in with ..." button; else a ``login_hint`` that is an email address
+    in a domain an enabled upstream owns is home-realm discovery done by the app (as the login page's
+    email step does). Decided once, here: the login page a person comes back to offers every way to sign
+    in. An unknown or disabled alias, or a hint no upstream owns, shows the login page.
+    """
+    if request.idp_hint and await find_provider(session, tenant.id, request.idp_hint) is not None:
+        return request.idp_hint
+    if request.login_hint:
+        owner = await provider_for_email_domain(session, tenant.id, request.login_hint)
+        if owner is not None:
+            return owner.alias
+    return None

@@ -17,23 +17,32 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
-from idhub.broker.service import Finished
+from idhub.broker.service import Finished, ProofRequired
 from idhub.context import AppContext
-from idhub.deps import ContextDep, TenantDep, UnitOfWorkDep
+from idhub.deps import ContextDep, TenantDep, UnitOfWorkDep, client_address
 from idhub.events import Actor
-from idhub.oidc.interaction import BROWSER_COOKIE, InteractionError, resume_after_login, usable_browser_secret
+from idhub.oidc.interaction import (
+    BROWSER_COOKIE,
+    InteractionError,
+    csrf_token,
+    csrf_valid,
+    resume_after_login,
+    usable_browser_secret,
+)
+from idhub.sessions.login import DEVICE_COOKIE, DeviceTrust, authenticate_password
 from idhub.sessions.service import create_session
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo
 from idhub.web.cookies import clear_cookie, set_cookie, set_session_cookie
 from idhub.web.forms import BadForm, read_form, read_params, single
 from idhub.web.render import PAGE_HEADERS, error_page, render_page
-from idhub.web.router import open_interaction
+from idhub.web.router import LOGIN_FAILED, open_interaction
 from idhub.web.routing import PageRoute
 
 router = APIRouter(tags=["broker"], route_class=PageRoute)
@@ -48,6 +57,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 SAML_STATE_COOKIE = "idhub_broker_saml"
+_INTERACTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_SAML_FORM = 400_000  # the connector's 256 kB Response cap, base64-encoded, plus the form's own fields
 _AUTOPOST = "document.forms[0].submit();"
 # The one script idhub's pages run, allowed by its hash only (CSP Level 3 §8.3); without JavaScript the
@@ -120,7 +130,7 @@ async def broker_callback(
         browser_secret=usable_browser_secret(request.cookies.get(BROWSER_COOKIE)),
         callback_url=f"{tenant.issuer}/broker/{alias}/callback",
     )
-    return await _resume(request, ctx, tenant, uow, finished)
+    return await _next_step(request, ctx, tenant, uow, finished)
 
 
 @router.get(
@@ -184,9 +194,119 @@ async def saml_continue(
         callback_url=f"{tenant.issuer}/broker/{alias}/saml/acs",
         saml_state=request.cookies.get(SAML_STATE_COOKIE),
     )
-    response = await _resume(request, ctx, tenant, uow, finished)
+    response = await _next_step(request, ctx, tenant, uow, finished)
     clear_cookie(response, ctx, tenant, SAML_STATE_COOKIE)
     return response
+
+
+@router.post(
+    "/broker/{alias}/link",
+    summary="Sign in with an existing account to link an upstream account to it",
+    response_class=Response,
+    responses={200: {"description": "The form again", "content": {"text/html": {}}}, **_RESPONSES},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            name: {"type": "string"}
+                            for name in ("interaction", "proof", "csrf_token", "username", "password")
+                        },
+                    }
+                }
+            }
+        }
+    },
+)
+async def link_submit(
+    alias: Alias, request: Request, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep
+) -> Response:
+    """Check the existing account's password, link the upstream account to it and go on (303)."""
+    try:
+        form = await read_form(request)
+        fields = {
+            name: single(form, name) or "" for name in ("interaction", "proof", "csrf_token", "username", "password")
+        }
+    except BadForm:
+        return error_page("The form is malformed.", tenant=tenant)
+    if not _INTERACTION_ID.fullmatch(fields["interaction"]):
+        return error_page("The form is malformed.", tenant=tenant)
+    row, _auth_request, _client, secret = await open_interaction(
+        request, ctx, tenant, uow.session, fields["interaction"]
+    )
+    if not csrf_valid(ctx.cookie_key, row.id, secret, fields["csrf_token"]):
+        raise InteractionError("The form has expired or was not sent by this site. Go back and try again.")
+    result = await authenticate_password(
+        uow,
+        passwords=ctx.passwords,
+        throttle=ctx.throttle,
+        tenant_id=tenant.id,
+        username=fields["username"],
+        password=fields["password"],
+        address=client_address(request),
+        devices=DeviceTrust.from_settings(ctx.cookie_key, ctx.settings.throttle),
+        device_cookie=request.cookies.get(DEVICE_COOKIE),
+    )
+    if result.user_id is None:
+        provider = await ctx.broker.enabled_provider(uow, tenant.id, alias)
+        return _link_page(
+            ctx, tenant, alias, row.id, secret, provider.display_name, fields["proof"], reason="", email=None,
+            error=LOGIN_FAILED,
+        )  # fmt: skip
+    finished = await ctx.broker.prove(
+        uow,
+        tenant_id=tenant.id,
+        alias=alias,
+        token=fields["proof"],
+        browser_secret=secret,
+        interaction_id=row.id,
+        user_id=result.user_id,
+    )
+    return await _resume(request, ctx, tenant, uow, finished)
+
+
+def _link_page(
+    ctx: AppContext,
+    tenant: TenantInfo,
+    alias: str,
+    interaction_id: str,
+    secret: str,
+    upstream_name: str,
+    proof: str,
+    *,
+    reason: str,
+    email: str | None,
+    error: str | None = None,
+) -> Response:
+    return render_page(
+        "link_account.html",
+        tenant=tenant,
+        action=f"{tenant.issuer}/broker/{alias}/link",
+        upstream_name=upstream_name,
+        reason=reason,
+        email=email,
+        error=error,
+        csrf_token=csrf_token(ctx.cookie_key, interaction_id, secret),
+        interaction=interaction_id,
+        proof=proof,
+    )
+
+
+async def _next_step(
+    request: Request, ctx: AppContext, tenant: TenantInfo, uow: UnitOfWork, result: Finished | ProofRequired
+) -> Response:
+    """Resume the interaction, or ask the person to prove they own the existing account first."""
+    if isinstance(result, Finished):
+        return await _resume(request, ctx, tenant, uow, result)
+    row, _auth_request, _client, secret = await open_interaction(
+        request, ctx, tenant, uow.session, result.interaction_id
+    )
+    return _link_page(
+        ctx, tenant, result.provider.alias, row.id, secret, result.provider.display_name, result.token,
+        reason=result.reason, email=result.email,
+    )  # fmt: skip
 
 
 async def _saml_form(request: Request) -> dict[str, str] | None:

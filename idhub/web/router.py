@@ -8,6 +8,14 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from idhub.broker.discovery import (
+    MAX_EMAIL,
+    discovers_by_email,
+    email_domain,
+    enabled_providers,
+    provider_for_email_domain,
+)
+from idhub.broker.providers import ProviderInfo
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
 from idhub.deps import ContextDep, TenantDep, UnitOfWorkDep, client_address
@@ -39,6 +47,7 @@ from idhub.web.routing import PageRoute
 router = APIRouter(tags=["interaction"], route_class=PageRoute)
 
 LOGIN_FAILED = "Incorrect username or password, or too many attempts. Please try again later."
+BAD_EMAIL = "Enter your email address, like name@example.com."
 SCOPE_DESCRIPTIONS = {
     "openid": "Sign you in with your account",
     "profile": "See your name and username",
@@ -96,6 +105,70 @@ async def _form_and_interaction(
     return form, row, auth_request, client
 
 
+def _upstream_buttons(tenant: TenantInfo, interaction_id: str, providers: list[ProviderInfo]) -> list[dict[str, str]]:
+    """Return one sign-in button per enabled upstream."""
+    return [
+        {"alias": p.alias, "name": p.display_name, "url": broker_login_url(tenant, p.alias, interaction_id)}
+        for p in providers
+        if p.enabled
+    ]
+
+
+def broker_login_url(tenant: TenantInfo, alias: str, interaction_id: str) -> str:
+    """Return where the browser starts signing in at upstream ``alias`` for an interaction."""
+    return f"{tenant.issuer}/broker/{alias}/login?interaction={interaction_id}"
+
+
+def _login_page(
+    tenant: TenantInfo,
+    interaction_id: str,
+    client: ClientInfo,
+    token: str,
+    providers: list[ProviderInfo],
+    *,
+    username: str,
+    error: str | None = None,
+) -> Response:
+    """Render the password form with one button per upstream."""
+    return render_page(
+        "login.html",
+        tenant=tenant,
+        action=f"{tenant.issuer}/interaction/{interaction_id}/login",
+        username=username,
+        error=error,
+        client_name=client.name,
+        csrf_token=token,
+        upstreams=_upstream_buttons(tenant, interaction_id, providers),
+    )
+
+
+def _email_page(
+    tenant: TenantInfo,
+    interaction_id: str,
+    client: ClientInfo,
+    token: str,
+    providers: list[ProviderInfo],
+    *,
+    email: str,
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    """Render the email-first step of home-realm discovery."""
+    base = f"{tenant.issuer}/interaction/{interaction_id}"
+    return render_page(
+        "login_email.html",
+        tenant=tenant,
+        status=status,
+        action=f"{base}/discover",
+        email=email,
+        error=error,
+        client_name=client.name,
+        csrf_token=token,
+        password_url=f"{base}?step=password",
+        upstreams=_upstream_buttons(tenant, interaction_id, providers),
+    )
+
+
 @router.get(
     "/interaction/{interaction_id}",
     summary="Login or consent page of a pending authorization request",
@@ -115,25 +188,13 @@ async def interaction_page(
     token = csrf_token(ctx.cookie_key, row.id, secret)
     if row.user_id is None:
         failed = request.query_params.get("error") == "login"
-        upstreams = [
-            {
-                "alias": p.alias,
-                "name": p.display_name,
-                "url": f"{tenant.issuer}/broker/{p.alias}/login?interaction={row.id}",
-            }
-            for p in await ctx.broker.providers(uow).list(tenant.id)
-            if p.enabled
-        ]
-        return render_page(
-            "login.html",
-            tenant=tenant,
-            action=f"{base}/login",
-            username=auth_request.login_hint or "",
-            error=LOGIN_FAILED if failed else None,
-            client_name=client.name,
-            csrf_token=token,
-            upstreams=upstreams,
-        )
+        providers = await enabled_providers(session, tenant.id)
+        if discovers_by_email(providers) and not failed and request.query_params.get("step") != "password":
+            return _email_page(tenant, row.id, client, token, providers, email=auth_request.login_hint or "")
+        return _login_page(
+            tenant, row.id, client, token, providers,
+            username=auth_request.login_hint or "", error=LOGIN_FAILED if failed else None,
+        )  # fmt: skip
     scopes = [(scope, SCOPE_DESCRIPTIONS.get(scope, scope)) for scope in auth_request.scope]
     return render_page(
         "consent.html",
@@ -143,6 +204,45 @@ async def interaction_page(
         client_name=client.name,
         csrf_token=token,
     )
+
+
+@router.post(
+    "/interaction/{interaction_id}/discover",
+    summary="Submit the email address of the login page's first step (home-realm discovery)",
+    response_class=Response,
+    responses={
+        200: {"description": "The password form and upstream buttons", "content": {"text/html": {}}},
+        **_FORM_RESPONSES,
+    },
+    openapi_extra={"requestBody": _form_body("email", "csrf_token")},
+)
+async def discover_submit(
+    interaction_id: InteractionId, request: Request, tenant: TenantDep, ctx: ContextDep, uow: UnitOfWorkDep
+) -> Response:
+    """Send the person to the upstream that owns their address's domain (303), else show every way to sign in."""
+    session = uow.session
+    try:
+        form, row, _auth_request, client = await _form_and_interaction(request, ctx, tenant, session, interaction_id)
+        email = single(form, "email") or ""
+    except InteractionError as exc:
+        return error_page(exc.message, tenant=tenant, status=exc.status)
+    except BadForm:
+        return error_page("The form is malformed.", tenant=tenant)
+    if row.user_id is not None:
+        return _see_other(f"{tenant.issuer}/interaction/{row.id}")
+    secret = usable_browser_secret(request.cookies.get(BROWSER_COOKIE))
+    assert secret is not None  # checked with the CSRF token
+    token = csrf_token(ctx.cookie_key, row.id, secret)
+    if email_domain(email) is None:
+        providers = await enabled_providers(session, tenant.id)
+        return _email_page(tenant, row.id, client, token, providers, email=email[:MAX_EMAIL], error=BAD_EMAIL,
+                           status=400)  # fmt: skip
+    owner = await provider_for_email_domain(session, tenant.id, email)
+    if owner is not None:
+        return _see_other(broker_login_url(tenant, owner.alias, row.id))
+    # No upstream owns the domain: every way to sign in, the same answer whether or not an account exists.
+    providers = await enabled_providers(session, tenant.id)
+    return _login_page(tenant, row.id, client, token, providers, username=email)
 
 
 @router.post(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import pytest
@@ -191,3 +191,24 @@ async def test_oidc_discovery_issuer_must_match_exactly(provider: StandInProvide
         assert caught.value.reason == "wrong_issuer"
     finally:
         await fetcher.aclose()
+
+
+@pytest.mark.parametrize(
+    ("email", "hd", "verified"),
+    [
+        ("alice@corp.example", "corp.example", True),  # a Workspace account of the address's own domain
+        ("alice@corp.example", None, False),  # a consumer account made with a company address
+        ("alice@corp.example", "other.example", False),
+        ("alice@gmail.com", None, True),  # Google's own domain
+    ],
+)
+def test_google_preset_believes_email_only_where_google_is_authoritative(
+    connector: OidcConnector, email: str, hd: str | None, verified: bool
+) -> None:
+    google = OidcConnector(
+        replace(connector.config, hosted_domain_claim="hd", own_domains=("gmail.com", "googlemail.com")),
+        fetcher=connector.fetcher,
+        jwks=connector.jwks,
+    )
+    claims = {"sub": "1", "email": email, "email_verified": True, **({"hd": hd} if hd else {})}
+    assert google.identity(claims).email_verified is verified

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import json
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from lxml import etree
 from saml2 import BINDING_HTTP_REDIRECT
 from saml2.config import IdPConfig
 from saml2.metadata import create_metadata_string
-from saml2.saml import NAME_FORMAT_URI, NAMEID_FORMAT_PERSISTENT
+from saml2.saml import NAME_FORMAT_URI, NAMEID_FORMAT_PERSISTENT, NAMEID_FORMAT_TRANSIENT
 from saml2.server import Server
 
 from idhub.app import create_app
@@ -54,7 +55,7 @@ def _idp_config(folder: Path, keys: FixtureKeys, sp_metadata: str | None, **serv
                 "idp": {
                     "endpoints": {"single_sign_on_service": [(SSO, BINDING_HTTP_REDIRECT)]},
                     "policy": {"default": {"lifetime": {"minutes": 15}, "name_form": NAME_FORMAT_URI}},
-                    "name_id_format": [NAMEID_FORMAT_PERSISTENT],
+                    "name_id_format": [NAMEID_FORMAT_PERSISTENT, NAMEID_FORMAT_TRANSIENT],
                     **service,
                 }
             },
@@ -74,7 +75,10 @@ class Saml:
         self.env = env
         self.tenant = env.tenant()
         self.client_id, self.secret = env.oauth_client(
-            self.tenant, redirect_uris=[APP_REDIRECT], grant_types=["authorization_code"], first_party=True
+            self.tenant,
+            redirect_uris=[APP_REDIRECT],
+            grant_types=["authorization_code", "refresh_token"],
+            first_party=True,
         )
         keys = make_keys("test-idp")
         metadata = create_metadata_string(None, config=_idp_config(folder, keys, None), sign=False)
@@ -115,9 +119,15 @@ class Saml:
         assert SAML_STATE_COOKIE in login.headers["set-cookie"]
         return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}, verifier
 
-    def answer(self, query: dict[str, str], *, unsolicited: bool = False, **response: Any) -> str:
+    def answer(
+        self, query: dict[str, str], *, unsolicited: bool = False, name_id_format: str | None = None, **response: Any
+    ) -> str:
         """Let pysaml2 answer the AuthnRequest; return the base64 SAMLResponse."""
         request = self.idp.parse_authn_request(query["SAMLRequest"], BINDING_HTTP_REDIRECT)
+        policy = request.message.name_id_policy
+        if name_id_format is not None:
+            policy = copy.copy(policy)
+            policy.format = name_id_format
         acs = f"{PUBLIC_URL}{self.acs_path}"
         assert request.message.assertion_consumer_service_url == acs
         xml = self.idp.create_authn_response(
@@ -125,7 +135,7 @@ class Saml:
             None if unsolicited else request.message.id,
             acs,
             f"{PUBLIC_URL}{self.metadata_path}",
-            name_id_policy=request.message.name_id_policy,
+            name_id_policy=policy,
             userid="alice",
             authn={"class_ref": PPT, "authn_auth": IDP},
             sign_assertion=True,
@@ -184,6 +194,15 @@ def test_saml_sign_in_through_routes_reaches_the_app(saml: Saml, env: Env) -> No
     payload = token.json()["id_token"].split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     assert "fed" in claims["amr"] and claims["acr"] == PPT
+    refreshed = env.client.post(
+        f"/tenants/{saml.tenant.slug}/token",
+        data={"grant_type": "refresh_token", "refresh_token": token.json()["refresh_token"]},
+        auth=(saml.client_id, saml.secret or ""),
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    payload = refreshed.json()["id_token"].split(".")[1]
+    again = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert again["acr"] == PPT and again["amr"] == claims["amr"]  # OIDC Core §12.2: still how they signed in
     rows = [
         row for row in audit_rows(env, saml.tenant, with_action("signin.broker")) if row["action"] == "signin.broker"
     ]
@@ -210,6 +229,13 @@ def test_saml_continue_in_another_browser_is_refused(saml: Saml, env: Env) -> No
     assert response.status_code == 400
     assert "cross_browser_state" in reasons(env, saml, "cross_browser_state")
     assert "code=" not in response.headers.get("location", "")
+
+
+def test_saml_transient_name_id_is_never_a_link_key(saml: Saml, env: Env) -> None:
+    query, _ = saml.start()
+    response = saml.post_back(saml.answer(query, name_id_format=NAMEID_FORMAT_TRANSIENT), query["RelayState"])
+    assert response.status_code == 400
+    assert "transient_subject" in reasons(env, saml, "transient_subject")
 
 
 def test_saml_relay_state_of_another_sign_in_is_refused(saml: Saml, env: Env) -> None:

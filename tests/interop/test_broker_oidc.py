@@ -21,7 +21,7 @@ from idhub.broker.providers import NewProvider
 from idhub.events import Actor
 from tests.audit.test_audit import audit_rows, only, with_action
 from tests.conftest import Env
-from tests.flows import authorize_params, follow_to_client, pkce_pair, query_of
+from tests.flows import authorize_params, follow_to_client, parse_forms, pkce_pair, query_of
 
 APP_REDIRECT = "https://app.example/cb"
 PASSWORD = "correct horse battery"
@@ -91,6 +91,12 @@ class Setup:
 
     def sign_in(self, http: httpx.Client, **extra: str) -> dict[str, str]:
         """Run the app's authorization request through corp; return the query the app receives."""
+        response = self.callback(http, **extra)
+        assert response.status_code == 303, response.text
+        return query_of(response.headers["location"])
+
+    def callback(self, http: httpx.Client, **extra: str) -> httpx.Response:
+        """Run the app's authorization request through corp; return the broker callback's answer."""
         verifier, challenge = pkce_pair()
         self.verifier = verifier
         params = authorize_params(
@@ -111,9 +117,7 @@ class Setup:
             http, http.get(upstream), tenant_slug=self.corp.slug, username=self.username, password=PASSWORD
         )
         assert set(back) >= {"code", "state", "iss"} and back["iss"] == self.corp.issuer  # RFC 9207
-        response = http.get(f"/tenants/{self.apps.slug}/broker/{self.alias}/callback", params=back)
-        assert response.status_code == 303, response.text
-        return query_of(response.headers["location"])
+        return http.get(f"/tenants/{self.apps.slug}/broker/{self.alias}/callback", params=back)
 
     def tokens(self, code: str) -> dict[str, Any]:
         response = httpx.post(
@@ -159,19 +163,43 @@ def test_broker_oidc_links_by_verified_email_of_an_authoritative_domain(live: En
     assert _claims(setup.tokens(answer["code"])["id_token"])["sub"] == existing
 
 
-def test_broker_oidc_never_links_by_email_without_authority(live: Env, browser: httpx.Client) -> None:
-    setup = Setup(live)  # corp is not authoritative for corp.example here
-    existing = live.user(setup.apps, f"local-{setup.username}", None, email=setup.email, email_verified=True)
-    answer = setup.sign_in(browser)
-    assert _claims(setup.tokens(answer["code"])["id_token"])["sub"] != existing
-
-
-def test_broker_oidc_no_jit_and_no_match_is_refused_with_no_session(live: Env, browser: httpx.Client) -> None:
-    setup = Setup(live, jit=False)
-    with pytest.raises(AssertionError, match="400"):
-        setup.sign_in(browser)
-    assert not any(c.name == live.ctx.settings.sessions.cookie_name and setup.apps.slug in (c.path or "")
+def _no_session(live: Env, setup: Setup, browser: httpx.Client) -> bool:
+    return not any(c.name == live.ctx.settings.sessions.cookie_name and setup.apps.slug in (c.path or "")
                    for c in browser.cookies.jar)  # fmt: skip
+
+
+def test_broker_oidc_unverifiable_email_of_an_account_asks_for_proof(live: Env, browser: httpx.Client) -> None:
+    setup = Setup(live)  # corp is not authoritative for corp.example here: its email links nothing by itself
+    local = f"local-{setup.username}"
+    existing = live.user(setup.apps, local, "local password 123", email=setup.email, email_verified=True)
+    page = setup.callback(browser)
+    assert page.status_code == 200 and setup.email in page.text and _no_session(live, setup, browser)
+    (form,) = parse_forms(page.text)
+    assert form.action.endswith(f"/broker/{setup.alias}/link")
+    wrong = browser.post(form.action, data={**form.inputs, "username": local, "password": "not it"})
+    assert wrong.status_code == 200 and "Incorrect" in wrong.text and _no_session(live, setup, browser)
+    with httpx.Client(base_url=live.base_url, follow_redirects=False, timeout=15) as other:
+        stolen = other.post(form.action, data={**form.inputs, "username": local, "password": "local password 123"})
+        assert stolen.status_code in (400, 403)  # the proof and its interaction belong to the first browser
+    done = browser.post(form.action, data={**form.inputs, "username": local, "password": "local password 123"})
+    assert done.status_code == 303, done.text
+    claims = _claims(setup.tokens(query_of(done.headers["location"])["code"])["id_token"])
+    assert claims["sub"] == existing and claims["amr"][:2] == ["fed", "pwd"]
+    assert browser.post(form.action, data={**form.inputs, "username": local, "password": "local password 123"}
+                        ).status_code in (400, 403)  # fmt: skip  # one link per proof
+    again = setup.sign_in(browser, prompt="login")  # from now on the link is enough
+    assert _claims(setup.tokens(again["code"])["id_token"])["sub"] == existing
+    rows = audit_rows(live, setup.apps, with_action("link.create"))
+    assert only(rows, "link.create")["details"]["how"] == "proof"
+
+
+def test_broker_oidc_no_jit_and_no_match_asks_for_an_account_with_no_session(
+    live: Env, browser: httpx.Client
+) -> None:
+    setup = Setup(live, jit=False)
+    page = setup.callback(browser)
+    assert page.status_code == 200 and "not linked" in page.text
+    assert _no_session(live, setup, browser)
 
 
 def test_broker_oidc_state_replayed_or_in_another_browser_refused(live: Env, browser: httpx.Client) -> None:
@@ -204,11 +232,13 @@ def test_broker_decisions_are_audited_with_upstream_and_reason(live: Env, browse
     assert only(rows, "idp.create")["details"]["alias"] == "corp"
 
     refused = Setup(live, jit=False)
-    with pytest.raises(AssertionError):
-        refused.sign_in(browser)
+    assert refused.callback(browser).status_code == 200  # the page that asks for an existing account
     rows = audit_rows(live, refused.apps, with_action("signin.broker"))
     entry = only(rows, "signin.broker")
-    assert (entry["outcome"], entry["details"]) == ("failure", {"alias": "corp", "reason": "no_account"})
+    assert (entry["outcome"], entry["details"]) == (
+        "failure",
+        {"alias": "corp", "reason": "proof_required:no_account"},
+    )
     assert not [row for row in rows if row["action"] == "link.create"]
 
 

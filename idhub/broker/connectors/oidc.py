@@ -48,6 +48,11 @@ class OidcConfig:
     algorithms: tuple[str, ...] = UPSTREAM_ALGS
     iss_parameter_supported: bool = False  # the upstream sends ``iss`` on its authorization responses (RFC 9207)
     email_verified_claim: bool = True  # False: the upstream's email_verified claim is not to be believed
+    # Google: ``email_verified`` is also true for a consumer account made with someone's company address;
+    # Google vouches for an address only when ``hd`` (its Workspace domain) is the address's domain, or
+    # for its own gmail.com (Google Identity docs, "ID token payload": email, email_verified, hd).
+    hosted_domain_claim: str | None = None
+    own_domains: tuple[str, ...] = ()
     policy: FetchPolicy = field(default_factory=FetchPolicy)
 
 
@@ -202,6 +207,10 @@ class OidcConnector:
         """Normalise the claims into an :class:`Identity` (email verified only when the claim says true)."""
         email = _text(claims.get("email"))
         verified = self.config.email_verified_claim and claims.get("email_verified") is True
+        if verified and email and self.config.hosted_domain_claim:
+            domain = email.rsplit("@", 1)[-1].lower()
+            hosted = claims.get(self.config.hosted_domain_claim)
+            verified = domain in self.config.own_domains or (isinstance(hosted, str) and hosted.lower() == domain)
         amr = claims.get("amr")
         groups = claims.get("groups")
         return Identity(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+
 from idhub.oidc.claims import user_claims
 from idhub.oidc.errors import InvalidGrant
 from idhub.oidc.grants.base import (
@@ -14,6 +16,7 @@ from idhub.oidc.grants.base import (
     requested_scopes,
 )
 from idhub.storage.base import utcnow
+from idhub.storage.models import UserSession
 from idhub.tokens.refresh import (
     RefreshTokenRejected,
     issue_refresh_token,
@@ -95,13 +98,22 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
     }
     scopes = scope.split()
     if "openid" in scopes and auth_time is not None:
-        # OIDC Core §12.2: a refreshed ID token keeps sub, auth_time and has no nonce.
+        # OIDC Core §12.2: a refreshed ID token keeps sub, auth_time and has no nonce; it keeps saying how
+        # the person signed in (``acr`` from the session the grant came from, while that is on record).
+        acr = (
+            await session.scalar(
+                select(UserSession.acr).where(UserSession.id == info.session_id, UserSession.tenant_id == tenant.id)
+            )
+            if info.session_id
+            else None
+        )
         body["id_token"] = await ctx.tokens.issue_id_token(
             tenant=tenant,
             client=client,
             subject=str(user.id),
             auth_time=auth_time,
             amr=list(info.amr),
+            acr=acr,
             session_id=info.session_id,
             access_token=access_token,
             extra_claims=user_claims(user, scopes),

@@ -33,7 +33,7 @@ class Group(Base):
 
 
 class GroupMember(Base):
-    """A direct member of a group: exactly one of ``user_id`` and ``member_group_id``."""
+    """A direct member of a group: exactly one of ``user_id`` and ``member_group_id``, and who made it."""
 
     __tablename__ = "group_member"
     __table_args__ = (
@@ -48,3 +48,6 @@ class GroupMember(Base):
     group_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("group.id", ondelete="CASCADE"))
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
     member_group_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("group.id", ondelete="CASCADE"))
+    # Who made the membership: NULL for admins, the CLI and SCIM; ``idp:<provider id>`` for an upstream's
+    # mapping rules, so a sign-in removes only the memberships its own upstream made.
+    source: Mapped[str | None] = mapped_column(String(96))

@@ -37,6 +37,8 @@ class User(Base):
         # Not (tenant_id, external_id): a second index led by tenant_id lures the planner away from the
         # username index when statistics are stale (as right after a bulk onboarding).
         Index("ix_user_external_id", "external_id"),
+        # Brokered sign-ins look accounts up by email, case-insensitively (migration 0007).
+        Index("ix_user_tenant_email_lower", "tenant_id", text("lower(email)")),
         # PostgreSQL only: GIN over the username's two-character substrings, so SCIM ``co``/``sw``/``ew``
         # filters on userName with a needle of two or more characters use an index, not a scan
         # (``idhub_bigrams`` is created by migration 0003; see there).
