@@ -663,6 +663,11 @@ def idp_show(slug: str, alias: str, as_json: bool) -> None:
 @click.option("--link-claim", default=None, help='upstream claim for externalId linking ("" removes it)')
 @click.option("--mapping-file", type=click.Path(exists=True, dir_okay=False), default=None, help="mapping rules (JSON)")
 @click.option("--clear-mapping", is_flag=True, help="back to the default mapping")
+@click.option(
+    "--metadata-file", type=click.Path(exists=True, dir_okay=False), default=None, help="SAML: new IdP metadata"
+)
+@click.option("--metadata-url", default=None, help="SAML: fetch new IdP metadata (certificate rollover)")
+@click.option("--idp-initiated/--no-idp-initiated", "idp_initiated", default=None, help="SAML: IdP-started sign-ins")
 @click.option("--json", "as_json", is_flag=True)
 def idp_update(
     slug: str,
@@ -676,6 +681,9 @@ def idp_update(
     link_claim: str | None,
     mapping_file: str | None,
     clear_mapping: bool,
+    metadata_file: str | None,
+    metadata_url: str | None,
+    idp_initiated: bool | None,
     as_json: bool,
 ) -> None:
     """Change an upstream's settings; what is not given stays."""
@@ -684,6 +692,7 @@ def idp_update(
         _fail("no client secret on standard input")
     domains: tuple[str, ...] | None = () if clear_email_domains else (email_domains or None)
     mapping = Path(mapping_file).read_bytes() if mapping_file else None
+    metadata = Path(metadata_file).read_bytes() if metadata_file else None
 
     async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
         tenant = await require_tenant(uow.session, slug)
@@ -698,6 +707,9 @@ def idp_update(
             link_claim=link_claim,
             mapping=mapping,
             clear_mapping=clear_mapping,
+            metadata_xml=metadata,
+            metadata_url=metadata_url,
+            allow_idp_initiated=idp_initiated,
         )
         return {"tenant": tenant.slug, **changed.describe(issuer_for(ctx.settings.public_url, tenant.slug))}
 

@@ -333,16 +333,7 @@ class Providers:
             raise Invalid("the tenant's issuer is needed to name the SAML service provider")
         if (new.metadata_xml is None) == (new.metadata_url is None):
             raise Invalid("a SAML upstream needs --metadata-file or --metadata-url (one of them)")
-        metadata = new.metadata_xml
-        if new.metadata_url is not None:
-            check_url(new.metadata_url, internal=new.internal)
-            metadata = await self.fetcher.get_bytes(new.metadata_url, policy=FetchPolicy(internal=new.internal))
-        assert metadata is not None
-        try:
-            entity_id, sso_url, certificates = parse_idp_metadata(metadata)
-            check_url(sso_url, internal=new.internal)
-        except UpstreamConfigError as exc:
-            raise Invalid(f"the IdP metadata is refused: {exc.detail}") from exc
+        entity_id, sso_url, certificates = await self._idp_metadata(new.metadata_xml, new.metadata_url, new.internal)
         base = f"{new.tenant_issuer}/broker/{new.alias}/saml"
         key_pem, certificate_pem = new_sp_key(f"{base}/metadata")
         return {
@@ -358,6 +349,21 @@ class Providers:
             "allow_idp_initiated": new.allow_idp_initiated,
             "sp_private_key": key_pem,
         }
+
+    async def _idp_metadata(
+        self, xml: bytes | None, url: str | None, internal: bool
+    ) -> tuple[str, str, tuple[str, ...]]:
+        """Return the entity ID, SSO URL and signing certificates of IdP metadata given inline or by URL."""
+        if url is not None:
+            check_url(url, internal=internal)
+            xml = await self.fetcher.get_bytes(url, policy=FetchPolicy(internal=internal))
+        assert xml is not None
+        try:
+            entity_id, sso_url, certificates = parse_idp_metadata(xml)
+            check_url(sso_url, internal=internal)
+        except UpstreamConfigError as exc:
+            raise Invalid(f"the IdP metadata is refused: {exc.detail}") from exc
+        return entity_id, sso_url, certificates
 
     async def list(self, tenant_id: uuid.UUID) -> list[ProviderInfo]:
         """Return the tenant's upstreams, by alias."""
@@ -386,8 +392,17 @@ class Providers:
         link_claim: str | None = None,
         mapping: str | bytes | None = None,
         clear_mapping: bool = False,
+        metadata_xml: bytes | None = None,
+        metadata_url: str | None = None,
+        allow_idp_initiated: bool | None = None,
     ) -> ProviderInfo:
-        """Change an upstream's settings; only what is given changes (``mapping`` is JSON mapping rules)."""
+        """Change an upstream's settings; only what is given changes (``mapping`` is JSON mapping rules).
+
+        New SAML metadata (a file, or a URL) replaces the IdP's SSO URL and signing certificates (a
+        certificate rollover); it must name the same IdP, since the links made so far are its subjects.
+        """
+        if metadata_xml is not None and metadata_url is not None:
+            raise Invalid("give --metadata-file or --metadata-url, not both")
         if mapping is not None and clear_mapping:
             raise Invalid("give a mapping or clear it, not both")
         rules = load_mapping(mapping) if mapping is not None else None
@@ -420,6 +435,20 @@ class Providers:
             else:
                 config.pop("mapping", None)
             changed.append("mapping")
+        saml_change = metadata_xml is not None or metadata_url is not None or allow_idp_initiated is not None
+        if saml_change and PRESETS[row.type].protocol != "saml":
+            raise Invalid("metadata and IdP-initiated sign-in are settings of SAML upstreams")
+        if metadata_xml is not None or metadata_url is not None:
+            entity_id, sso_url, certificates = await self._idp_metadata(metadata_xml, metadata_url, row.internal)
+            if entity_id != config.get("idp_entity_id"):
+                raise Invalid("the metadata names another IdP; add it as a new upstream")
+            config |= {"idp_sso_url": sso_url, "idp_certificates": list(certificates)}
+            if metadata_url is not None:
+                config["metadata_url"] = metadata_url
+            changed.append("metadata")
+        if allow_idp_initiated is not None and allow_idp_initiated != bool(config.get("allow_idp_initiated")):
+            config["allow_idp_initiated"] = allow_idp_initiated
+            changed.append("allow_idp_initiated")
         row.config = config
         row.updated_at = utcnow()
         await self.uow.session.flush()
