@@ -55,6 +55,7 @@ class StandInProvider:
     header_extra: dict[str, Any] = field(default_factory=dict)
     raw_id_token: Callable[[dict[str, Any]], str] | None = None  # build the token by hand (attacks)
     token_error: dict[str, Any] | None = None
+    token_delay: float = 0.0  # seconds the token endpoint stalls before answering (an upstream in trouble)
     iss_supported: bool = True
     codes: dict[str, dict[str, Any]] = field(default_factory=dict)
     token_requests: list[dict[str, str]] = field(default_factory=list)
@@ -121,6 +122,8 @@ class StandInProvider:
         async def token(request: Request) -> Response:
             form = dict(parse_qsl((await request.body()).decode()))
             self.token_requests.append({k: str(v) for k, v in form.items()})
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
             if self.token_error is not None:
                 return JSONResponse(self.token_error, status_code=400)
             code = self.codes.pop(str(form.get("code")), None)
