@@ -38,10 +38,17 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import run as base
+from lean_browser import LeanBrowser
 
 APP_REDIRECT = "http://127.0.0.1:9/app-callback"
 PASSWORD = "bench-password-0123456789"
 UPSTREAM_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_upstream"
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system, seconds) process ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -69,8 +76,21 @@ async def upstream_login(http: httpx.AsyncClient, authorize_url: str, username: 
     raise RuntimeError("upstream login: too many steps")
 
 
-async def brokered_sign_in(http: httpx.AsyncClient, *, broker_issuer: str, client_id: str) -> float:
-    """Run one brokered sign-in; return the broker's own time (ms) across its requests."""
+STEPS = ("authorize", "login", "upstream", "callback")
+
+
+async def brokered_sign_in(
+    http: httpx.AsyncClient | LeanBrowser,
+    *,
+    broker_issuer: str,
+    client_id: str,
+    steps: dict[str, list[float]] | None = None,
+) -> float:
+    """Run one brokered sign-in; return the broker's own time (ms) across its requests.
+
+    ``steps`` collects each request's time (ms) by step: the broker's ``authorize``, ``login`` and
+    ``callback``, and the browser's visit to the ``upstream``.
+    """
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     query = urlencode(
@@ -89,11 +109,14 @@ async def brokered_sign_in(http: httpx.AsyncClient, *, broker_issuer: str, clien
     )
     url = f"{broker_issuer}/authorize?{query}"
     broker_ms = 0.0
-    for _ in range(8):
+    for step in range(8):
         started = time.perf_counter()
         response = await http.get(url)
+        took = (time.perf_counter() - started) * 1000
         if url.startswith(broker_issuer):
-            broker_ms += (time.perf_counter() - started) * 1000
+            broker_ms += took
+        if steps is not None and step < len(STEPS):
+            steps[STEPS[step]].append(took)
         if response.status_code not in (302, 303):
             raise RuntimeError(f"{response.status_code} at {url[:80]}: {response.text[:200]}")
         url = urljoin(url, response.headers["location"])
@@ -105,12 +128,15 @@ async def brokered_sign_in(http: httpx.AsyncClient, *, broker_issuer: str, clien
 
 
 async def drive(args: argparse.Namespace, *, broker_issuer: str, upstream_issuer: str, client_id: str,
-                broker_client: str, users: list[str]) -> dict[str, float | int | None]:  # fmt: skip
+                broker_client: str, users: list[str],
+                pids: dict[str, int]) -> dict[str, float | int | None]:  # fmt: skip
     """Sign every browser in upstream once, warm up, then measure."""
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
     browsers = [httpx.AsyncClient(timeout=30, limits=limits, follow_redirects=False) for _ in users]
+    measured: list[httpx.AsyncClient | LeanBrowser] = []
     totals: list[float] = []
     hops: list[float] = []
+    steps: dict[str, list[float]] = {name: [] for name in STEPS}
     errors: list[str] = []
     try:
         for http, username in zip(browsers, users, strict=True):
@@ -124,11 +150,23 @@ async def drive(args: argparse.Namespace, *, broker_issuer: str, upstream_issuer
             upstream_start = await http.get(urljoin(broker_issuer, first.headers["location"]))
             await upstream_login(http, upstream_start.headers["location"], username)
 
-        async def browser(http: httpx.AsyncClient, until: float, record: bool) -> None:
+        # The measured loop: the lean browser (unless --httpx-browsers), carrying the cookies set so far.
+        measured = list(browsers)
+        if not args.httpx_browsers:
+            measured = []
+            for http in browsers:
+                lean = LeanBrowser(timeout=30)
+                for cookie in http.cookies.jar:
+                    lean.add_cookie(cookie.name, cookie.value or "", cookie.path)
+                measured.append(lean)
+
+        async def browser(http: httpx.AsyncClient | LeanBrowser, until: float, record: bool) -> None:
             while time.monotonic() < until:
                 started = time.perf_counter()
                 try:
-                    hop = await brokered_sign_in(http, broker_issuer=broker_issuer, client_id=client_id)
+                    hop = await brokered_sign_in(
+                        http, broker_issuer=broker_issuer, client_id=client_id, steps=steps if record else None
+                    )
                 except Exception as exc:
                     if record:
                         errors.append(f"{type(exc).__name__}: {exc}")
@@ -138,12 +176,14 @@ async def drive(args: argparse.Namespace, *, broker_issuer: str, upstream_issuer
                     hops.append(hop)
 
         until = time.monotonic() + args.warmup
-        await asyncio.gather(*(browser(http, until, False) for http in browsers))
+        await asyncio.gather(*(browser(http, until, False) for http in measured))
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
-        await asyncio.gather(*(browser(http, started + args.duration, True) for http in browsers))
+        await asyncio.gather(*(browser(http, started + args.duration, True) for http in measured))
         elapsed = time.monotonic() - started
+        cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     finally:
-        for http in browsers:
+        for http in [*browsers, *measured]:
             await http.aclose()
     totals.sort()
     hops.sort()
@@ -157,7 +197,15 @@ async def drive(args: argparse.Namespace, *, broker_issuer: str, upstream_issuer
         "p99_ms": percentile(totals, 99),
         "broker_hop_p50_ms": percentile(hops, 50),
         "broker_hop_p99_ms": percentile(hops, 99),
+        **{f"{name}_p50_ms": percentile(sorted(values), 50) for name, values in steps.items()},
+        **{f"{name}_cpu_ms_per_sign_in": 1000 * used / max(1, len(totals)) for name, used in cpu_used.items()},
+        **{f"{name}_cpu_busy": used / elapsed for name, used in cpu_used.items()},
     }
+
+
+def _pid(server: base.Server) -> int:
+    assert server.process is not None
+    return server.process.pid
 
 
 def main() -> int:
@@ -165,6 +213,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16, help="simulated browsers")
+    parser.add_argument(
+        "--httpx-browsers",
+        action="store_true",
+        help="measure with httpx clients as browsers (heavier on the upstream's CPU) instead of the lean browser",
+    )
     parser.add_argument("--database-url", default=os.environ.get("IDHUB_BENCH_DATABASE_URL", base.DEFAULT_DATABASE_URL))
     parser.add_argument("--upstream-database-url", default=UPSTREAM_DATABASE)
     base.add_pinning_arguments(parser)
@@ -235,6 +288,7 @@ def main() -> int:
                     client_id=app["client_id"],
                     broker_client=upstream_client["client_id"],
                     users=users,
+                    pids={"broker": _pid(broker), "upstream": _pid(upstream), "load_generator": os.getpid()},
                 )
             )
     info = base.machine_info(pinning)
@@ -243,6 +297,10 @@ def main() -> int:
           f"{figures['errors']} failed)")  # fmt: skip
     print(f"  sign-in p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms")
     print(f"  broker hop p50 {figures['broker_hop_p50_ms']:.1f} ms, p99 {figures['broker_hop_p99_ms']:.1f} ms")
+    print("  step p50: " + ", ".join(f"{name} {figures[f'{name}_p50_ms'] or 0:.1f} ms" for name in STEPS))
+    print("  CPU per sign-in: " + ", ".join(
+        f"{name} {figures[f'{name}_cpu_ms_per_sign_in']:.1f} ms ({100 * (figures[f'{name}_cpu_busy'] or 0):.0f}% busy)"
+        for name in ("broker", "upstream", "load_generator")))  # fmt: skip
     ok = figures["sign_ins_per_second"] >= 100 and (figures["broker_hop_p50_ms"] or 1e9) < 20
     print(f"  target >= 100/s and broker hop p50 < 20 ms: {'PASS' if ok else 'FAIL'}")
     print(f"machine: {', '.join(f'{k}={v}' for k, v in info.items() if k != 'pinning')}")

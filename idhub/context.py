@@ -21,7 +21,16 @@ from idhub.crypto.keys import KeyStore
 from idhub.crypto.secrets import SecretHasher
 from idhub.directory import Directory
 from idhub.directory.passwords import PasswordHasher
-from idhub.events import ANONYMOUS, Actor, ClientChanged, DomainEvent, KeysRotated, RevocationRecorded, TenantChanged
+from idhub.events import (
+    ANONYMOUS,
+    Actor,
+    ClientChanged,
+    DomainEvent,
+    IdentityProviderChanged,
+    KeysRotated,
+    RevocationRecorded,
+    TenantChanged,
+)
 from idhub.metrics import Metrics
 from idhub.settings import Settings
 from idhub.storage.engine import Timeouts, create_engine, create_sessionmaker
@@ -140,6 +149,8 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
     bus.subscribe(ClientChanged, clients.on_change)
     bus.subscribe(TenantChanged, tenants.on_change)
     bus.subscribe(KeysRotated, keys.on_rotation)
+    broker = Broker(sealer=sealer, cookie_key=cookie_key)
+    bus.subscribe(IdentityProviderChanged, broker.provider_cache.on_change)
     bus.subscribe(DomainEvent, audit.committed)
     uow_factory = UnitOfWorkFactory(
         sessionmaker, bus=bus, before_commit=[audit.before_commit], after_rollback=[audit.after_rollback]
@@ -165,6 +176,6 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         statistics=StatisticsRefresher(engine),
         provisioning_tokens=ProvisioningTokenCache(sessionmaker, secret_hasher, revocations),
         purger=Purger(uow_factory, interval=settings.purge_interval_seconds),
-        broker=Broker(sealer=sealer, cookie_key=cookie_key),
+        broker=broker,
         redis=redis,
     )

@@ -17,9 +17,10 @@ httpcore takes ``server_hostname`` from the request's origin, not from the addre
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit
@@ -111,7 +112,16 @@ def _checked(url: str, *, internal: bool) -> SplitResult:
     return parts
 
 
+# Every request's own headers: compressed answers would make the size cap count compressed bytes, so
+# none are asked for (a server that compresses anyway is decoded, and the decoded size is capped).
+_DEFAULT_HEADERS = {"user-agent": USER_AGENT, "accept-encoding": "identity"}
 _Origin = tuple[str, str | None, int | None]
+
+
+@functools.lru_cache(maxsize=16)
+def _timeouts(seconds: float) -> dict[str, float | None]:
+    """Return httpcore's per-phase timeouts (connect, read, write, pool) for one deadline; shared, never mutated."""
+    return httpx.Timeout(seconds).as_dict()
 
 
 def _origin(parts: SplitResult) -> _Origin:
@@ -227,29 +237,27 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 class Fetcher:
     """Make upstream calls under a :class:`FetchPolicy`.
 
-    Pooled connections are kept per ``internal`` flag (at most two clients, each created on first use):
-    the address check runs when a connection is opened, so a connection opened for an internal upstream
-    must never be reused by a non-internal fetch of the same origin. ``transport`` replaces the guarded
-    transport (and with it the address check; the URL checks remain): for tests only.
+    Pooled (keep-alive) connections are kept per ``internal`` flag (at most two transports, each created
+    on first use): the address check runs when a connection is opened, so a connection opened for an
+    internal upstream must never be reused by a non-internal fetch of the same origin. ``transport``
+    replaces the guarded transport (and with it the address check; the URL checks remain): for tests only.
+
+    Requests go to the transport as they are, without an ``httpx.AsyncClient`` around it: redirects are
+    followed by hand anyway, and a client would only add a cookie jar shared by every person's calls to
+    the upstream (an upstream's ``Set-Cookie`` must not ride along on someone else's token request) and
+    a third of the cost of a call. Nor is there a proxy from the environment: the address check must see
+    the upstream itself.
     """
 
     def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._transport = transport
-        self._clients: dict[bool, httpx.AsyncClient] = {}
+        self._transports: dict[bool, httpx.AsyncBaseTransport] = {}
 
-    def _client(self, internal: bool) -> httpx.AsyncClient:
-        client = self._clients.get(internal)
-        if client is None:
-            transport = self._transport or GuardedTransport(internal=internal)
-            client = self._clients[internal] = httpx.AsyncClient(
-                transport=transport,
-                follow_redirects=False,  # followed by hand: same origin only, each hop re-checked
-                # Compressed answers would make the size cap count compressed bytes; ask for none
-                # (a server that compresses anyway is decoded, and the decoded size is capped).
-                headers={"user-agent": USER_AGENT, "accept-encoding": "identity"},
-                trust_env=False,  # no proxy from the environment: the address check must see the upstream
-            )
-        return client
+    def _transport_for(self, internal: bool) -> httpx.AsyncBaseTransport:
+        transport = self._transports.get(internal)
+        if transport is None:
+            transport = self._transports[internal] = self._transport or GuardedTransport(internal=internal)
+        return transport
 
     async def get_json(
         self, url: str, *, policy: FetchPolicy, headers: Mapping[str, str] | None = None
@@ -325,11 +333,13 @@ class Fetcher:
         data: Mapping[str, str] | None,
     ) -> tuple[int, bytes]:
         _checked(url, internal=policy.internal)
-        client = self._client(policy.internal)
-        timeout = httpx.Timeout(policy.timeout)
+        transport = self._transport_for(policy.internal)
+        extensions = {"timeout": _timeouts(policy.timeout)}
         origin: _Origin | None = None
         for _hop in range(MAX_REDIRECTS + 1):
-            request = client.build_request(method, url, headers=dict(headers), data=data, timeout=timeout)
+            request = httpx.Request(
+                method, url, headers={**_DEFAULT_HEADERS, **headers}, data=data, extensions=extensions
+            )
             # The origin as httpx parsed it (what it will connect to), so a URL that urlsplit and httpx
             # read differently cannot slip a redirect to another host past the check.
             here = _request_origin(request.url)
@@ -337,7 +347,8 @@ class Fetcher:
                 origin = here
             elif here != origin:
                 raise UpstreamRefused("redirect_refused", f"{_where(url)} is another origin than the first hop")
-            response = await client.send(request, stream=True)
+            response = await transport.handle_async_request(request)
+            response.request = request
             try:
                 if response.is_redirect:
                     url = _redirect_target(url, response.headers["location"], internal=policy.internal)
@@ -351,9 +362,9 @@ class Fetcher:
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.aclose()
+        transports, self._transports = self._transports, {}
+        for transport in transports.values():
+            await transport.aclose()
 
 
 def _redirect_target(url: str, location: str, *, internal: bool) -> str:
@@ -378,7 +389,12 @@ async def _read_capped(response: httpx.Response, limit: int, url: str) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise UpstreamUnavailable(f"{_where(url)} answered {declared} bytes, over the {limit}-byte cap")
     body = bytearray()
-    async for part in response.aiter_bytes():  # decoded: the cap bounds what ends up in memory
+    # Decoded when the upstream compressed anyway, so the cap bounds what ends up in memory; an answer
+    # that is not encoded (the usual case: identity is asked for) is read off the stream as it comes.
+    encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
+    parts = response.aiter_bytes() if encoded else response.stream
+    assert isinstance(parts, AsyncIterable)
+    async for part in parts:
         body += part
         if len(body) > limit:
             raise UpstreamUnavailable(f"{_where(url)} answered more than {limit} bytes")

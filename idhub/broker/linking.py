@@ -76,13 +76,16 @@ async def link_identity(uow: UnitOfWork, *, directory: Directory, provider: Prov
         # account each time. idhub asks for persistent NameIDs; an IdP that answers otherwise is refused.
         raise UpstreamRefused("transient_subject", "the IdP sent a transient NameID; configure a persistent one")
     session = uow.session
-    link = await session.scalar(
-        select(FederatedIdentity).where(
-            FederatedIdentity.provider_id == provider.id, FederatedIdentity.subject == identity.subject
+    # The link and its user in one round trip (the user lands in the session's identity map).
+    linked = (
+        await session.execute(
+            select(FederatedIdentity, User)
+            .outerjoin(User, User.id == FederatedIdentity.user_id)
+            .where(FederatedIdentity.provider_id == provider.id, FederatedIdentity.subject == identity.subject)
         )
-    )
-    if link is not None:
-        user = await session.get(User, link.user_id)
+    ).first()
+    if linked is not None:
+        link, user = linked
         if not is_live(user):
             raise UpstreamRefused("account_not_live", "the linked account is disabled or deleted")
         link.last_login_at = utcnow()

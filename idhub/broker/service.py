@@ -29,6 +29,7 @@ from idhub.broker.fetch import Fetcher
 from idhub.broker.jwks import JwksCache
 from idhub.broker.linking import Linked, ProofNeeded, link_identity, link_proved
 from idhub.broker.proof import consume_proof, new_proof, open_proof, seal_proof
+from idhub.broker.provider_cache import ProviderCache
 from idhub.broker.providers import ProviderInfo, Providers, open_secret
 from idhub.broker.state import browser_binding, consume_state, new_pending, open_state, seal_state
 from idhub.broker.sync import sync_user
@@ -87,6 +88,8 @@ class Broker:
         self.cookie_key = cookie_key
         self.fetcher = fetcher or Fetcher()
         self.jwks = JwksCache(self.fetcher)
+        # Subscribed to IdentityProviderChanged in idhub.context: a change commits, this process forgets.
+        self.provider_cache = ProviderCache()
 
     def providers(self, uow: UnitOfWork) -> Providers:
         """Return the provider commands acting in ``uow``."""
@@ -276,9 +279,9 @@ class Broker:
         return sp_metadata(_saml_config(self, provider))
 
     async def enabled_provider(self, uow: UnitOfWork, tenant_id: uuid.UUID, alias: str) -> ProviderInfo:
-        """Return the enabled upstream ``alias`` or raise :class:`NotFound`."""
-        provider = await self.providers(uow).get(tenant_id, alias)
-        if not provider.enabled:
+        """Return the enabled upstream ``alias`` or raise :class:`NotFound` (read through the provider cache)."""
+        provider = await self.provider_cache.get(uow.session, tenant_id, alias)
+        if provider is None or not provider.enabled:
             raise NotFound("no identity provider with this alias")
         return provider
 

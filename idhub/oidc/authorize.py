@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.broker.discovery import provider_for_email_domain
-from idhub.broker.providers import find_provider
 from idhub.clients.service import ClientInfo, redirect_uri_matches
 from idhub.context import AppContext
 from idhub.crypto.secrets import random_token
@@ -349,12 +348,17 @@ async def process_authorization(
     try:
         await run_steps(actx, REQUEST_STEPS)
         request = actx.build()
-        sso = await load_session(
-            session,
-            hasher=ctx.secret_hasher,
-            settings=ctx.settings.sessions,
-            tenant_id=tenant.id,
-            cookie=session_cookie,
+        # ``prompt=login`` signs in again whatever session there is (login_needed): none is read.
+        sso = (
+            None
+            if "login" in request.prompt
+            else await load_session(
+                session,
+                hasher=ctx.secret_hasher,
+                settings=ctx.settings.sessions,
+                tenant_id=tenant.id,
+                cookie=session_cookie,
+            )
         )
         prompt_none = "none" in request.prompt
         needs_login = login_needed(request, sso, now_ts=time.time())
@@ -382,12 +386,14 @@ async def process_authorization(
         sso=None if needs_login else sso,
     )
     location = f"{tenant.issuer}/interaction/{interaction_id}"
-    if needs_login and (alias := await _upstream_for(session, tenant, request)) is not None:
+    if needs_login and (alias := await _upstream_for(session, ctx, tenant, request)) is not None:
         location = f"{tenant.issuer}/broker/{alias}/login?interaction={interaction_id}"
     return StartInteraction(location, secret, existing is None)
 
 
-async def _upstream_for(session: AsyncSession, tenant: TenantInfo, request: AuthorizationRequest) -> str | None:
+async def _upstream_for(
+    session: AsyncSession, ctx: AppContext, tenant: TenantInfo, request: AuthorizationRequest
+) -> str | None:
     """Return the alias of the upstream the request goes straight to, or ``None`` for the login page.
 
     ``idp_hint`` is the app's own "Sign in with ..." button; else a ``login_hint`` that is an email address
@@ -395,7 +401,7 @@ async def _upstream_for(session: AsyncSession, tenant: TenantInfo, request: Auth
     email step does). Decided once, here: the login page a person comes back to offers every way to sign
     in. An unknown or disabled alias, or a hint no upstream owns, shows the login page.
     """
-    if request.idp_hint and await find_provider(session, tenant.id, request.idp_hint) is not None:
+    if request.idp_hint and await ctx.broker.provider_cache.enabled(session, tenant.id, request.idp_hint):
         return request.idp_hint
     if request.login_hint:
         owner = await provider_for_email_domain(session, tenant.id, request.login_hint)

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import hmac
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
@@ -178,8 +179,13 @@ async def load_interaction(
     return row
 
 
-async def complete_interaction(session: AsyncSession, *, interaction_id: str) -> None:
-    """Mark an interaction used with the single-use primitive: of two parallel submissions exactly one wins."""
+async def complete_interaction(
+    session: AsyncSession, *, interaction_id: str, also: Mapping[str, Any] | None = None
+) -> None:
+    """Mark an interaction used with the single-use primitive: of two parallel submissions exactly one wins.
+
+    ``also`` are further columns the winning statement sets (the session a sign-in just started).
+    """
     won = await consume(
         session,
         Interaction,
@@ -187,6 +193,7 @@ async def complete_interaction(session: AsyncSession, *, interaction_id: str) ->
         where=(Interaction.id == interaction_id,),
         now=utcnow(),
         returning=(Interaction.id,),
+        also=also,
     )
     if won is None:
         raise InteractionError("This sign-in request was already completed. Return to the application.")
@@ -295,18 +302,20 @@ async def consent_or_finish(
     request: AuthorizationRequest,
     sso: SsoSession,
     interaction_id: str | None = None,
+    also: Mapping[str, Any] | None = None,
 ) -> str | None:
     """Finish a request of a signed-in user unless consent is still missing; ``None`` means "ask first".
 
     The one consent-or-finish decision of every way to the code: a browser already signed in
     (:func:`idhub.oidc.authorize.process_authorization`) and a fresh sign-in (:func:`resume_after_login`).
     When finishing a parked request, ``interaction_id`` is completed first with the single-use primitive,
-    so of two parallel finishes exactly one issues a code (:class:`InteractionError` for the other).
+    so of two parallel finishes exactly one issues a code (:class:`InteractionError` for the other);
+    ``also`` are columns of the interaction that statement sets too.
     """
     if await consent_needed(session, client=client, request=request, user_id=sso.user_id):
         return None
     if interaction_id is not None:
-        await complete_interaction(session, interaction_id=interaction_id)
+        await complete_interaction(session, interaction_id=interaction_id, also=also)
     return await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=request, sso=sso)
 
 
@@ -354,15 +363,30 @@ async def resume_after_login(
         link_id=link_id,
         previous_cookie=previous_cookie,
     )
-    interaction.user_id, interaction.session_id = sso.user_id, sso.id
     if hint_names_other_user(request, sso):
+        interaction.user_id, interaction.session_id = sso.user_id, sso.id
         await complete_interaction(session, interaction_id=interaction.id)
         error = LoginRequired("the signed-in user is not the one named by id_token_hint")
         location = error_redirect_url(
             redirect_uri=request.redirect_uri, issuer=tenant.issuer, error=error, state=request.state
         )
         return Resumed(location, cookie)
+    # Finishing binds the session to the interaction in the statement that completes it (one round trip);
+    # the consent page needs the binding as well, written with the rest of the request's changes.
+    bound = {"user_id": sso.user_id, "session_id": sso.id}
     finished = await consent_or_finish(
-        session, ctx=ctx, tenant=tenant, client=client, request=request, sso=sso, interaction_id=interaction.id
+        session,
+        ctx=ctx,
+        tenant=tenant,
+        client=client,
+        request=request,
+        sso=sso,
+        interaction_id=interaction.id,
+        also=bound,
     )
+    for name, value in bound.items():
+        if finished is None:
+            setattr(interaction, name, value)
+        else:  # written already: the loaded row learns it without another UPDATE
+            set_committed_value(interaction, name, value)
     return Resumed(finished or f"{tenant.issuer}/interaction/{interaction.id}", cookie)

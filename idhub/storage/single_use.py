@@ -18,7 +18,7 @@ same rows in opposite orders and one of them is aborted as a deadlock.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -39,17 +39,19 @@ async def consume(
     where: Sequence[ColumnElement[bool]],
     now: datetime,
     returning: Sequence[Any],
+    also: Mapping[str, Any] | None = None,
 ) -> Row[Any] | None:
     """Mark one live row of ``model`` used at ``now``; return ``returning`` of it when this call won.
 
     ``used`` is the row's "used at" column (``consumed_at``, ``rotated_at``, ``completed_at``): only a
     row where it is still NULL and ``where`` holds is changed. ``None`` means another request won, or
-    there was no such live row; the caller looks closer only if it must tell those apart.
+    there was no such live row; the caller looks closer only if it must tell those apart. ``also`` are
+    further columns the winning statement sets (by attribute name), in the same round trip.
     """
     result = await session.execute(
         update(model)
         .where(used.is_(None), *where)
-        .values({used.key: now})
+        .values({used.key: now, **(also or {})})
         .returning(*returning)
         .execution_options(synchronize_session=False)
     )

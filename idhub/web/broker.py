@@ -37,6 +37,7 @@ from idhub.oidc.interaction import (
 )
 from idhub.sessions.login import DEVICE_COOKIE, DeviceTrust, authenticate_password
 from idhub.sessions.service import create_session
+from idhub.storage.engine import read_only
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo
 from idhub.web.cookies import clear_cookie, set_cookie, set_session_cookie
@@ -91,6 +92,8 @@ async def broker_login(
     interaction: Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")],
 ) -> Response:
     """Send the browser to the upstream's sign-in (303)."""
+    # Nothing is written here (the state travels sealed): the reads need no transaction, BEGIN/COMMIT spared.
+    await read_only(uow.session)
     row, _request, _client, secret = await open_interaction(request, ctx, tenant, uow.session, interaction)
     redirect = await ctx.broker.start(
         uow,
