@@ -20,25 +20,21 @@ Tests program the answers through the fields of :class:`SocialStandIn`. Throwawa
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import secrets
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.interop.conftest import free_port
+from tests.broker.standin import serve_app
 
 GITHUB_TOKEN = "/login/oauth/access_token"
 FACEBOOK_GRAPH = "/v19.0"
@@ -306,19 +302,6 @@ class SocialStandIn:
 
 def serve(standin: SocialStandIn) -> Iterator[SocialStandIn]:
     """Serve ``standin`` on a loopback port for the duration of the generator."""
-    port = free_port()
-    standin.base_url = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(uvicorn.Config(standin.app(), host="127.0.0.1", port=port, log_level="warning"))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("social stand-in did not start")
-        time.sleep(0.02)
-    try:
+    with serve_app(standin.app(), "social stand-in") as url:
+        standin.base_url = url  # the app reads it per request
         yield standin
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -157,21 +158,28 @@ class StandInProvider:
         return code
 
 
-def serve(provider: StandInProvider) -> Iterator[StandInProvider]:
-    """Serve ``provider`` on a loopback port for the duration of the generator."""
+@contextlib.contextmanager
+def serve_app(app: Any, what: str) -> Iterator[str]:
+    """Serve an ASGI ``app`` on a loopback port in a thread; yield its base URL (``what`` names it in errors)."""
     port = free_port()
-    provider.issuer = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(uvicorn.Config(provider.app(), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
         if time.monotonic() > deadline:
-            raise RuntimeError("stand-in provider did not start")
+            raise RuntimeError(f"{what} did not start")
         time.sleep(0.02)
     try:
-        yield provider
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=5)
+
+
+def serve(provider: StandInProvider) -> Iterator[StandInProvider]:
+    """Serve ``provider`` on a loopback port for the duration of the generator."""
+    with serve_app(provider.app(), "stand-in provider") as url:
+        provider.issuer = url  # the app reads it per request
+        yield provider
