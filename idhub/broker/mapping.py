@@ -75,6 +75,9 @@ TARGETS: dict[str, tuple[str, int]] = {
     "profileUrl": ("profile_url", 1024),
 }
 FIELDS = ("email", "name", "given_name", "family_name", "username", "subject", "groups")
+# The OIDC claim each normalised field is read from (the OIDC connector's Identity).
+FIELD_CLAIMS = {"email": "email", "name": "name", "given_name": "given_name", "family_name": "family_name",
+                "username": "preferred_username", "subject": "sub", "groups": "groups"}  # fmt: skip
 _SOURCE_KEYS = ("claim", "saml_attribute", "field")
 _ALLOWED_KEYS: dict[str, frozenset[str]] = {
     "attribute": frozenset({"kind", "target", *_SOURCE_KEYS, "regex", "replace", "template"}),
@@ -212,6 +215,19 @@ class MappingRules:
     def describe(self) -> dict[str, Any]:
         """Return the mapping as it is stored (and accepted back by :func:`parse_mapping`)."""
         return {"defaults": self.defaults, "sync": self.sync, "rules": [rule.describe() for rule in self.rules]}
+
+    def claim_names(self) -> frozenset[str]:
+        """Return the top-level upstream claims the rules read (fields by their OIDC claim names)."""
+        names: set[str] = set()
+        for rule in self.effective():
+            source = rule.source
+            if source is not None and source.claim:
+                names.add(source.claim[0])
+            elif source is not None and source.field is not None:
+                names.add(FIELD_CLAIMS[source.field])
+            if rule.template is not None:
+                names.update(FIELD_CLAIMS.get(text, text) for placeholder, text in rule.template.parts if placeholder)
+        return frozenset(names)
 
     @property
     def manages_groups(self) -> bool:

@@ -20,14 +20,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from idhub.broker.connector import CallbackInput, Connector, Identity
 from idhub.broker.connectors.oauth2 import OAuth2Config, OAuth2Connector
-from idhub.broker.connectors.oidc import OidcConfig, OidcConnector
+from idhub.broker.connectors.oidc import SCOPE_CLAIMS, OidcConfig, OidcConnector
 from idhub.broker.connectors.saml import SamlConfig, SamlConnector, sp_metadata
 from idhub.broker.errors import UpstreamRefused
 from idhub.broker.fetch import Fetcher
 from idhub.broker.jwks import JwksCache
 from idhub.broker.linking import Linked, ProofNeeded, link_identity, link_proved
+from idhub.broker.mapping import mapping_of
 from idhub.broker.proof import consume_proof, new_proof, open_proof, seal_proof
 from idhub.broker.provider_cache import ProviderCache
 from idhub.broker.providers import ProviderInfo, Providers, open_secret
@@ -80,6 +83,9 @@ class ProofRequired:
     token: str  # sealed :class:`idhub.broker.proof.PendingProof`, for the page's form
 
 
+STANDARD_CLAIMS = frozenset({"sub"}).union(*SCOPE_CLAIMS.values())
+
+
 class Broker:
     """The broker's shared parts: the outbound fetcher, the JWKS cache and the connectors built from them."""
 
@@ -104,7 +110,7 @@ class Broker:
 
     async def start(
         self,
-        uow: UnitOfWork,
+        session: AsyncSession,
         *,
         tenant_id: uuid.UUID,
         alias: str,
@@ -112,8 +118,8 @@ class Broker:
         browser_secret: str,
         callback_url: str,
     ) -> LoginRedirect:
-        """Return where the browser goes to start this interaction's sign-in at ``alias``."""
-        provider = await self.enabled_provider(uow, tenant_id, alias)
+        """Return where the browser goes to start this interaction's sign-in at ``alias`` (nothing is written)."""
+        provider = await self._enabled(session, tenant_id, alias)
         pending = new_pending(
             tenant_id=tenant_id,
             provider_id=provider.id,
@@ -280,7 +286,10 @@ class Broker:
 
     async def enabled_provider(self, uow: UnitOfWork, tenant_id: uuid.UUID, alias: str) -> ProviderInfo:
         """Return the enabled upstream ``alias`` or raise :class:`NotFound` (read through the provider cache)."""
-        provider = await self.provider_cache.get(uow.session, tenant_id, alias)
+        return await self._enabled(uow.session, tenant_id, alias)
+
+    async def _enabled(self, session: AsyncSession, tenant_id: uuid.UUID, alias: str) -> ProviderInfo:
+        provider = await self.provider_cache.get(session, tenant_id, alias)
         if provider is None or not provider.enabled:
             raise NotFound("no identity provider with this alias")
         return provider
@@ -308,10 +317,20 @@ def _oidc(broker: Broker, provider: ProviderInfo) -> Connector:
             hosted_domain_claim=config.get("hosted_domain_claim"),
             own_domains=tuple(config.get("own_domains") or ()),
             policy=provider.policy,
+            wanted_claims=_wanted_claims(provider),
+            userinfo_always=config.get("userinfo") == "always",
         ),
         fetcher=broker.fetcher,
         jwks=broker.jwks,
     )
+
+
+def _wanted_claims(provider: ProviderInfo) -> frozenset[str]:
+    """Return the non-standard claims idhub reads from ``provider`` (its mapping rules and its link claim)."""
+    names = set(mapping_of(provider.config).claim_names())
+    if link_claim := provider.config.get("link_claim"):
+        names.add(link_claim)
+    return frozenset(names - STANDARD_CLAIMS)
 
 
 async def _claim_assertion(uow: UnitOfWork, provider: ProviderInfo, identity: Identity) -> None:

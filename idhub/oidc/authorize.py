@@ -24,6 +24,7 @@ from idhub.broker.discovery import provider_for_email_domain
 from idhub.clients.service import ClientInfo, redirect_uri_matches
 from idhub.context import AppContext
 from idhub.crypto.secrets import random_token
+from idhub.errors import DomainError
 from idhub.oidc.errors import (
     ConsentRequired,
     InvalidRequest,
@@ -45,6 +46,7 @@ from idhub.oidc.interaction import (
     usable_browser_secret,
 )
 from idhub.sessions.service import load_session
+from idhub.storage.engine import one_statement
 from idhub.tenants.service import TenantInfo
 from idhub.tokens.service import TokenInvalid
 
@@ -317,6 +319,7 @@ class StartInteraction:
     location: str
     browser_secret: str
     new_browser: bool
+    saml_state: str | None = None  # a SAML upstream's sealed state, for the browser's state cookie
 
 
 Outcome = Redirect | ErrorPage | StartInteraction
@@ -376,6 +379,10 @@ async def process_authorization(
         return fail(exc)
     existing = usable_browser_secret(browser_cookie)
     secret = existing or random_token(32)
+    if needs_login:
+        # Nothing written so far, and the interaction row is this request's one write (no events): it
+        # needs no transaction of its own (a no-op where an SSO read has begun one).
+        await one_statement(session)
     interaction_id = await create_interaction(
         session,
         ctx=ctx,
@@ -387,7 +394,21 @@ async def process_authorization(
     )
     location = f"{tenant.issuer}/interaction/{interaction_id}"
     if needs_login and (alias := await _upstream_for(session, ctx, tenant, request)) is not None:
-        location = f"{tenant.issuer}/broker/{alias}/login?interaction={interaction_id}"
+        # Straight to the upstream (what /broker/{alias}/login would answer, one round trip sooner): the
+        # sealed state is bound to the browser secret this very response sets, if it is a new one.
+        try:
+            upstream = await ctx.broker.start(
+                session,
+                tenant_id=tenant.id,
+                alias=alias,
+                interaction_id=interaction_id,
+                browser_secret=secret,
+                callback_url=f"{tenant.issuer}/broker/{alias}/callback",
+            )
+        except DomainError:
+            pass  # gone or refused since it was chosen: the login page offers what is left
+        else:
+            return StartInteraction(upstream.url, secret, existing is None, saml_state=upstream.saml_state)
     return StartInteraction(location, secret, existing is None)
 
 

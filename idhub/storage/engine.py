@@ -72,6 +72,17 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+async def one_statement(session: AsyncSession) -> None:
+    """Run the rest of a unit of work whose one write is a single statement without a transaction.
+
+    A single ``INSERT`` is atomic by itself: ``BEGIN`` and ``COMMIT`` around it are two round trips
+    that buy nothing. Only for units of work that raise no events (whose audit rows would otherwise be
+    written apart from the change) and that write once; reads before the write see committed data
+    either way. Takes effect only before the session's first statement, like :func:`read_only`.
+    """
+    await read_only(session)
+
+
 async def read_only(session: AsyncSession) -> None:
     """Run the rest of a unit of work that only reads without a transaction (autocommit).
 

@@ -16,7 +16,8 @@ from idhub.oidc.authorize import ErrorPage, StartInteraction, process_authorizat
 from idhub.oidc.interaction import BROWSER_COOKIE
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo
-from idhub.web.cookies import set_browser_cookie
+from idhub.web.broker import SAML_STATE_COOKIE
+from idhub.web.cookies import set_browser_cookie, set_cookie
 from idhub.web.forms import BadForm, read_params
 from idhub.web.render import error_page
 from idhub.web.routing import PageRoute
@@ -59,8 +60,11 @@ async def _respond(request: Request, *, ctx: AppContext, tenant: TenantInfo, uow
     if isinstance(outcome, ErrorPage):
         return error_page(outcome.message, tenant=tenant, status=outcome.status)
     response = RedirectResponse(outcome.location, status_code=303, headers={"cache-control": "no-store"})
-    if isinstance(outcome, StartInteraction) and outcome.new_browser:
-        set_browser_cookie(response, ctx, tenant, outcome.browser_secret)
+    if isinstance(outcome, StartInteraction):
+        if outcome.new_browser:
+            set_browser_cookie(response, ctx, tenant, outcome.browser_secret)
+        if outcome.saml_state is not None:
+            set_cookie(response, ctx, tenant, SAML_STATE_COOKIE, outcome.saml_state)
     return response
 
 

@@ -96,7 +96,7 @@ async def broker_login(
     await read_only(uow.session)
     row, _request, _client, secret = await open_interaction(request, ctx, tenant, uow.session, interaction)
     redirect = await ctx.broker.start(
-        uow,
+        uow.session,
         tenant_id=tenant.id,
         alias=alias,
         interaction_id=row.id,

@@ -60,6 +60,7 @@ class StandInProvider:
     iss_supported: bool = True
     codes: dict[str, dict[str, Any]] = field(default_factory=dict)
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    userinfo_requests: int = 0
 
     def claims_for(self, nonce: str | None) -> dict[str, Any]:
         """Return the ID token claims the stand-in would issue now."""
@@ -137,6 +138,7 @@ class StandInProvider:
             )
 
         async def userinfo(_request: Request) -> Response:
+            self.userinfo_requests += 1
             info: dict[str, Any] = {"sub": self.userinfo_sub or self.subject, "name": "Alice Corp"}
             if self.email is not None:
                 info["email"] = self.email

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from idhub.broker.mapping import (
     profile_for,
     sample_identity,
 )
+from idhub.broker.providers import ProviderInfo
 from idhub.errors import Invalid
 
 ALICE = Identity(
@@ -280,3 +282,28 @@ def test_mapping_worst_accepted_regex_is_fast_on_longest_input() -> None:
     started = time.perf_counter()
     assert "title" not in apply(mapping, identity).attributes
     assert time.perf_counter() - started < 2.0
+
+
+def test_mapping_claim_names_are_what_the_rules_read() -> None:
+    # The OIDC connector reads UserInfo when the ID token lacks one of these (beyond the standard scopes').
+    mapping = _rules(
+        {"kind": "attribute", "target": "department", "claim": ["org", "unit"]},
+        {"kind": "attribute", "target": "title", "template": "{job_title} of {username}"},
+        {"kind": "group", "field": "groups"},
+    )
+    names = mapping.claim_names()
+    assert {"org", "job_title", "preferred_username", "groups"} <= names
+    assert {"email", "name", "given_name", "family_name"} <= names  # the default rules
+    assert "unit" not in names  # only the top-level claim is fetched
+    assert NO_MAPPING.claim_names() == {"email", "name", "given_name", "family_name"}
+
+
+def test_broker_wants_non_standard_claims_of_mapping_and_link_claim() -> None:
+    from idhub.broker.service import _wanted_claims
+
+    provider = ProviderInfo(
+        id=uuid.uuid4(), tenant_id=uuid.uuid4(), alias="corp", type="oidc", display_name="Corp", enabled=True,
+        internal=False, jit=True, secret_sealed=None,
+        config={"link_claim": "oid", "mapping": _rules({"kind": "group", "claim": "roles"}).describe()},
+    )  # fmt: skip
+    assert _wanted_claims(provider) == {"oid", "roles"}

@@ -96,6 +96,36 @@ async def test_oidc_good_answer_becomes_identity(provider: StandInProvider, conn
     assert "client_secret" not in sent  # client_secret_basic: the secret went in the Authorization header
 
 
+async def test_oidc_userinfo_spared_when_the_id_token_carries_every_scope(
+    provider: StandInProvider, connector: OidcConnector
+) -> None:
+    # OIDC Core §5.4: an OP may put the scopes' claims in the ID token; then UserInfo has nothing to add.
+    provider.extra_claims = {"name": "Alice From The ID Token"}
+    identity = await callback(provider, connector)
+    assert provider.userinfo_requests == 0
+    assert identity.name == "Alice From The ID Token" and identity.email == "alice@corp.example"
+
+
+async def test_oidc_userinfo_read_when_a_scope_has_no_claim_in_the_id_token(
+    provider: StandInProvider, connector: OidcConnector
+) -> None:
+    identity = await callback(provider, connector)  # email in the ID token, nothing of ``profile``
+    assert provider.userinfo_requests == 1 and identity.name == "Alice Corp"
+
+
+@pytest.mark.parametrize(
+    "change", [{"wanted_claims": frozenset({"department"})}, {"userinfo_always": True}], ids=["wanted", "always"]
+)
+async def test_oidc_userinfo_read_for_a_wanted_claim_or_when_told(
+    provider: StandInProvider, connector: OidcConnector, change: dict[str, Any]
+) -> None:
+    provider.extra_claims = {"name": "Alice From The ID Token"}
+    told = OidcConnector(replace(connector.config, **change), fetcher=connector.fetcher, jwks=connector.jwks)
+    identity = await callback(provider, told)
+    assert provider.userinfo_requests == 1
+    assert identity.name == "Alice From The ID Token"  # the signed ID token's claim wins over UserInfo's
+
+
 async def test_oidc_es256_tokens_verify_too(provider: StandInProvider, connector: OidcConnector) -> None:
     provider.alg = "ES256"
     assert (await callback(provider, connector)).subject == provider.subject

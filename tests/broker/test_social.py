@@ -417,9 +417,8 @@ class Social:
             scope="openid profile email", extra_params={"idp_hint": alias or self.alias},
         )  # fmt: skip
         http = self.env.client
-        start = http.get(f"/tenants/{self.tenant.slug}/authorize", params=params, follow_redirects=False)
-        assert start.status_code == 303, start.text
-        login = http.get(start.headers["location"], follow_redirects=False)
+        # idp_hint: the authorization request goes straight to the network.
+        login = http.get(f"/tenants/{self.tenant.slug}/authorize", params=params, follow_redirects=False)
         assert login.status_code == 303, login.text
         upstream = login.headers["location"]
         assert upstream.startswith(self.standin.base_url)

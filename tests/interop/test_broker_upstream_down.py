@@ -52,9 +52,8 @@ def test_broker_upstream_hanging_gives_an_error_page_in_time_and_starves_nobody(
         params = authorize_params(
             client_id=client_id, redirect_uri=APP_REDIRECT, code_challenge=challenge, extra_params={"idp_hint": "slow"}
         )
-        start = browser.get(f"/tenants/{tenant.slug}/authorize", params=params)
-        login = browser.get(start.headers["location"])
-        sent = query_of(login.headers["location"])  # the authorization request idhub sent upstream
+        start = browser.get(f"/tenants/{tenant.slug}/authorize", params=params)  # idp_hint: straight upstream
+        sent = query_of(start.headers["location"])  # the authorization request idhub sent upstream
         answer = {"code": upstream.issue_code(sent["nonce"]), "state": sent["state"], "iss": upstream.issuer}
 
         def callback() -> tuple[float, httpx.Response]:
@@ -80,4 +79,3 @@ def test_broker_upstream_hanging_gives_an_error_page_in_time_and_starves_nobody(
     assert not any(c.name == live.ctx.settings.sessions.cookie_name for c in browser.cookies.jar)
     rows: list[dict[str, Any]] = audit_rows(live, tenant, with_action("signin.broker"))
     assert [row["outcome"] for row in rows if row["action"] == "signin.broker"] == ["failure"]
-

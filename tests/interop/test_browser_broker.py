@@ -368,8 +368,7 @@ def test_browser_broker_saml_idp_hint_through_pysaml2_and_back_with_mapped_claim
         documents = tab.documents()
     assert documents == [
         f"GET {APP_HOME}",
-        f"GET {apps.issuer}/authorize",
-        f"GET {apps.issuer}/broker/corp-saml/login",
+        f"GET {apps.issuer}/authorize",  # idp_hint: straight to the upstream
         f"GET {idp.sso_url}",  # AuthnRequest on the HTTP-Redirect binding: the IdP's sign-in page
         f"POST {idp.sso_url}",  # the person signs in at the IdP
         f"POST {base}/acs",  # the IdP's page auto-posts the Response (HTTP-POST binding)
@@ -434,8 +433,7 @@ def test_browser_broker_github_preset_through_its_standin_and_back_with_mapped_c
         documents = tab.documents()
     assert documents == [
         f"GET {APP_HOME}",
-        f"GET {apps.issuer}/authorize",
-        f"GET {apps.issuer}/broker/github/login",
+        f"GET {apps.issuer}/authorize",  # idp_hint: straight to the upstream
         f"GET {github.base_url}/login/oauth/authorize",  # GitHub's authorization page
         f"GET {apps.issuer}/broker/github/callback",
         f"GET {APP_REDIRECT}",

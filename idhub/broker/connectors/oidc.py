@@ -54,6 +54,22 @@ class OidcConfig:
     hosted_domain_claim: str | None = None
     own_domains: tuple[str, ...] = ()
     policy: FetchPolicy = field(default_factory=FetchPolicy)
+    # Claims beyond the standard scopes' that idhub reads (mapping rules, link_claim): UserInfo is read
+    # when the ID token lacks one of them (see OidcConnector.needs_userinfo).
+    wanted_claims: frozenset[str] = frozenset()
+    userinfo_always: bool = False
+
+
+# OIDC Core §5.4: the claims each standard scope value asks for (sub aside).
+SCOPE_CLAIMS: dict[str, frozenset[str]] = {
+    "email": frozenset({"email", "email_verified"}),
+    "profile": frozenset({
+        "name", "family_name", "given_name", "middle_name", "nickname", "preferred_username", "profile",
+        "picture", "website", "gender", "birthdate", "zoneinfo", "locale", "updated_at",
+    }),
+    "address": frozenset({"address"}),
+    "phone": frozenset({"phone_number", "phone_number_verified"}),
+}  # fmt: skip
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -109,9 +125,27 @@ class OidcConnector:
             raise UpstreamRefused("no_id_token", "the token answer carries no ID token")
         access_token = tokens.get("access_token")
         claims = await self.validate_id_token(id_token, nonce=answer.nonce, access_token=access_token)
-        if self.config.userinfo_endpoint and isinstance(access_token, str):
+        if self.config.userinfo_endpoint and isinstance(access_token, str) and self.needs_userinfo(claims):
             claims = {**await self._userinfo(access_token, subject=claims["sub"]), **claims}
         return self.identity(claims)
+
+    def needs_userinfo(self, claims: Mapping[str, Any]) -> bool:
+        """Tell whether UserInfo can add anything idhub reads to the validated ID token's ``claims``.
+
+        With the code flow an OP returns the scopes' claims from UserInfo and may also put them in the
+        ID token (OIDC Core §5.4); many do (Keycloak, Google, idhub itself). An ID token that carries
+        claims of every standard scope requested shows an OP of the second kind, and one that also
+        carries every other claim idhub reads leaves UserInfo nothing to tell: the request (an outbound
+        round trip per sign-in, and work for the upstream) is spared. The signed ID token is the stronger
+        evidence of the two; where both are read, the ID token's claims win.
+        """
+        if self.config.userinfo_always:
+            return True
+        for scope in self.config.scopes:
+            asked = SCOPE_CLAIMS.get(scope)
+            if asked is not None and asked.isdisjoint(claims):
+                return True
+        return not self.config.wanted_claims.issubset(claims)
 
     def _check_response_issuer(self, iss: str | None) -> None:
         """RFC 9207 §2.4: an ``iss`` must be this upstream's; one that says it sends ``iss`` must send it."""
