@@ -26,7 +26,7 @@ from idhub.crypto.secrets import SecretHasher, random_token
 from idhub.errors import Invalid
 from idhub.events import GrantRevoked
 from idhub.storage.base import utcnow
-from idhub.storage.models import Grant, RefreshToken
+from idhub.storage.models import Grant, RefreshToken, User
 from idhub.storage.single_use import consume
 from idhub.storage.uow import UnitOfWork
 from idhub.tokens.revocation import record_revocation
@@ -157,6 +157,25 @@ async def lock_grant_of(
     )
     found = (await session.execute(statement)).scalar()
     return None if found is None else str(found)
+
+
+async def lock_grant_with_user(
+    session: AsyncSession, model: Any, *, tenant_id: uuid.UUID, where: ColumnElement[bool]
+) -> Any:
+    """Do :func:`lock_grant_of`, reading the locked grant's ``id``, ``created_at``, ``revoked_at`` and ``User``.
+
+    One round trip instead of two: the grant is read under the lock that keeps its revocation out
+    meanwhile, and its user in the same statement (not locked, as a separate read would not be either).
+    ``None``: no such row in this tenant.
+    """
+    statement = (
+        select(Grant.id, Grant.created_at, Grant.revoked_at, User)
+        .join(model, model.grant_id == Grant.id)
+        .join(User, User.id == Grant.user_id)
+        .where(model.tenant_id == tenant_id, Grant.tenant_id == tenant_id, where)
+        .with_for_update(of=Grant, key_share=True)
+    )
+    return (await session.execute(statement)).first()
 
 
 async def rotate_refresh_token(

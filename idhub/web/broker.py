@@ -1,7 +1,8 @@
 """The browser side of brokering: off to the upstream, and back from it into the interaction.
 
 ``GET {issuer}/broker/{alias}/login?interaction=ID`` sends the browser to the upstream for a pending
-interaction (from the login page's button, or from ``idp_hint``); ``GET {issuer}/broker/{alias}/callback``
+interaction (from the login page's buttons and email step; an ``idp_hint`` is sent upstream by
+``/authorize`` itself); ``GET {issuer}/broker/{alias}/callback``
 takes the upstream's answer, lets the broker validate it and find the user, and resumes the
 interaction exactly as a password sign-in does (:func:`idhub.oidc.interaction.resume_after_login`).
 A refused answer is an error page, an audit entry with the reason, and no session.

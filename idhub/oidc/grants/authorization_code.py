@@ -20,12 +20,12 @@ from sqlalchemy import select
 from idhub.crypto.secrets import constant_time_equals
 from idhub.oidc.claims import user_claims
 from idhub.oidc.errors import InvalidGrant, InvalidRequest
-from idhub.oidc.grants.base import TokenRequest, grant_audience, live_grant_user
+from idhub.oidc.grants.base import TokenRequest, check_live_grant, grant_audience
 from idhub.oidc.interaction import CODE_ACR
 from idhub.storage.base import utcnow
 from idhub.storage.models import AuthorizationCode
 from idhub.storage.single_use import consume
-from idhub.tokens.refresh import issue_refresh_token, lock_grant_of, refresh_expiry, revoke_grant
+from idhub.tokens.refresh import issue_refresh_token, lock_grant_with_user, refresh_expiry, revoke_grant
 
 GRANT_TYPE = "authorization_code"
 # RFC 7636 §4.1: code_verifier = 43*128unreserved
@@ -67,15 +67,18 @@ def check_request(treq: TokenRequest) -> tuple[str, str, str]:
     return code, redirect_uri, verifier
 
 
-async def consume_code(treq: TokenRequest, code: str) -> Any:
-    """Consume the code atomically and return its row; a replayed code revokes its grant (RFC 6749 §4.1.2)."""
+async def consume_code(treq: TokenRequest, code: str) -> tuple[Any, Any]:
+    """Consume the code atomically; return its row and its locked grant read with the user (see
+    :func:`idhub.tokens.refresh.lock_grant_with_user`). A replayed code revokes its grant (RFC 6749 §4.1.2)."""
     if len(code) > MAX_CODE:
         raise InvalidGrant(INVALID_CODE, internal="code too long")
     session = treq.uow.session
     code_hash = treq.ctx.secret_hasher.hash(code)
     where = AuthorizationCode.code_hash == code_hash
     # Grant row first: parallel redemptions queue on it, and a replay's revocation locks in the same order.
-    if await lock_grant_of(session, AuthorizationCode, tenant_id=treq.tenant.id, where=where) is None:
+    # The grant's state and its user come with the lock (checked once the code is used up).
+    grant = await lock_grant_with_user(session, AuthorizationCode, tenant_id=treq.tenant.id, where=where)
+    if grant is None:
         raise InvalidGrant(INVALID_CODE, internal="code unknown, expired, or issued to another client")
     now = utcnow()
     row = await consume(
@@ -92,7 +95,7 @@ async def consume_code(treq: TokenRequest, code: str) -> Any:
         returning=_CODE_COLUMNS,
     )
     if row is not None:
-        return row
+        return row, grant
     found = (
         await session.execute(
             select(AuthorizationCode.consumed_at, AuthorizationCode.grant_id).where(
@@ -128,12 +131,10 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
     code, redirect_uri, verifier = check_request(treq)
     ctx, tenant, client = treq.ctx, treq.tenant, treq.client
     session = treq.uow.session
-    row = await consume_code(treq, code)
+    row, grant = await consume_code(treq, code)
     try:
         check_code(row, redirect_uri=redirect_uri, verifier=verifier)
-        grant_created_at, user = await live_grant_user(
-            session, tenant_id=tenant.id, grant_id=row.grant_id, described="the authorization code"
-        )
+        grant_created_at, user = check_live_grant(grant, grant_id=row.grant_id, described="the authorization code")
     except InvalidGrant:
         treq.uow.keep_on_error()  # the code stays consumed (single use, RFC 6749 §4.1.2)
         raise

@@ -6,6 +6,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -102,6 +103,11 @@ async def live_grant_user(
             .where(Grant.id == grant_id, Grant.tenant_id == tenant_id)
         )
     ).first()
+    return check_live_grant(found, grant_id=grant_id, described=described)
+
+
+def check_live_grant(found: Any, *, grant_id: str, described: str) -> tuple[datetime, User]:
+    """Check a grant row read with its user (``created_at``, ``revoked_at``, ``User``), as :func:`live_grant_user`."""
     if found is None or found.revoked_at is not None:
         raise InvalidGrant(f"{described} is invalid or expired", internal=f"grant {grant_id} was revoked")
     user: User = found.User
