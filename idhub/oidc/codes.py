@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.crypto.secrets import SecretHasher, random_token
@@ -32,10 +33,18 @@ async def create_authorization_code(
     ttl: int,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """Store a new single-use code (only its keyed hash) and its grant; return the code."""
+    """Store a new single-use code (only its keyed hash) and its grant; return the code.
+
+    Two rows, written with Core statements (nothing reads them back as objects in this unit of work):
+    on PostgreSQL in one statement, the grant's ``INSERT`` a data-modifying ``WITH`` of the code's
+    (one round trip; the code's foreign key is checked at the statement's end, when both rows are
+    there); elsewhere (SQLite) the grant first, then the code.
+    """
     now = utcnow()
-    grant = Grant(
-        id=random_token(16),
+    grant_id = random_token(16)
+    code = random_token(32)
+    new_grant = insert(Grant).values(
+        id=grant_id,
         tenant_id=tenant_id,
         client_id=client_pk,
         user_id=user_id,
@@ -43,30 +52,28 @@ async def create_authorization_code(
         scope=scope,
         created_at=now,
     )
-    session.add(grant)
-    # No ORM relationship links the two rows, so flush the grant first for the code's foreign key.
-    await session.flush()
-    code = random_token(32)
-    session.add(
-        AuthorizationCode(
-            code_hash=hasher.hash(code),
-            tenant_id=tenant_id,
-            client_id=client_pk,
-            user_id=user_id,
-            grant_id=grant.id,
-            session_id=session_id,
-            redirect_uri=redirect_uri,
-            scope=scope,
-            nonce=nonce,
-            code_challenge=code_challenge,
-            code_challenge_method=code_challenge_method,
-            resources=list(resources),
-            auth_time=auth_time,
-            amr=list(amr),
-            extra=dict(extra or {}),
-            created_at=now,
-            expires_at=now + timedelta(seconds=ttl),
-        )
+    new_code = insert(AuthorizationCode).values(
+        code_hash=hasher.hash(code),
+        tenant_id=tenant_id,
+        client_id=client_pk,
+        user_id=user_id,
+        grant_id=grant_id,
+        session_id=session_id,
+        redirect_uri=redirect_uri,
+        scope=scope,
+        nonce=nonce,
+        code_challenge=code_challenge,
+        code_challenge_method=code_challenge_method,
+        resources=list(resources),
+        auth_time=auth_time,
+        amr=list(amr),
+        extra=dict(extra or {}),
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl),
     )
-    await session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(new_code.add_cte(new_grant.returning(Grant.id).cte("new_grant")))
+    else:
+        await session.execute(new_grant)
+        await session.execute(new_code)
     return code
