@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.crypto.secrets import SecretHasher, random_token
 from idhub.storage.base import utcnow
+from idhub.storage.engine import is_postgresql
 from idhub.storage.models import AuthorizationCode, Grant
 
 
@@ -71,7 +72,7 @@ async def create_authorization_code(
         created_at=now,
         expires_at=now + timedelta(seconds=ttl),
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         await session.execute(new_code.add_cte(new_grant.returning(Grant.id).cte("new_grant")))
     else:
         await session.execute(new_grant)

@@ -6,12 +6,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Update, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.crypto.secrets import SecretHasher, random_token
 from idhub.settings import SessionSettings
 from idhub.storage.base import utcnow
+from idhub.storage.engine import is_postgresql
 from idhub.storage.models import User, UserSession
 
 # Writing last_seen_at on every page view would cost a write per request; a coarse step is enough
@@ -64,14 +65,13 @@ async def create_session(
     Session regeneration (OWASP session fixation defence): every login gets a new id and secret and
     the session this browser presented before, if any, is revoked.
     """
-    if previous_cookie:
-        await end_session_by_cookie(session, hasher=hasher, tenant_id=tenant_id, cookie=previous_cookie)
     now = utcnow()
     secret = random_token(32)
+    session_id = random_token(16)
     # acr is compared as a whole value (OIDC Core §2): one too long for the column is dropped, never cut.
     acr = acr if acr and len(acr) <= MAX_ACR_LENGTH else None
-    row = UserSession(
-        id=random_token(16),
+    new = insert(UserSession).values(
+        id=session_id,
         tenant_id=tenant_id,
         user_id=user_id,
         token_hash=hasher.hash(secret),
@@ -83,9 +83,15 @@ async def create_session(
         last_seen_at=now,
         expires_at=now + timedelta(seconds=settings.absolute_ttl),
     )
-    session.add(row)
-    await session.flush()
-    return SsoSession(row.id, tenant_id, user_id, now, tuple(amr), acr), secret
+    ending = _end_by_cookie(hasher, tenant_id, previous_cookie) if previous_cookie else None
+    if ending is not None and is_postgresql(session):
+        # One statement: the previous session ends in a data-modifying WITH of the new one's INSERT.
+        await session.execute(new.add_cte(ending.returning(UserSession.id).cte("ended")))
+    else:
+        if ending is not None:
+            await session.execute(ending)
+        await session.execute(new)
+    return SsoSession(session_id, tenant_id, user_id, now, tuple(amr), acr), secret
 
 
 async def load_session(
@@ -140,9 +146,18 @@ async def end_session_by_cookie(
     session: AsyncSession, *, hasher: SecretHasher, tenant_id: uuid.UUID, cookie: str
 ) -> bool:
     """Revoke the session a cookie names (whatever its state); tell whether one was live."""
-    if len(cookie) > MAX_COOKIE_LENGTH:
+    statement = _end_by_cookie(hasher, tenant_id, cookie)
+    if statement is None:
         return False
-    result = await session.execute(
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0))
+
+
+def _end_by_cookie(hasher: SecretHasher, tenant_id: uuid.UUID, cookie: str) -> Update | None:
+    """Return the statement that revokes the live session ``cookie`` names (``None``: no cookie could)."""
+    if len(cookie) > MAX_COOKIE_LENGTH:
+        return None
+    return (
         update(UserSession)
         .where(
             UserSession.tenant_id == tenant_id,
@@ -151,4 +166,3 @@ async def end_session_by_cookie(
         )
         .values(revoked_at=utcnow())
     )
-    return bool(getattr(result, "rowcount", 0))

@@ -72,6 +72,11 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def is_postgresql(session: AsyncSession) -> bool:
+    """Tell whether ``session`` talks to PostgreSQL (a data-modifying ``WITH`` makes two writes one statement)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 async def one_statement(session: AsyncSession) -> None:
     """Run the rest of a unit of work whose one write is a single statement without a transaction.
 
