@@ -541,6 +541,7 @@ def idp() -> None:
 
 
 _IDP_TYPES = ["oidc", "saml", "google", "microsoft", "github", "facebook", "linkedin"]
+_USERINFO_HELP = "OIDC: read UserInfo only when the ID token lacks claims idhub reads (auto, the default) or always"
 
 
 @idp.command("create")
@@ -558,6 +559,7 @@ _IDP_TYPES = ["oidc", "saml", "google", "microsoft", "github", "facebook", "link
 @click.option("--email-domain", "email_domains", multiple=True, help="a domain this upstream is authoritative for")
 @click.option("--link-claim", default=None, help="upstream claim matched against the directory's externalId")
 @click.option("--idp-initiated", is_flag=True, help="SAML: accept sign-ins the IdP starts (off by default)")
+@click.option("--userinfo", type=click.Choice(["auto", "always"]), default=None, help=_USERINFO_HELP)
 @click.option("--mapping-file", type=click.Path(exists=True, dir_okay=False), default=None, help="mapping rules (JSON)")
 @click.option("--json", "as_json", is_flag=True)
 def idp_create(
@@ -575,6 +577,7 @@ def idp_create(
     email_domains: tuple[str, ...],
     link_claim: str | None,
     idp_initiated: bool,
+    userinfo: str | None,
     mapping_file: str | None,
     as_json: bool,
 ) -> None:
@@ -603,6 +606,7 @@ def idp_create(
         email_domains=email_domains,
         link_claim=link_claim,
         allow_idp_initiated=idp_initiated,
+        userinfo=userinfo,
         mapping=Path(mapping_file).read_bytes() if mapping_file else None,
     )
 
@@ -668,6 +672,7 @@ def idp_show(slug: str, alias: str, as_json: bool) -> None:
 )
 @click.option("--metadata-url", default=None, help="SAML: fetch new IdP metadata (certificate rollover)")
 @click.option("--idp-initiated/--no-idp-initiated", "idp_initiated", default=None, help="SAML: IdP-started sign-ins")
+@click.option("--userinfo", type=click.Choice(["auto", "always"]), default=None, help=_USERINFO_HELP)
 @click.option("--json", "as_json", is_flag=True)
 def idp_update(
     slug: str,
@@ -684,6 +689,7 @@ def idp_update(
     metadata_file: str | None,
     metadata_url: str | None,
     idp_initiated: bool | None,
+    userinfo: str | None,
     as_json: bool,
 ) -> None:
     """Change an upstream's settings; what is not given stays."""
@@ -710,6 +716,7 @@ def idp_update(
             metadata_xml=metadata,
             metadata_url=metadata_url,
             allow_idp_initiated=idp_initiated,
+            userinfo=userinfo,
         )
         return {"tenant": tenant.slug, **changed.describe(issuer_for(ctx.settings.public_url, tenant.slug))}
 

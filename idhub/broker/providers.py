@@ -210,9 +210,22 @@ class NewProvider:
     link_claim: str | None = None  # upstream claim matched against the directory's externalId
     tenant_issuer: str | None = None  # fixes a SAML SP's entity ID and ACS URL at creation
     allow_idp_initiated: bool = False  # SAML: accept unsolicited Responses (off unless asked for)
+    userinfo: str | None = None  # OIDC: "auto" (read only when the ID token lacks claims) or "always"
     mapping: str | bytes | None = None  # mapping rules as JSON (idhub.broker.mapping), checked before saving
     # OAuth 2 networks: endpoints that replace the preset's, for a stand-in on loopback (``internal`` only).
     endpoints: dict[str, str] | None = None
+
+
+USERINFO_MODES = ("auto", "always")
+
+
+def _userinfo_mode(mode: str, protocol: str) -> str:
+    """Check a UserInfo mode: ``auto`` reads UserInfo only when the ID token lacks claims idhub reads."""
+    if protocol != "oidc":
+        raise Invalid("the UserInfo mode is a setting of OpenID Connect upstreams")
+    if mode not in USERINFO_MODES:
+        raise Invalid(f"userinfo is one of {', '.join(USERINFO_MODES)}")
+    return mode
 
 
 class Providers:
@@ -237,6 +250,8 @@ class Providers:
             config["mapping"] = mapping.describe()
         provider_id = uuid.uuid4()
         secret: str | None
+        if new.userinfo is not None:
+            config["userinfo"] = _userinfo_mode(new.userinfo, preset.protocol)
         if preset.protocol == "oidc":
             config |= await self._oidc_config(new, preset)
             secret = new.client_secret
@@ -395,6 +410,7 @@ class Providers:
         metadata_xml: bytes | None = None,
         metadata_url: str | None = None,
         allow_idp_initiated: bool | None = None,
+        userinfo: str | None = None,
     ) -> ProviderInfo:
         """Change an upstream's settings; only what is given changes (``mapping`` is JSON mapping rules).
 
@@ -449,6 +465,10 @@ class Providers:
         if allow_idp_initiated is not None and allow_idp_initiated != bool(config.get("allow_idp_initiated")):
             config["allow_idp_initiated"] = allow_idp_initiated
             changed.append("allow_idp_initiated")
+        mode = _userinfo_mode(userinfo, PRESETS[row.type].protocol) if userinfo is not None else None
+        if mode is not None and mode != config.get("userinfo", "auto"):
+            config["userinfo"] = mode
+            changed.append("userinfo")
         row.config = config
         row.updated_at = utcnow()
         await self.uow.session.flush()

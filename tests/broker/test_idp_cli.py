@@ -97,3 +97,17 @@ def test_cli_idp_issuer_must_match_discovery(cli_env: dict[str, str], tenant: st
         "--client-id", "x", "--internal", "--json",
     )  # fmt: skip
     _assert_one_line_error(result)
+
+
+def test_cli_idp_userinfo_mode_set_changed_and_refused_where_it_means_nothing(
+    cli_env: dict[str, str], tenant: str, upstream: StandInProvider
+) -> None:
+    created = _ok_json(_create(cli_env, tenant, upstream, "--internal", "--userinfo", "always", alias="ui"))
+    assert created["config"]["userinfo"] == "always"
+    update = ["idp", "update", "--tenant", tenant, "--alias", "ui", "--json"]
+    assert _ok_json(_invoke(cli_env, *update, "--userinfo", "auto"))["config"]["userinfo"] == "auto"
+    github = [
+        "idp", "create", "--tenant", tenant, "--alias", "gh", "--type", "github", "--client-id", "x",
+        "--client-secret-stdin", "--userinfo", "always", "--json",
+    ]  # fmt: skip
+    _assert_one_line_error(_invoke(cli_env, *github, stdin="s\n"))  # OAuth 2 networks have no UserInfo mode

@@ -113,6 +113,15 @@ async def test_oidc_userinfo_read_when_a_scope_has_no_claim_in_the_id_token(
     assert provider.userinfo_requests == 1 and identity.name == "Alice Corp"
 
 
+async def test_oidc_userinfo_read_for_an_address_without_its_verification(
+    provider: StandInProvider, connector: OidcConnector
+) -> None:
+    provider.extra_claims = {"name": "Alice From The ID Token"}
+    provider.raw_id_token = lambda claims: provider.sign({k: v for k, v in claims.items() if k != "email_verified"})
+    await callback(provider, connector)
+    assert provider.userinfo_requests == 1
+
+
 @pytest.mark.parametrize(
     "change", [{"wanted_claims": frozenset({"department"})}, {"userinfo_always": True}], ids=["wanted", "always"]
 )

@@ -141,6 +141,8 @@ class OidcConnector:
         """
         if self.config.userinfo_always:
             return True
+        if "email" in claims and "email_verified" not in claims and self.config.email_verified_claim:
+            return True  # an address without its verification: UserInfo may vouch for it (or not)
         for scope in self.config.scopes:
             asked = SCOPE_CLAIMS.get(scope)
             if asked is not None and asked.isdisjoint(claims):
