@@ -41,17 +41,7 @@ _SESSION_COLUMNS = (
 _NEW_ENDING_PREVIOUS = (
     insert(UserSession)
     .values({name: bindparam(f"p_{name}") for name in _SESSION_COLUMNS})
-    .add_cte(
-        update(UserSession)
-        .where(
-            UserSession.tenant_id == bindparam("p_tenant_id"),
-            UserSession.token_hash == bindparam("p_previous"),
-            UserSession.revoked_at.is_(None),
-        )
-        .values(revoked_at=bindparam("p_created_at"))
-        .returning(UserSession.id)
-        .cte("ended")
-    )
+    .add_cte(_END_BY_HASH.returning(UserSession.id).cte("ended"))
 )
 
 
@@ -119,7 +109,7 @@ async def create_session(
     previous = hasher.hash(previous_cookie) if previous_cookie and len(previous_cookie) <= MAX_COOKIE_LENGTH else None
     if previous is not None and is_postgresql(session):
         # One statement: the previous session ends in a data-modifying WITH of the new one's INSERT.
-        parameters = {f"p_{name}": value for name, value in values.items()} | {"p_previous": previous}
+        parameters = {f"p_{name}": value for name, value in values.items()} | {"p_hash": previous, "p_now": now}
         await session.execute(_NEW_ENDING_PREVIOUS, parameters)
     else:
         if previous is not None:

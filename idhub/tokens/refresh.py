@@ -149,14 +149,17 @@ async def lock_grant_of(
     point at the grant. ``None``: no such row in this tenant. SQLite has no row locks (and needs none:
     it runs one writer at a time).
     """
-    statement = (
-        select(Grant.id)
-        .join(model, model.grant_id == Grant.id)
+    found = (await session.execute(_grant_lock(select(Grant.id), model, tenant_id=tenant_id, where=where))).scalar()
+    return None if found is None else str(found)
+
+
+def _grant_lock(columns: Any, model: Any, *, tenant_id: uuid.UUID, where: ColumnElement[bool]) -> Any:
+    """Return ``columns`` (a select on the grant) restricted to the grant of the ``model`` row ``where``, locked."""
+    return (
+        columns.join(model, model.grant_id == Grant.id)
         .where(model.tenant_id == tenant_id, Grant.tenant_id == tenant_id, where)
         .with_for_update(of=Grant, key_share=True)
     )
-    found = (await session.execute(statement)).scalar()
-    return None if found is None else str(found)
 
 
 async def lock_grant_with_user(
@@ -168,14 +171,8 @@ async def lock_grant_with_user(
     meanwhile, and its user in the same statement (not locked, as a separate read would not be either).
     ``None``: no such row in this tenant.
     """
-    statement = (
-        select(Grant.id, Grant.created_at, Grant.revoked_at, User)
-        .join(model, model.grant_id == Grant.id)
-        .join(User, User.id == Grant.user_id)
-        .where(model.tenant_id == tenant_id, Grant.tenant_id == tenant_id, where)
-        .with_for_update(of=Grant, key_share=True)
-    )
-    return (await session.execute(statement)).first()
+    columns = select(Grant.id, Grant.created_at, Grant.revoked_at, User).join(User, User.id == Grant.user_id)
+    return (await session.execute(_grant_lock(columns, model, tenant_id=tenant_id, where=where))).first()
 
 
 async def rotate_refresh_token(
