@@ -9,6 +9,10 @@ through three layers, and prints the client's CPU time per sequence (``time.proc
 * ``orm``: an ``AsyncSession`` with mapped objects, ``session.add`` + flush, as most of idhub is written;
 * ``core``: SQLAlchemy Core statements on an ``AsyncConnection`` (compiled-statement cache warm);
 * ``prebuilt``: Core constructs built once, the values given at execute time;
+* ``session_entity``: the same prebuilt constructs run through an ``AsyncSession`` (as idhub's services
+  do): statements on mapped classes take the ORM's compile and bulk-persistence route even with no object;
+* ``session_table``: prebuilt constructs on the tables (``Model.__table__``) through an ``AsyncSession``:
+  plain Core, what ``idhub.storage.tables`` is for;
 * ``text``: the same SQL text as ``text()`` constructs (``:name`` parameters, portable to SQLite);
 * ``driver_sql``: the same SQL text as below through SQLAlchemy's ``exec_driver_sql`` (no compiling);
 * ``asyncpg``: the driver alone, prepared statements.
@@ -231,23 +235,46 @@ _COMPLETE = (
 )
 
 
-async def prebuilt_sequence(conn: Any, subject: str, v: dict[str, Any]) -> None:
-    """Core constructs built once, parameters given at execute time (``conn.execute(insert(T), {...})``)."""
-    now = v["now"]
+_T = {model: model.__table__ for model in (Used, Link, Person, Pending, Sso, Permit, Code, Event)}
+_TABLES: dict[str, Any] = {
+    "used": pg_insert(_T[Used]).on_conflict_do_nothing().returning(_T[Used].c.value),
+    "link": select(_T[Link].c.id, _T[Person].c.id.label("person_id"), _T[Person].c.active)
+    .join(_T[Person], _T[Person].c.id == _T[Link].c.person_id)
+    .where(_T[Link].c.subject == bindparam("subject")),
+    "touch": update(_T[Link]).where(_T[Link].c.id == bindparam("link_id")).values(last_login_at=bindparam("now")),
+    "pending": select(_T[Pending]).where(_T[Pending].c.id == bindparam("pending_id")),
+    "complete": update(_T[Pending])
+    .where(_T[Pending].c.id == bindparam("pending_id"), _T[Pending].c.completed_at.is_(None))
+    .values(person_id=bindparam("person"), completed_at=bindparam("now"))
+    .returning(_T[Pending].c.id),
+    **{name: insert(_T[model]) for name, model in (("sso", Sso), ("permit", Permit), ("code", Code), ("event", Event))},
+}
+_ENTITIES: dict[str, Any] = {
+    "used": _USED, "link": _LINK, "touch": _TOUCH, "pending": _PENDING, "complete": _COMPLETE,
+    "sso": insert(Sso), "permit": insert(Permit), "code": insert(Code), "event": insert(Event),
+}  # fmt: skip
+
+
+async def prebuilt_sequence(conn: Any, subject: str, v: dict[str, Any], statements: dict[str, Any] = _ENTITIES) -> None:
+    """Core constructs built once, parameters given at execute time (``conn.execute(insert(T), {...})``).
+
+    ``conn`` is an ``AsyncConnection`` or an ``AsyncSession``; ``statements`` target mapped classes or tables.
+    """
+    now, s = v["now"], statements
     async with conn.begin():
-        await conn.execute(_USED, {"namespace": "state", "value": v["state"], "expires_at": now})
-        found = (await conn.execute(_LINK, {"subject": subject})).one()
-        await conn.execute(_TOUCH, {"link_id": found.id, "now": now})
-        pending = (await conn.execute(_PENDING, {"pending_id": v["pending"]})).one()
+        await conn.execute(s["used"], {"namespace": "state", "value": v["state"], "expires_at": now})
+        found = (await conn.execute(s["link"], {"subject": subject})).one()
+        await conn.execute(s["touch"], {"link_id": found.id, "now": now})
+        pending = (await conn.execute(s["pending"], {"pending_id": v["pending"]})).one()
         assert pending is not None and found.active
         person = found.person_id
-        await conn.execute(insert(Sso), {"id": v["sso"], "person_id": person, "token_hash": v["code"], "auth_time": now,
+        await conn.execute(s["sso"], {"id": v["sso"], "person_id": person, "token_hash": v["code"], "auth_time": now,
                                          "amr": ["fed"], "created_at": now, "last_seen_at": now,
                                          "expires_at": now + timedelta(hours=8)})  # fmt: skip
-        await conn.execute(_COMPLETE, {"pending_id": v["pending"], "person": person, "now": now})
-        await conn.execute(insert(Permit), {"id": v["permit"], "person_id": person, "sso_id": v["sso"],
+        await conn.execute(s["complete"], {"pending_id": v["pending"], "person": person, "now": now})
+        await conn.execute(s["permit"], {"id": v["permit"], "person_id": person, "sso_id": v["sso"],
                                             "scope": "openid", "created_at": now})  # fmt: skip
-        await conn.execute(insert(Code), {"code_hash": v["code"], "permit_id": v["permit"], "person_id": person,
+        await conn.execute(s["code"], {"code_hash": v["code"], "permit_id": v["permit"], "person_id": person,
                                           "sso_id": v["sso"], "redirect_uri": "https://app.example/cb",
                                           "scope": "openid", "nonce": "n", "code_challenge": "c" * 43,
                                           "code_challenge_method": "S256", "resources": [], "auth_time": now,
@@ -256,7 +283,7 @@ async def prebuilt_sequence(conn: Any, subject: str, v: dict[str, Any]) -> None:
         event = {"id": uuid.uuid4(), "occurred_at": now, "actor_type": "user", "actor_id": str(person),
                  "action": "signin.broker", "target_type": "User", "target_id": str(person), "outcome": "success",
                  "surface": "pages", "request_id": "r", "details": {"alias": "corp", "how": "existing"}}  # fmt: skip
-        await conn.execute(insert(Event), event)
+        await conn.execute(s["event"], event)
 
 
 async def asyncpg_sequence(conn: asyncpg.Connection, subject: str, v: dict[str, Any]) -> None:
@@ -391,6 +418,10 @@ async def run(url: str, sequences: int) -> dict[str, float]:
         await measure("core", lambda v: core_sequence(conn, subject, v))
     async with engine.connect() as conn:
         await measure("prebuilt", lambda v: prebuilt_sequence(conn, subject, v))
+    async with AsyncSession(engine, expire_on_commit=False) as session:
+        await measure("session_entity", lambda v: prebuilt_sequence(session, subject, v, _ENTITIES))
+    async with AsyncSession(engine, expire_on_commit=False) as session:
+        await measure("session_table", lambda v: prebuilt_sequence(session, subject, v, _TABLES))
     async with engine.connect() as conn:
         await measure("text", lambda v: text_sequence(conn, subject, v))
     async with engine.connect() as conn:
@@ -411,7 +442,7 @@ def main() -> int:
     args = parser.parse_args()
     figures = asyncio.run(run(args.database_url, args.sequences))
     print(f"{args.sequences} sequences of 11 round trips each (BEGIN, 9 statements, COMMIT), one connection:")
-    for name in ("orm", "core", "prebuilt", "text", "driver_sql", "asyncpg"):
+    for name in ("orm", "core", "prebuilt", "session_entity", "session_table", "text", "driver_sql", "asyncpg"):
         cpu, wall = figures[f"{name}_cpu_ms"], figures[f"{name}_wall_ms"]
         print(f"  {name:10} client CPU {cpu:.2f} ms per sequence ({1000 * cpu / 11:.0f} µs per round trip), "
               f"wall {wall:.2f} ms")  # fmt: skip

@@ -31,6 +31,7 @@ from idhub.events import ANONYMOUS, Actor, DomainEvent
 from idhub.request_context import RequestInfo
 from idhub.storage.base import new_uuid, utcnow
 from idhub.storage.models import AuditEvent
+from idhub.storage.tables import AUDIT_EVENTS
 from idhub.storage.tasks import cancel
 from idhub.storage.uow import UnitOfWork, UnitOfWorkFactory
 
@@ -74,10 +75,13 @@ def audit_row(
     }
 
 
+_INSERT = insert(AUDIT_EVENTS)
+
+
 async def insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Insert prepared audit rows with one statement."""
+    """Insert prepared audit rows with one statement (on the table: no ORM bulk step)."""
     if rows:
-        await session.execute(insert(AuditEvent), rows)
+        await session.execute(_INSERT, rows)
 
 
 _PLAIN_COLUMNS = tuple(column.name for column in AuditEvent.__table__.columns if column.name != "details")

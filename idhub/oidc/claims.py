@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from idhub.storage.models import User
-
 # OIDC Core §5.4: the claims each scope value requests (those idhub keeps).
 SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
     "profile": ("name", "given_name", "family_name", "preferred_username", "updated_at"),
@@ -14,7 +12,7 @@ SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _value(user: User, name: str) -> Any:
+def _value(user: Any, name: str) -> Any:
     if name == "preferred_username":
         return user.username
     if name == "updated_at":
@@ -23,8 +21,11 @@ def _value(user: User, name: str) -> Any:
     return getattr(user, name)
 
 
-def user_claims(user: User, scopes: Iterable[str]) -> dict[str, Any]:
-    """Return the claims the granted ``scopes`` release about ``user`` (``sub`` excluded; unset ones omitted)."""
+def user_claims(user: Any, scopes: Iterable[str]) -> dict[str, Any]:
+    """Return the claims the granted ``scopes`` release about ``user`` (``sub`` excluded; unset ones omitted).
+
+    ``user`` is a :class:`~idhub.storage.models.User` or a row with its columns (``GRANT_AND_USER_COLUMNS``).
+    """
     claims: dict[str, Any] = {}
     for scope in scopes:
         for name in SCOPE_CLAIMS.get(scope, ()):

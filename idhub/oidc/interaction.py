@@ -17,10 +17,9 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
@@ -29,8 +28,9 @@ from idhub.oidc.codes import create_authorization_code
 from idhub.oidc.errors import LoginRequired, OAuthError
 from idhub.sessions.service import SsoSession, create_session
 from idhub.storage.base import utcnow
-from idhub.storage.models import Consent, Interaction
-from idhub.storage.single_use import consume
+from idhub.storage.models import Consent
+from idhub.storage.single_use import consume, consuming
+from idhub.storage.tables import INTERACTIONS
 from idhub.tenants.service import TenantInfo
 
 BROWSER_COOKIE = "idhub_interaction"
@@ -38,6 +38,14 @@ BROWSER_COOKIE = "idhub_interaction"
 CODE_ACR = "acr"
 MAX_BROWSER_SECRET = 128
 MAX_INTERACTION_ID = 64
+_NEW = insert(INTERACTIONS)
+# Completing an interaction (single use); the second also binds it to the session a sign-in just started.
+_BINDING = ("user_id", "session_id")
+_COMPLETE_WHERE = (INTERACTIONS.c.id == bindparam("p_id"),)
+_COMPLETE = consuming(INTERACTIONS, used="completed_at", where=_COMPLETE_WHERE, returning=(INTERACTIONS.c.id,))
+_COMPLETE_BINDING = consuming(
+    INTERACTIONS, used="completed_at", where=_COMPLETE_WHERE, returning=(INTERACTIONS.c.id,), also=_BINDING
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,31 +151,58 @@ async def create_interaction(
     ``sso`` is set when the user is already signed in and only consent is missing.
     """
     now = utcnow()
-    row = Interaction(
-        id=random_token(24),
-        tenant_id=tenant.id,
-        client_id=client.id,
-        params=request.to_params(),
-        browser_hash=ctx.secret_hasher.hash(browser_secret),
-        user_id=sso.user_id if sso else None,
-        session_id=sso.id if sso else None,
-        created_at=now,
-        expires_at=now + timedelta(seconds=ctx.settings.sessions.interaction_ttl),
-    )
-    session.add(row)
-    await session.flush()
-    return row.id
+    interaction_id = random_token(24)
+    parameters = {
+        "id": interaction_id,
+        "tenant_id": tenant.id,
+        "client_id": client.id,
+        "params": request.to_params(),
+        "browser_hash": ctx.secret_hasher.hash(browser_secret),
+        "user_id": sso.user_id if sso else None,
+        "session_id": sso.id if sso else None,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=ctx.settings.sessions.interaction_ttl),
+    }
+    await session.execute(_NEW, parameters)
+    return interaction_id
+
+
+@dataclass(frozen=True, slots=True)
+class PendingInteraction:
+    """A parked authorization request, as loaded for the browser that started it."""
+
+    id: str
+    client_id: uuid.UUID
+    params: dict[str, Any]
+    user_id: uuid.UUID | None  # set once someone signed in and consent is still to be given
+    session_id: str | None
+
+
+_LOAD = select(
+    INTERACTIONS.c.id,
+    INTERACTIONS.c.client_id,
+    INTERACTIONS.c.params,
+    INTERACTIONS.c.user_id,
+    INTERACTIONS.c.session_id,
+    INTERACTIONS.c.browser_hash,
+    INTERACTIONS.c.expires_at,
+    INTERACTIONS.c.completed_at,
+).where(INTERACTIONS.c.id == bindparam("p_id"), INTERACTIONS.c.tenant_id == bindparam("p_tenant_id"))
+# Binds an interaction waiting for consent to the session that signed in.
+_BIND = (
+    update(INTERACTIONS)
+    .where(INTERACTIONS.c.id == bindparam("p_id"))
+    .values(user_id=bindparam("p_user_id"), session_id=bindparam("p_session_id"))
+)
 
 
 async def load_interaction(
     session: AsyncSession, *, ctx: AppContext, tenant: TenantInfo, interaction_id: str, browser_secret: str | None
-) -> Interaction:
+) -> PendingInteraction:
     """Return the pending interaction bound to this browser or raise :class:`InteractionError`."""
     if not interaction_id or len(interaction_id) > MAX_INTERACTION_ID:
         raise InteractionError("This sign-in request is unknown or has expired.", 404)
-    row = await session.scalar(
-        select(Interaction).where(Interaction.id == interaction_id, Interaction.tenant_id == tenant.id)
-    )
+    row = (await session.execute(_LOAD, {"p_id": interaction_id, "p_tenant_id": tenant.id})).first()
     if row is None:
         raise InteractionError("This sign-in request is unknown or has expired.", 404)
     if row.completed_at is not None:
@@ -176,7 +211,7 @@ async def load_interaction(
         raise InteractionError("This sign-in request has expired. Return to the application and try again.")
     if browser_secret is None or not ctx.secret_hasher.verify(browser_secret, row.browser_hash):
         raise InteractionError("This sign-in request was started in another browser.", 403)
-    return row
+    return PendingInteraction(row.id, row.client_id, row.params, row.user_id, row.session_id)
 
 
 async def complete_interaction(
@@ -184,17 +219,14 @@ async def complete_interaction(
 ) -> None:
     """Mark an interaction used with the single-use primitive: of two parallel submissions exactly one wins.
 
-    ``also`` are further columns the winning statement sets (the session a sign-in just started).
+    ``also`` binds the interaction to the sign-in that completes it (``user_id`` and ``session_id``, both
+    set by the winning statement).
     """
-    won = await consume(
-        session,
-        Interaction,
-        used=Interaction.completed_at,
-        where=(Interaction.id == interaction_id,),
-        now=utcnow(),
-        returning=(Interaction.id,),
-        also=also,
-    )
+    parameters = {"p_id": interaction_id, "p_now": utcnow()}
+    if also:
+        won = await consume(session, _COMPLETE_BINDING, parameters | {f"p_{name}": also[name] for name in _BINDING})
+    else:
+        won = await consume(session, _COMPLETE, parameters)
     if won is None:
         raise InteractionError("This sign-in request was already completed. Return to the application.")
 
@@ -335,7 +367,7 @@ async def resume_after_login(
     *,
     ctx: AppContext,
     tenant: TenantInfo,
-    interaction: Interaction,
+    interaction: PendingInteraction,
     request: AuthorizationRequest,
     client: ClientInfo,
     user_id: uuid.UUID,
@@ -363,17 +395,16 @@ async def resume_after_login(
         link_id=link_id,
         previous_cookie=previous_cookie,
     )
+    # The interaction is bound to the new session in the statement that completes it (one round trip), or
+    # on its own when the consent page comes first.
+    bound = {"user_id": sso.user_id, "session_id": sso.id}
     if hint_names_other_user(request, sso):
-        interaction.user_id, interaction.session_id = sso.user_id, sso.id
-        await complete_interaction(session, interaction_id=interaction.id)
+        await complete_interaction(session, interaction_id=interaction.id, also=bound)
         error = LoginRequired("the signed-in user is not the one named by id_token_hint")
         location = error_redirect_url(
             redirect_uri=request.redirect_uri, issuer=tenant.issuer, error=error, state=request.state
         )
         return Resumed(location, cookie)
-    # Finishing binds the session to the interaction in the statement that completes it (one round trip);
-    # the consent page needs the binding as well, written with the rest of the request's changes.
-    bound = {"user_id": sso.user_id, "session_id": sso.id}
     finished = await consent_or_finish(
         session,
         ctx=ctx,
@@ -384,9 +415,6 @@ async def resume_after_login(
         interaction_id=interaction.id,
         also=bound,
     )
-    for name, value in bound.items():
-        if finished is None:
-            setattr(interaction, name, value)
-        else:  # written already: the loaded row learns it without another UPDATE
-            set_committed_value(interaction, name, value)
+    if finished is None:
+        await session.execute(_BIND, {"p_id": interaction.id, "p_user_id": sso.user_id, "p_session_id": sso.id})
     return Resumed(finished or f"{tenant.issuer}/interaction/{interaction.id}", cookie)

@@ -55,9 +55,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-from sqlalchemy import Boolean, Integer, String, Table, Uuid, and_, case, false, func, literal, not_, or_, select, true
+from sqlalchemy import Boolean, Integer, String, Uuid, and_, case, false, func, literal, not_, or_, select, true
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
@@ -66,16 +66,10 @@ from sqlalchemy.sql.functions import FunctionElement
 from idhub.scim.errors import InvalidFilter, InvalidPath
 from idhub.scim.filter import And, AttrPath, CompareOp, Expr, Not, Or, Present, ValuePath, parse_path
 from idhub.scim.schemas import ENTERPRISE_URN, GROUP_URN, USER_URN
-from idhub.storage.models import Group, GroupMember, User, UserValue
+from idhub.storage.tables import GROUP_MEMBERS, GROUPS, USER_VALUES, USERS
 
 Kind = Literal["string", "boolean", "datetime", "uuid"]
 
-# Core tables, not ORM entities: the filters (and the service's list pages) are plain SELECTs, with no
-# ORM compile or loading step.
-USERS = cast(Table, User.__table__)
-USER_VALUES = cast(Table, UserValue.__table__)
-GROUPS = cast(Table, Group.__table__)
-GROUP_MEMBERS = cast(Table, GroupMember.__table__)
 Value = str | bool | int | float | None
 Op = CompareOp | Literal["pr"]
 

@@ -13,7 +13,8 @@ from idhub.crypto.secrets import SecretHasher, random_token
 from idhub.settings import SessionSettings
 from idhub.storage.base import utcnow
 from idhub.storage.engine import is_postgresql
-from idhub.storage.models import User, UserSession
+from idhub.storage.models import UserSession
+from idhub.storage.tables import USER_SESSIONS, USERS
 
 # Writing last_seen_at on every page view would cost a write per request; a coarse step is enough
 # for an idle timeout measured in minutes.
@@ -21,28 +22,45 @@ TOUCH_INTERVAL = timedelta(seconds=30)
 MAX_COOKIE_LENGTH = 256
 MAX_ACR_LENGTH = 255  # the width of ``user_session.acr``
 
-# Built once, the values given at execute time (a statement built per call costs as much again as the
-# round trip: bench/db_roundtrips.py). Parameters are named apart from the columns, which SQLAlchemy
-# reserves in INSERT and UPDATE.
+# Built once, the values given at execute time, on the table (not the mapped class: no ORM step), see
+# idhub.storage.tables. Parameters are named apart from the columns, which SQLAlchemy reserves in
+# INSERT and UPDATE.
 _END_BY_HASH = (
-    update(UserSession)
+    update(USER_SESSIONS)
     .where(
-        UserSession.tenant_id == bindparam("p_tenant_id"),
-        UserSession.token_hash == bindparam("p_hash"),
-        UserSession.revoked_at.is_(None),
+        USER_SESSIONS.c.tenant_id == bindparam("p_tenant_id"),
+        USER_SESSIONS.c.token_hash == bindparam("p_hash"),
+        USER_SESSIONS.c.revoked_at.is_(None),
     )
     .values(revoked_at=bindparam("p_now"))
 )
-_NEW_SESSION = insert(UserSession)
+_NEW_SESSION = insert(USER_SESSIONS)
 _SESSION_COLUMNS = (
     "id", "tenant_id", "user_id", "token_hash", "auth_time", "amr", "acr", "link_id", "created_at",
     "last_seen_at", "expires_at",
 )  # fmt: skip
 _NEW_ENDING_PREVIOUS = (
-    insert(UserSession)
+    insert(USER_SESSIONS)
     .values({name: bindparam(f"p_{name}") for name in _SESSION_COLUMNS})
-    .add_cte(_END_BY_HASH.returning(UserSession.id).cte("ended"))
+    .add_cte(_END_BY_HASH.returning(USER_SESSIONS.c.id).cte("ended"))
 )
+# The session a cookie names, with whether its user may still sign in; touched at most every TOUCH_INTERVAL.
+_BY_HASH = (
+    select(
+        USER_SESSIONS.c.id,
+        USER_SESSIONS.c.user_id,
+        USER_SESSIONS.c.auth_time,
+        USER_SESSIONS.c.amr,
+        USER_SESSIONS.c.acr,
+        USER_SESSIONS.c.revoked_at,
+        USER_SESSIONS.c.expires_at,
+        USER_SESSIONS.c.last_seen_at,
+        USERS.c.enabled,
+    )
+    .join(USERS, USERS.c.id == USER_SESSIONS.c.user_id)
+    .where(USER_SESSIONS.c.token_hash == bindparam("p_hash"), USER_SESSIONS.c.tenant_id == bindparam("p_tenant_id"))
+)
+_TOUCH = update(USER_SESSIONS).where(USER_SESSIONS.c.id == bindparam("p_id")).values(last_seen_at=bindparam("p_now"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,27 +151,20 @@ async def load_session(
     """
     if not cookie or len(cookie) > MAX_COOKIE_LENGTH:
         return None
-    found = (
-        await session.execute(
-            select(UserSession, User.enabled)
-            .join(User, User.id == UserSession.user_id)
-            .where(UserSession.token_hash == hasher.hash(cookie), UserSession.tenant_id == tenant_id)
-        )
-    ).first()
+    found = (await session.execute(_BY_HASH, {"p_hash": hasher.hash(cookie), "p_tenant_id": tenant_id})).first()
     if found is None:
         return None
-    row, enabled = found
     now = utcnow()
     if (
-        row.revoked_at is not None
-        or not enabled
-        or row.expires_at <= now
-        or row.last_seen_at + timedelta(seconds=settings.idle_ttl) <= now
+        found.revoked_at is not None
+        or not found.enabled
+        or found.expires_at <= now
+        or found.last_seen_at + timedelta(seconds=settings.idle_ttl) <= now
     ):
         return None
-    if now - row.last_seen_at >= TOUCH_INTERVAL:
-        row.last_seen_at = now
-    return SsoSession(row.id, row.tenant_id, row.user_id, row.auth_time, tuple(row.amr or ()), row.acr)
+    if now - found.last_seen_at >= TOUCH_INTERVAL:
+        await session.execute(_TOUCH, {"p_id": found.id, "p_now": now})
+    return SsoSession(found.id, tenant_id, found.user_id, found.auth_time, tuple(found.amr or ()), found.acr)
 
 
 async def end_session(session: AsyncSession, *, tenant_id: uuid.UUID, session_id: str) -> bool:

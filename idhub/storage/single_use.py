@@ -11,7 +11,7 @@ exactly one winner, on PostgreSQL and SQLite alike; nothing reads and then write
 On PostgreSQL a losing ``UPDATE`` that had to wait for the winner keeps a lock on the row it re-checked
 until its transaction ends. A caller that goes on to change related rows (a replayed code or refresh
 token revokes its grant) must therefore lock the parent row first, before :func:`consume`, as every other
-writer of that family does (:func:`idhub.tokens.refresh.lock_grant_of`); otherwise two losers lock the
+writer of that family does (:func:`idhub.tokens.refresh.lock_grant_of_token`); otherwise two losers lock the
 same rows in opposite orders and one of them is aborted as a deadlock.
 """
 
@@ -22,52 +22,59 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, update
+from sqlalchemy import ColumnElement, Row, Table, Update, bindparam, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
 
-from idhub.storage.models import UsedValue
+from idhub.storage.tables import USED_VALUES
 
 
-async def consume(
-    session: AsyncSession,
-    model: Any,
+def consuming(
+    table: Table,
     *,
-    used: InstrumentedAttribute[Any],
+    used: str,
     where: Sequence[ColumnElement[bool]],
-    now: datetime,
     returning: Sequence[Any],
-    also: Mapping[str, Any] | None = None,
-) -> Row[Any] | None:
-    """Mark one live row of ``model`` used at ``now``; return ``returning`` of it when this call won.
+    also: Sequence[str] = (),
+) -> Update:
+    """Build (once, at import) the statement :func:`consume` runs on one kind of single-use row.
 
-    ``used`` is the row's "used at" column (``consumed_at``, ``rotated_at``, ``completed_at``): only a
-    row where it is still NULL and ``where`` holds is changed. ``None`` means another request won, or
-    there was no such live row; the caller looks closer only if it must tell those apart. ``also`` are
-    further columns the winning statement sets (by attribute name), in the same round trip.
+    ``used`` names the row's "used at" column (``consumed_at``, ``rotated_at``, ``completed_at``): only
+    a row where it is still NULL and ``where`` holds is changed, and it is set to the parameter
+    ``p_now``. ``where`` uses bound parameters named ``p_...``, given to :func:`consume`; ``also`` are
+    further columns the winning statement sets, each from the parameter ``p_<column>``.
     """
-    result = await session.execute(
-        update(model)
-        .where(used.is_(None), *where)
-        .values({used.key: now, **(also or {})})
-        .returning(*returning)
-        .execution_options(synchronize_session=False)
-    )
-    return result.first()
+    values: dict[str, Any] = {used: bindparam("p_now")} | {name: bindparam(f"p_{name}") for name in also}
+    return update(table).where(table.c[used].is_(None), *where).values(values).returning(*returning)
+
+
+async def consume(session: AsyncSession, statement: Update, parameters: Mapping[str, Any]) -> Row[Any] | None:
+    """Mark one live row used with a statement from :func:`consuming`; return its ``returning`` when this call won.
+
+    ``None`` means another request won, or there was no such live row; the caller looks closer only if
+    it must tell those apart.
+    """
+    return (await session.execute(statement, parameters)).first()
+
+
+_CLAIM_VALUES: dict[str, Any] = {
+    "tenant_id": bindparam("p_tenant_id"),
+    "namespace": bindparam("p_namespace"),
+    "value": bindparam("p_value"),
+    "expires_at": bindparam("p_expires_at"),
+}
+# INSERT ... ON CONFLICT DO NOTHING RETURNING, per dialect (the same SQL on both), built once.
+_CLAIMS = {
+    name: builder(USED_VALUES).values(_CLAIM_VALUES).on_conflict_do_nothing().returning(USED_VALUES.c.value)
+    for name, builder in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
+}
 
 
 async def claim(
     session: AsyncSession, *, tenant_id: uuid.UUID, namespace: str, value: str, expires_at: datetime
 ) -> bool:
     """Record ``value`` as used in ``namespace`` until ``expires_at``; tell whether this call was the first."""
-    dialect = session.get_bind().dialect.name
-    builder = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    statement = (
-        builder(UsedValue)
-        .values(tenant_id=tenant_id, namespace=namespace, value=value, expires_at=expires_at)
-        .on_conflict_do_nothing()
-        .returning(UsedValue.value)
-    )
-    return (await session.execute(statement)).first() is not None
+    statement = _CLAIMS[session.get_bind().dialect.name]
+    parameters = {"p_tenant_id": tenant_id, "p_namespace": namespace, "p_value": value, "p_expires_at": expires_at}
+    return (await session.execute(statement, parameters)).first() is not None

@@ -5,29 +5,31 @@ a conditional ``UPDATE`` that exactly one request can win; presenting a token th
 means it leaked, so the whole family (every refresh token of the grant, the grant, and every access
 token it yielded) is revoked.
 
-Lock order: whatever changes a grant's family locks the ``grant`` row first (:func:`lock_grant_of`, or
-the ``UPDATE grant`` that starts :func:`revoke_grant`), and only then its authorization code or refresh
-token rows. Parallel requests on one family therefore queue on one row instead of locking the token rows
-in opposite orders (a deadlock: the rotation's losers lock the rotated token, then the grant; a later
-reuse locks the grant, then the tokens).
+Lock order: whatever changes a grant's family locks the ``grant`` row first (:func:`lock_grant_of_token`,
+:func:`lock_grant_of_code_with_user`, or the ``UPDATE grant`` that starts :func:`revoke_grant`), and only
+then its authorization code or refresh token rows. Parallel requests on one family therefore queue on one
+row instead of locking the token rows in opposite orders (a deadlock: the rotation's losers lock the
+rotated token, then the grant; a later reuse locks the grant, then the tokens).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import Select, Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.crypto.secrets import SecretHasher, random_token
 from idhub.errors import Invalid
 from idhub.events import GrantRevoked
 from idhub.storage.base import utcnow
-from idhub.storage.models import Grant, RefreshToken, User
-from idhub.storage.single_use import consume
+from idhub.storage.models import Grant, RefreshToken
+from idhub.storage.single_use import consume, consuming
+from idhub.storage.tables import AUTHORIZATION_CODES, GRANT_AND_USER_COLUMNS, GRANTS, REFRESH_TOKENS, USERS
 from idhub.storage.uow import UnitOfWork
 from idhub.tokens.revocation import record_revocation
 
@@ -77,6 +79,22 @@ _COLUMNS = (
     RefreshToken.created_at,
     RefreshToken.expires_at,
 )
+_TOKEN = REFRESH_TOKENS.c
+_GRANT = GRANTS.c
+_NEW_TOKEN = insert(REFRESH_TOKENS)
+# Rotates a live refresh token of this client (RFC 9700 §4.14.2), returning what it carried.
+_ROTATE = consuming(
+    REFRESH_TOKENS,
+    used="rotated_at",
+    where=(
+        _TOKEN.token_hash == bindparam("p_token_hash"),
+        _TOKEN.tenant_id == bindparam("p_tenant_id"),
+        _TOKEN.client_id == bindparam("p_client_id"),
+        _TOKEN.revoked_at.is_(None),
+        _TOKEN.expires_at > bindparam("p_now"),
+    ),
+    returning=tuple(_TOKEN[column.key] for column in _COLUMNS),
+)
 
 
 def _info(row: tuple[Any, ...]) -> RefreshTokenInfo:
@@ -119,60 +137,70 @@ async def issue_refresh_token(
 ) -> str:
     """Store a new refresh token (only its keyed hash) and return it."""
     token = random_token(32)
-    session.add(
-        RefreshToken(
-            token_hash=hasher.hash(token),
-            tenant_id=tenant_id,
-            client_id=client_pk,
-            grant_id=grant_id,
-            user_id=user_id,
-            session_id=session_id,
-            scope=scope,
-            resources=list(resources),
-            auth_time=auth_time,
-            amr=list(amr),
-            created_at=now or utcnow(),
-            expires_at=expires_at,
-        )
-    )
-    await session.flush()
+    values = {
+        "token_hash": hasher.hash(token),
+        "tenant_id": tenant_id,
+        "client_id": client_pk,
+        "grant_id": grant_id,
+        "user_id": user_id,
+        "session_id": session_id,
+        "scope": scope,
+        "resources": list(resources),
+        "auth_time": auth_time,
+        "amr": list(amr),
+        "created_at": now or utcnow(),
+        "expires_at": expires_at,
+    }
+    await session.execute(_NEW_TOKEN, values)
     return token
 
 
-async def lock_grant_of(
-    session: AsyncSession, model: Any, *, tenant_id: uuid.UUID, where: ColumnElement[bool]
-) -> str | None:
-    """Lock the grant of the ``model`` row (a code or a refresh token) matching ``where``; return its id.
+def _grant_lock(columns: Sequence[Any], family: Table, hashed: Any) -> Select[Any]:
+    """Return a select of ``columns`` on the grant of the ``family`` row (a code or refresh token) whose
+    hash is ``p_hash`` in tenant ``p_tenant_id``, locking the grant (see the lock order above).
 
-    The first step of every change to a grant's family (see the lock order above). ``FOR NO KEY UPDATE``
-    queues writers of the same family behind each other but not the foreign-key checks of new rows that
-    point at the grant. ``None``: no such row in this tenant. SQLite has no row locks (and needs none:
-    it runs one writer at a time).
+    ``FOR NO KEY UPDATE`` queues writers of the same family behind each other but not the foreign-key
+    checks of new rows that point at the grant. SQLite has no row locks (and needs none: it runs one
+    writer at a time).
     """
-    found = (await session.execute(_grant_lock(select(Grant.id), model, tenant_id=tenant_id, where=where))).scalar()
-    return None if found is None else str(found)
-
-
-def _grant_lock(columns: Any, model: Any, *, tenant_id: uuid.UUID, where: ColumnElement[bool]) -> Any:
-    """Return ``columns`` (a select on the grant) restricted to the grant of the ``model`` row ``where``, locked."""
     return (
-        columns.join(model, model.grant_id == Grant.id)
-        .where(model.tenant_id == tenant_id, Grant.tenant_id == tenant_id, where)
-        .with_for_update(of=Grant, key_share=True)
+        select(*columns)
+        .select_from(GRANTS.join(family, family.c.grant_id == _GRANT.id))
+        .where(
+            hashed == bindparam("p_hash"),
+            family.c.tenant_id == bindparam("p_tenant_id"),
+            _GRANT.tenant_id == bindparam("p_tenant_id"),
+        )
+        .with_for_update(of=GRANTS, key_share=True)
     )
 
 
-async def lock_grant_with_user(
-    session: AsyncSession, model: Any, *, tenant_id: uuid.UUID, where: ColumnElement[bool]
-) -> Any:
-    """Do :func:`lock_grant_of`, reading the locked grant's ``id``, ``created_at``, ``revoked_at`` and ``User``.
+# The grant with what a token response reads of its user (liveness and claims), under the grant's lock.
+_WITH_USER = (_GRANT.id.label("grant_id"), *GRANT_AND_USER_COLUMNS)
+_LOCK_OF_TOKEN = _grant_lock((_GRANT.id,), REFRESH_TOKENS, _TOKEN.token_hash)
+_LOCK_OF_CODE_WITH_USER = _grant_lock(_WITH_USER, AUTHORIZATION_CODES, AUTHORIZATION_CODES.c.code_hash).join(
+    USERS, USERS.c.id == _GRANT.user_id
+)
+
+
+async def lock_grant_of_token(session: AsyncSession, *, tenant_id: uuid.UUID, token_hash: str) -> str | None:
+    """Lock the grant of the refresh token with hash ``token_hash``; return its id (``None``: no such token here).
+
+    The first step of every change to a grant's family (see the lock order above).
+    """
+    found = await session.execute(_LOCK_OF_TOKEN, {"p_hash": token_hash, "p_tenant_id": tenant_id})
+    grant_id = found.scalar()
+    return None if grant_id is None else str(grant_id)
+
+
+async def lock_grant_of_code_with_user(session: AsyncSession, *, tenant_id: uuid.UUID, code_hash: str) -> Any:
+    """Lock the grant of the authorization code with hash ``code_hash``, reading it and its user.
 
     One round trip instead of two: the grant is read under the lock that keeps its revocation out
     meanwhile, and its user in the same statement (not locked, as a separate read would not be either).
-    ``None``: no such row in this tenant.
+    The row has ``grant_id`` and the columns of ``GRANT_AND_USER_COLUMNS``; ``None``: no such code here.
     """
-    columns = select(Grant.id, Grant.created_at, Grant.revoked_at, User).join(User, User.id == Grant.user_id)
-    return (await session.execute(_grant_lock(columns, model, tenant_id=tenant_id, where=where))).first()
+    return (await session.execute(_LOCK_OF_CODE_WITH_USER, {"p_hash": code_hash, "p_tenant_id": tenant_id})).first()
 
 
 async def rotate_refresh_token(
@@ -189,26 +217,12 @@ async def rotate_refresh_token(
     if len(token) > 512:
         raise RefreshTokenRejected("unknown refresh token")
     token_hash = hasher.hash(token)
-    grant_id = await lock_grant_of(
-        session, RefreshToken, tenant_id=tenant_id, where=RefreshToken.token_hash == token_hash
-    )
+    grant_id = await lock_grant_of_token(session, tenant_id=tenant_id, token_hash=token_hash)
     if grant_id is None:
         raise RefreshTokenRejected("unknown refresh token")
     now = utcnow()
-    row = await consume(
-        session,
-        RefreshToken,
-        used=RefreshToken.rotated_at,
-        where=(
-            RefreshToken.token_hash == token_hash,
-            RefreshToken.tenant_id == tenant_id,
-            RefreshToken.client_id == client_pk,
-            RefreshToken.revoked_at.is_(None),
-            RefreshToken.expires_at > now,
-        ),
-        now=now,
-        returning=_COLUMNS,
-    )
+    parameters = {"p_token_hash": token_hash, "p_tenant_id": tenant_id, "p_client_id": client_pk, "p_now": now}
+    row = await consume(session, _ROTATE, parameters)
     if row is not None:
         return _info(tuple(row))
     existing = await session.execute(

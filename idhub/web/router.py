@@ -25,6 +25,7 @@ from idhub.oidc.interaction import (
     BROWSER_COOKIE,
     AuthorizationRequest,
     InteractionError,
+    PendingInteraction,
     complete_interaction,
     csrf_token,
     csrf_valid,
@@ -37,7 +38,6 @@ from idhub.oidc.interaction import (
 )
 from idhub.sessions.login import DEVICE_COOKIE, DeviceTrust, authenticate_password
 from idhub.sessions.service import cookie_path, load_session
-from idhub.storage.models import Interaction
 from idhub.tenants.service import TenantInfo
 from idhub.web.cookies import set_session_cookie
 from idhub.web.forms import BadForm, read_form, single
@@ -75,7 +75,7 @@ def _see_other(location: str) -> RedirectResponse:
 
 async def open_interaction(
     request: Request, ctx: AppContext, tenant: TenantInfo, session: AsyncSession, interaction_id: str
-) -> tuple[Interaction, AuthorizationRequest, ClientInfo, str]:
+) -> tuple[PendingInteraction, AuthorizationRequest, ClientInfo, str]:
     """Load the interaction bound to this browser, its request and its (still enabled) client."""
     secret = usable_browser_secret(request.cookies.get(BROWSER_COOKIE))
     row = await load_interaction(session, ctx=ctx, tenant=tenant, interaction_id=interaction_id, browser_secret=secret)
@@ -92,7 +92,7 @@ async def open_interaction(
 
 async def _form_and_interaction(
     request: Request, ctx: AppContext, tenant: TenantInfo, session: AsyncSession, interaction_id: str
-) -> tuple[dict[str, list[str]], Interaction, AuthorizationRequest, ClientInfo]:
+) -> tuple[dict[str, list[str]], PendingInteraction, AuthorizationRequest, ClientInfo]:
     """Parse a form post, load its interaction and check the CSRF token."""
     try:
         form = await read_form(request)

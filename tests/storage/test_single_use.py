@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, Table, bindparam, select
 
 from idhub.storage.base import utcnow
 from idhub.storage.models import AuthorizationCode, Client, Grant, Interaction, RefreshToken
-from idhub.storage.single_use import claim, consume
+from idhub.storage.single_use import claim, consume, consuming
+from idhub.storage.tables import AUTHORIZATION_CODES, INTERACTIONS, REFRESH_TOKENS
 from idhub.tenants.service import TenantInfo
 from tests.conftest import Env
 
@@ -74,6 +75,19 @@ def _code(env: Env, seed: Seed, *, expires_in: float = 60) -> str:
     return code_hash
 
 
+_CODE = AUTHORIZATION_CODES.c
+_CONSUME_CODE = consuming(
+    AUTHORIZATION_CODES,
+    used="consumed_at",
+    where=(
+        _CODE.code_hash == bindparam("p_hash"),
+        _CODE.tenant_id == bindparam("p_tenant_id"),
+        _CODE.expires_at > bindparam("p_now"),
+    ),
+    returning=(_CODE.grant_id, _CODE.scope),
+)
+
+
 async def _consume_code(env: Env, seed: Seed, code_hash: str, barrier: asyncio.Barrier | None = None) -> Any:
     """Consume the code in a unit of work of its own, as the token endpoint does; return (row, now)."""
     async with env.uow() as uow:
@@ -81,18 +95,8 @@ async def _consume_code(env: Env, seed: Seed, code_hash: str, barrier: asyncio.B
         if barrier is not None:
             await barrier.wait()
         now = utcnow()
-        row = await consume(
-            uow.session,
-            AuthorizationCode,
-            used=AuthorizationCode.consumed_at,
-            where=(
-                AuthorizationCode.code_hash == code_hash,
-                AuthorizationCode.tenant_id == seed.tenant.id,
-                AuthorizationCode.expires_at > now,
-            ),
-            now=now,
-            returning=(AuthorizationCode.grant_id, AuthorizationCode.scope),
-        )
+        parameters = {"p_hash": code_hash, "p_tenant_id": seed.tenant.id, "p_now": now}
+        row = await consume(uow.session, _CONSUME_CODE, parameters)
     return row, now
 
 
@@ -154,14 +158,8 @@ def test_consume_rolled_back_win_leaves_the_row_for_the_next_caller(env: Env) ->
 
     async def win_then_fail() -> None:
         async with env.uow() as uow:
-            row = await consume(
-                uow.session,
-                AuthorizationCode,
-                used=AuthorizationCode.consumed_at,
-                where=(AuthorizationCode.code_hash == code_hash,),
-                now=utcnow(),
-                returning=(AuthorizationCode.code_hash,),
-            )
+            parameters = {"p_hash": code_hash, "p_tenant_id": seed.tenant.id, "p_now": utcnow()}
+            row = await consume(uow.session, _CONSUME_CODE, parameters)
             assert row is not None
             raise RuntimeError("the request failed after consuming")
 
@@ -202,19 +200,18 @@ def test_consume_works_on_every_single_use_table(env: Env) -> None:
                 )
             )
 
-    async def twice(model: Any, used: Any, key: Any, value: str) -> list[bool]:
+    async def twice(table: Table, used: str, key: str, value: str) -> list[bool]:
+        statement = consuming(table, used=used, where=(table.c[key] == bindparam("p_key"),), returning=(table.c[key],))
         won = []
         for _ in range(2):
             async with env.uow() as uow:
-                row = await consume(
-                    uow.session, model, used=used, where=(key == value,), now=utcnow(), returning=(key,)
-                )
+                row = await consume(uow.session, statement, {"p_key": value, "p_now": utcnow()})
                 won.append(row is not None)
         return won
 
     env.run(setup)
-    assert env.run(twice, Interaction, Interaction.completed_at, Interaction.id, interaction_id) == [True, False]
-    assert env.run(twice, RefreshToken, RefreshToken.rotated_at, RefreshToken.token_hash, token_hash) == [True, False]
+    assert env.run(twice, INTERACTIONS, "completed_at", "id", interaction_id) == [True, False]
+    assert env.run(twice, REFRESH_TOKENS, "rotated_at", "token_hash", token_hash) == [True, False]
 
 
 # --- claim -------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import hashlib
 import re
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from idhub.crypto.secrets import constant_time_equals
 from idhub.oidc.claims import user_claims
@@ -24,27 +24,40 @@ from idhub.oidc.grants.base import TokenRequest, check_live_grant, grant_audienc
 from idhub.oidc.interaction import CODE_ACR
 from idhub.storage.base import utcnow
 from idhub.storage.models import AuthorizationCode
-from idhub.storage.single_use import consume
-from idhub.tokens.refresh import issue_refresh_token, lock_grant_with_user, refresh_expiry, revoke_grant
+from idhub.storage.single_use import consume, consuming
+from idhub.storage.tables import AUTHORIZATION_CODES
+from idhub.tokens.refresh import issue_refresh_token, lock_grant_of_code_with_user, refresh_expiry, revoke_grant
 
 GRANT_TYPE = "authorization_code"
 # RFC 7636 §4.1: code_verifier = 43*128unreserved
 VERIFIER_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 MAX_CODE = 512
 INVALID_CODE = "the authorization code is invalid or expired"
-_CODE_COLUMNS = (
-    AuthorizationCode.grant_id,
-    AuthorizationCode.user_id,
-    AuthorizationCode.session_id,
-    AuthorizationCode.redirect_uri,
-    AuthorizationCode.scope,
-    AuthorizationCode.nonce,
-    AuthorizationCode.code_challenge,
-    AuthorizationCode.code_challenge_method,
-    AuthorizationCode.resources,
-    AuthorizationCode.auth_time,
-    AuthorizationCode.amr,
-    AuthorizationCode.extra,
+_CODE = AUTHORIZATION_CODES.c
+# Uses up a live code of this client (single use, RFC 6749 §4.1.2), returning what the token response needs.
+_CONSUME_CODE = consuming(
+    AUTHORIZATION_CODES,
+    used="consumed_at",
+    where=(
+        _CODE.code_hash == bindparam("p_code_hash"),
+        _CODE.tenant_id == bindparam("p_tenant_id"),
+        _CODE.client_id == bindparam("p_client_id"),
+        _CODE.expires_at > bindparam("p_now"),
+    ),
+    returning=(
+        _CODE.grant_id,
+        _CODE.user_id,
+        _CODE.session_id,
+        _CODE.redirect_uri,
+        _CODE.scope,
+        _CODE.nonce,
+        _CODE.code_challenge,
+        _CODE.code_challenge_method,
+        _CODE.resources,
+        _CODE.auth_time,
+        _CODE.amr,
+        _CODE.extra,
+    ),
 )
 
 
@@ -69,31 +82,19 @@ def check_request(treq: TokenRequest) -> tuple[str, str, str]:
 
 async def consume_code(treq: TokenRequest, code: str) -> tuple[Any, Any]:
     """Consume the code atomically; return its row and its locked grant read with the user (see
-    :func:`idhub.tokens.refresh.lock_grant_with_user`). A replayed code revokes its grant (RFC 6749 §4.1.2)."""
+    :func:`idhub.tokens.refresh.lock_grant_of_code_with_user`). A replayed code revokes its grant (RFC 6749 §4.1.2)."""
     if len(code) > MAX_CODE:
         raise InvalidGrant(INVALID_CODE, internal="code too long")
     session = treq.uow.session
     code_hash = treq.ctx.secret_hasher.hash(code)
-    where = AuthorizationCode.code_hash == code_hash
     # Grant row first: parallel redemptions queue on it, and a replay's revocation locks in the same order.
     # The grant's state and its user come with the lock (checked once the code is used up).
-    grant = await lock_grant_with_user(session, AuthorizationCode, tenant_id=treq.tenant.id, where=where)
+    grant = await lock_grant_of_code_with_user(session, tenant_id=treq.tenant.id, code_hash=code_hash)
     if grant is None:
         raise InvalidGrant(INVALID_CODE, internal="code unknown, expired, or issued to another client")
     now = utcnow()
-    row = await consume(
-        session,
-        AuthorizationCode,
-        used=AuthorizationCode.consumed_at,
-        where=(
-            where,
-            AuthorizationCode.tenant_id == treq.tenant.id,
-            AuthorizationCode.client_id == treq.client.id,
-            AuthorizationCode.expires_at > now,
-        ),
-        now=now,
-        returning=_CODE_COLUMNS,
-    )
+    parameters = {"p_code_hash": code_hash, "p_tenant_id": treq.tenant.id, "p_client_id": treq.client.id, "p_now": now}
+    row = await consume(session, _CONSUME_CODE, parameters)
     if row is not None:
         return row, grant
     found = (

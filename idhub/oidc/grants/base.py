@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.clients.service import ClientInfo
@@ -16,7 +16,7 @@ from idhub.context import AppContext
 from idhub.directory.rules import is_live
 from idhub.oidc.errors import InvalidGrant, InvalidScope, InvalidTarget
 from idhub.oidc.params import Params
-from idhub.storage.models import Grant, User
+from idhub.storage.tables import GRANT_AND_USER_COLUMNS, GRANTS, USERS
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo
 
@@ -89,31 +89,34 @@ def one_or_list(values: list[str]) -> str | list[str]:
     return values[0] if len(values) == 1 else list(values)
 
 
+_GRANT_USER = (
+    select(*GRANT_AND_USER_COLUMNS)
+    .join(USERS, USERS.c.id == GRANTS.c.user_id)
+    .where(GRANTS.c.id == bindparam("p_grant_id"), GRANTS.c.tenant_id == bindparam("p_tenant_id"))
+)
+
+
 async def live_grant_user(
     session: AsyncSession, *, tenant_id: uuid.UUID, grant_id: str, described: str
-) -> tuple[datetime, User]:
+) -> tuple[datetime, Any]:
     """Return the grant's start and its user; a revoked grant or a user who is no longer live is ``invalid_grant``.
 
     The client learns only that ``described`` (the code or the refresh token) is not valid; why goes to the log.
     """
-    found = (
-        await session.execute(
-            select(Grant.created_at, Grant.revoked_at, User)
-            .join(User, User.id == Grant.user_id)
-            .where(Grant.id == grant_id, Grant.tenant_id == tenant_id)
-        )
-    ).first()
+    found = (await session.execute(_GRANT_USER, {"p_grant_id": grant_id, "p_tenant_id": tenant_id})).first()
     return check_live_grant(found, grant_id=grant_id, described=described)
 
 
-def check_live_grant(found: Any, *, grant_id: str, described: str) -> tuple[datetime, User]:
-    """Check a grant row read with its user (``created_at``, ``revoked_at``, ``User``), as :func:`live_grant_user`."""
-    if found is None or found.revoked_at is not None:
+def check_live_grant(found: Any, *, grant_id: str, described: str) -> tuple[datetime, Any]:
+    """Check a grant read with its user (``GRANT_AND_USER_COLUMNS``); return its start and the user's row.
+
+    The row stands in for the user where the token response reads it (``id``, the claims).
+    """
+    if found is None or found.grant_revoked_at is not None:
         raise InvalidGrant(f"{described} is invalid or expired", internal=f"grant {grant_id} was revoked")
-    user: User = found.User
-    if not is_live(user):
-        raise InvalidGrant(f"{described} is invalid or expired", internal=f"user {user.id} is disabled or deleted")
-    return found.created_at, user
+    if not is_live(found):
+        raise InvalidGrant(f"{described} is invalid or expired", internal=f"user {found.id} is disabled or deleted")
+    return found.grant_created_at, found
 
 
 def grant_audience(params: Params, client: ClientInfo, resources: list[str] | tuple[str, ...]) -> str | list[str]:
