@@ -21,7 +21,7 @@ adds, with no other sign-in to queue behind), then ``--concurrency`` browsers at
 seconds (the rate; its hop includes the queueing). Targets (#14): >= 100 sign-ins per second with every
 browser; broker hop p50 < 20 ms with one.
 
-Usage: ``python bench/broker.py [--duration 15] [--concurrency 16] [--latency-duration 10]``.
+Usage: ``python bench/broker.py [--duration 15] [--concurrency 8] [--latency-duration 10]``.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def main() -> int:
     parser.add_argument(
         "--latency-duration", type=float, default=10.0, help="seconds of one browser alone first (the hop); 0 skips"
     )
-    parser.add_argument("--concurrency", type=int, default=16, help="simulated browsers")
+    parser.add_argument("--concurrency", type=int, default=8, help="simulated browsers")
     parser.add_argument(
         "--httpx-browsers",
         action="store_true",
