@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from idhub.clients.redirects import validate_client_uris
 from idhub.clients.service import create_client
@@ -819,3 +820,83 @@ def link_delete(slug: str, link_id: str, as_json: bool) -> None:
         return {"tenant": tenant.slug, "id": str(removed.id), "deleted": True}
 
     _emit(_run(work), as_json)
+
+
+@main.group()
+def audit() -> None:
+    """Check and export the tamper-evident audit log."""
+
+
+def _tenant_ids(uow: UnitOfWork, slug: str | None) -> Awaitable[list[tuple[uuid.UUID, str]]]:
+    async def find() -> list[tuple[uuid.UUID, str]]:
+        from idhub.audit.chain import tenants_with_entries
+        from idhub.storage.models import Tenant
+
+        if slug is not None:
+            tenant = await require_tenant(uow.session, slug)
+            return [(tenant.id, tenant.slug)]
+        ids = await tenants_with_entries(uow.session)
+        slugs = {row.id: row.slug for row in (await uow.session.execute(select(Tenant.id, Tenant.slug))).all()}
+        return [(tenant_id, slugs.get(tenant_id, str(tenant_id))) for tenant_id in ids]
+
+    return find()
+
+
+@audit.command("verify")
+@click.option("--tenant", "slug", default=None, help="one tenant (default: every tenant)")
+@click.option("--json", "as_json", is_flag=True)
+def audit_verify(slug: str | None, as_json: bool) -> None:
+    """Check every entry's MAC, the numbering and the chain; exit 0 only when intact, else name the first break."""
+    from idhub.audit.chain import verify
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> list[dict[str, Any]]:
+        verdicts = []
+        for tenant_id, tenant_slug in await _tenant_ids(uow, slug):
+            verdict = await verify(uow.session, ctx.audit.chain, tenant_id)
+            verdicts.append(
+                {
+                    "tenant": tenant_slug,
+                    "intact": verdict.intact,
+                    "entries": verdict.entries,
+                    "unchained": verdict.unchained,
+                    "broken_at": str(verdict.broken_at) if verdict.broken_at else None,
+                    "broken_seq": verdict.broken_seq,
+                    "reason": verdict.reason,
+                }
+            )
+        return verdicts
+
+    verdicts = _run(work)
+    intact = all(verdict["intact"] for verdict in verdicts)
+    if as_json:
+        click.echo(json.dumps({"intact": intact, "tenants": verdicts}))
+    else:
+        for verdict in verdicts:
+            if verdict["intact"]:
+                older = f" ({verdict['unchained']} older entries predate the chain)" if verdict["unchained"] else ""
+                click.echo(f"{verdict['tenant']}: intact, {verdict['entries']} entries{older}")
+            else:
+                where = f" at entry {verdict['broken_seq']} ({verdict['broken_at']})" if verdict["broken_at"] else ""
+                click.echo(f"{verdict['tenant']}: BROKEN{where}: {verdict['reason']}")
+    sys.exit(0 if intact else 1)
+
+
+@audit.command("export")
+@click.option("--tenant", "slug", default=None, help="one tenant (default: every tenant)")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True), default="-", help="file (default: stdout)")
+def audit_export(slug: str | None, output: str) -> None:
+    """Write the audit log as JSON lines (every column, the chain's seq, prev_hash and hash included)."""
+    from idhub.audit.chain import export_lines
+
+    async def work(_ctx: AppContext, uow: UnitOfWork) -> int:
+        written = 0
+        with click.open_file(output, "w", encoding="utf-8") as out:
+            for tenant_id, _slug in await _tenant_ids(uow, slug):
+                async for line in export_lines(uow.session, tenant_id):
+                    out.write(line + "\n")
+                    written += 1
+        return written
+
+    written = _run(work)
+    if output != "-":
+        click.echo(f"{written} entries written to {output}", err=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from idhub.audit.chain import AuditChain
 from idhub.audit.service import AuditLog, AuditWriter
 from idhub.broker.service import Broker
 from idhub.clients.service import ClientCache
@@ -142,7 +143,7 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         throttle = Throttle(settings.throttle, counter)
     tenants = TenantCache(sessionmaker, settings.public_url, stale_if_error=stale, faults=metrics)
     clients = ClientCache(sessionmaker, ttl=settings.client_cache_ttl, stale_if_error=stale, faults=metrics)
-    audit = AuditLog(AuditWriter())
+    audit = AuditLog(AuditWriter(), AuditChain(derive_key(master, "audit-chain")))
 
     bus = EventBus()
     bus.subscribe(RevocationRecorded, revocations.on_revocation)

@@ -23,15 +23,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub import request_context
+from idhub.audit.chain import AuditChain
 from idhub.events import ANONYMOUS, Actor, DomainEvent
 from idhub.request_context import RequestInfo
 from idhub.storage.base import new_uuid, utcnow
 from idhub.storage.models import AuditEvent
-from idhub.storage.tables import AUDIT_EVENTS
 from idhub.storage.tasks import cancel
 from idhub.storage.uow import UnitOfWork, UnitOfWorkFactory
 
@@ -75,37 +74,30 @@ def audit_row(
     }
 
 
-_INSERT = insert(AUDIT_EVENTS)
-
-
-async def insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Insert prepared audit rows with one statement (on the table: no ORM bulk step)."""
-    if rows:
-        await session.execute(_INSERT, rows)
-
-
 _PLAIN_COLUMNS = tuple(column.name for column in AuditEvent.__table__.columns if column.name != "details")
 COPY_COLUMNS = (*_PLAIN_COLUMNS, "details")
 _plain_values = operator.itemgetter(*_PLAIN_COLUMNS)
 
 
-async def copy_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Write a batch of prepared rows; on PostgreSQL with ``COPY`` (binary), else one INSERT.
+async def _copy(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Write finished rows with ``COPY`` (binary; PostgreSQL).
 
     The background batches are the audit entries of stateless grants: thousands a second under load. An
     ``INSERT`` of a thousand rows costs the event loop several milliseconds of statement building and
     parameter processing; asyncpg's ``copy_records_to_table`` takes plain tuples and encodes them in C.
     """
-    if not rows:
-        return
     connection = await session.connection()
-    if connection.dialect.name != "postgresql":
-        await insert_rows(session, rows)
-        return
     raw = (await connection.get_raw_connection()).driver_connection
     assert raw is not None
     records = [(*_plain_values(row), json.dumps(row["details"])) for row in rows]
     await raw.copy_records_to_table(AuditEvent.__tablename__, records=records, columns=COPY_COLUMNS)
+
+
+async def copy_rows(session: AsyncSession, chain: AuditChain, rows: list[dict[str, Any]]) -> None:
+    """Chain and write a batch of prepared rows; on PostgreSQL with ``COPY``, else one INSERT."""
+    if rows:
+        write = _copy if (await session.connection()).dialect.name == "postgresql" else None
+        await chain.append(session, rows, write)
 
 
 # Request ids one folded entry lists at most; a busier fold is written and a new one started.
@@ -158,6 +150,7 @@ class AuditWriter:
         self, *, interval: float = 0.1, batch: int = 1000, limit: int = 50_000, fold_limit: int = MAX_FOLDED
     ) -> None:
         self.uow_factory: UnitOfWorkFactory | None = None  # set by the composition root
+        self.chain: AuditChain | None = None  # set by the composition root
         self._interval = interval
         self._batch = batch
         self._limit = limit
@@ -263,9 +256,9 @@ class AuditWriter:
                 raise
 
     async def _write(self, rows: list[dict[str, Any]]) -> None:
-        assert self.uow_factory is not None, "AuditWriter.uow_factory is set when the context is built"
+        assert self.uow_factory is not None and self.chain is not None, "set when the context is built"
         async with self.uow_factory(surface="audit") as uow:
-            await copy_rows(uow.session, rows)
+            await copy_rows(uow.session, self.chain, rows)
         self.written += len(rows)
 
     async def _run(self) -> None:
@@ -282,8 +275,10 @@ class AuditWriter:
 class AuditLog:
     """The unit of work's audit hooks and the consumer that streams committed entries to the log."""
 
-    def __init__(self, writer: AuditWriter) -> None:
+    def __init__(self, writer: AuditWriter, chain: AuditChain) -> None:
         self.writer = writer
+        self.chain = chain
+        writer.chain = chain
 
     async def before_commit(self, uow: UnitOfWork, events: Sequence[DomainEvent]) -> None:
         """Write the entries in the unit of work's transaction, or queue them when it opened none."""
@@ -295,7 +290,7 @@ class AuditLog:
             return
         rows = audit_rows(events, actor=uow.actor, surface=uow.surface)
         if rows:
-            await insert_rows(uow.session, rows)
+            await self.chain.append(uow.session, rows)
 
     async def after_rollback(self, uow: UnitOfWork, events: Sequence[DomainEvent]) -> None:
         """Record refused attempts whose transaction rolled back."""

@@ -13,6 +13,7 @@ from typing import cast
 from sqlalchemy import Table
 
 from idhub.storage.models import (
+    AuditChainHead,
     AuditEvent,
     AuthorizationCode,
     FederatedIdentity,
@@ -27,6 +28,7 @@ from idhub.storage.models import (
     UserValue,
 )
 
+AUDIT_CHAIN_HEADS = cast(Table, AuditChainHead.__table__)
 AUDIT_EVENTS = cast(Table, AuditEvent.__table__)
 AUTHORIZATION_CODES = cast(Table, AuthorizationCode.__table__)
 FEDERATED_IDENTITIES = cast(Table, FederatedIdentity.__table__)

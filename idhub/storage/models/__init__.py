@@ -1,6 +1,6 @@
 """All tables; importing this package registers them on ``Base.metadata``."""
 
-from idhub.storage.models.audit import AuditEvent
+from idhub.storage.models.audit import AuditChainHead, AuditEvent
 from idhub.storage.models.broker import FederatedIdentity, IdentityProvider
 from idhub.storage.models.client import Client
 from idhub.storage.models.consent import Consent
@@ -15,6 +15,7 @@ from idhub.storage.models.tenant import Tenant
 from idhub.storage.models.user import User, UserValue
 
 __all__ = [
+    "AuditChainHead",
     "AuditEvent",
     "AuthorizationCode",
     "Client",

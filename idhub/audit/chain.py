@@ -1,0 +1,254 @@
+"""The tamper-evident audit chain: numbered, chained and keyed entries per tenant, and their check.
+
+Each tenant's audit entries are numbered without gaps (``seq``); each carries the ``hash`` of the entry
+before it (``prev_hash``; the first one carries :data:`GENESIS`) and its own ``hash``: HMAC-SHA256, with a
+key derived from the master key, over a canonical encoding of every column of the entry, ``seq`` and
+``prev_hash`` included. Whoever can write to the database but does not hold the master key cannot change,
+insert, delete or reorder an entry without :func:`verify` noticing: a changed entry fails its MAC, a
+removed one leaves a gap in the numbers or a ``prev_hash`` that points nowhere, a reordered one fails
+both. The head row (``audit_chain_head``) holds the last number and hash with a MAC over both, so a log
+cut short at its end, whose head was set back by hand, is found too (short of putting back an old head
+row, which only an external copy of it, like a backup, can expose).
+
+A keyed MAC rather than a plain hash chain: a plain chain can be recomputed from the altered entry on by
+anyone with write access. Hand-written (no library keeps hash-chained logs in a relational table); the
+primitives are the standard library's ``hmac`` and ``hashlib``.
+
+Appends are serialised per tenant by the head row: :func:`append` takes the next numbers with one upsert
+that locks it until the transaction ends, so entries are chained in commit order; other tenants, and
+transactions that write no audit entry, do not wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from idhub.storage.tables import AUDIT_CHAIN_HEADS, AUDIT_EVENTS
+
+GENESIS = "0" * 64
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Every column an entry is written with, in the order of the MAC's encoding (``hash`` itself excluded).
+CHAINED_COLUMNS = (
+    "id", "tenant_id", "seq", "prev_hash", "occurred_at", "actor_type", "actor_id", "action", "target_type",
+    "target_id", "outcome", "surface", "source_address", "request_id", "details",
+)  # fmt: skip
+
+_HEAD = AUDIT_CHAIN_HEADS.c
+
+
+def _take_numbers(builder: Any) -> Any:
+    statement = builder(AUDIT_CHAIN_HEADS).values(
+        tenant_id=bindparam("p_tenant_id"), seq=bindparam("p_count"), hash=GENESIS, mac=""
+    )
+    # On conflict the number moves on and the hash stays: RETURNING gives the new last number and the
+    # hash the first new entry chains to. A new head returns (count, GENESIS).
+    return statement.on_conflict_do_update(
+        index_elements=[_HEAD.tenant_id], set_={"seq": _HEAD.seq + statement.excluded.seq}
+    ).returning(_HEAD.seq, _HEAD.hash)
+
+
+_TAKE_NUMBERS = {"postgresql": _take_numbers(postgresql_insert), "sqlite": _take_numbers(sqlite_insert)}
+_SET_HEAD = (
+    update(AUDIT_CHAIN_HEADS)
+    .where(_HEAD.tenant_id == bindparam("p_tenant_id"))
+    .values(hash=bindparam("p_hash"), mac=bindparam("p_mac"))
+)
+_INSERT = insert(AUDIT_EVENTS)
+_ENTRY_COLUMNS = (*CHAINED_COLUMNS, "hash")
+# PostgreSQL, one entry (a request's usual case): the head's new end is set by a data-modifying WITH of
+# the entry's INSERT, one round trip for both.
+_INSERT_ONE_SETTING_HEAD = (
+    insert(AUDIT_EVENTS)
+    .values({name: bindparam(f"p_{name}") for name in _ENTRY_COLUMNS})
+    .add_cte(_SET_HEAD.returning(_HEAD.tenant_id).cte("head"))
+)
+
+
+def _encode(value: Any) -> Any:
+    """Return the canonical form of one column value (the same whether just written or read back)."""
+    if isinstance(value, datetime):
+        return (value.astimezone(UTC) - _EPOCH) // _MICROSECOND
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+class AuditChain:
+    """Computes and checks the MACs of one installation's audit chain (the key comes from the master key)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def entry_hash(self, row: Any) -> str:
+        """Return the MAC of an entry (a row dict, or a row read back), over :data:`CHAINED_COLUMNS`."""
+        get = row.get if isinstance(row, dict) else row._mapping.get
+        content = [_encode(get(name)) for name in CHAINED_COLUMNS]
+        data = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+
+    def head_mac(self, tenant_id: uuid.UUID, seq: int, last_hash: str) -> str:
+        """Return the MAC of a tenant's head (its last number and hash)."""
+        data = f"audit-head\x00{tenant_id}\x00{seq}\x00{last_hash}".encode()
+        return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+
+    async def append(
+        self,
+        session: AsyncSession,
+        rows: list[dict[str, Any]],
+        write: Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[None]] | None = None,
+    ) -> None:
+        """Number, chain and insert audit rows in the session's transaction (one upsert per tenant first).
+
+        Tenants are taken in a fixed order so that two transactions writing for the same tenants lock
+        their heads in the same order. ``write`` inserts the finished rows instead of an ``INSERT`` (the
+        background writer's ``COPY``).
+        """
+        if not rows:
+            return
+        by_tenant: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_tenant[row["tenant_id"]].append(row)
+        dialect = session.get_bind().dialect.name
+        take = _TAKE_NUMBERS[dialect]
+        heads = []
+        for tenant_id in sorted(by_tenant, key=str):
+            entries = by_tenant[tenant_id]
+            head = (await session.execute(take, {"p_tenant_id": tenant_id, "p_count": len(entries)})).one()
+            previous, number = head.hash, head.seq - len(entries)
+            for entry in entries:
+                number += 1
+                entry["seq"], entry["prev_hash"] = number, previous
+                entry["hash"] = previous = self.entry_hash(entry)
+            heads.append(
+                {"p_tenant_id": tenant_id, "p_hash": previous, "p_mac": self.head_mac(tenant_id, number, previous)}
+            )
+        if write is not None:
+            for head_values in heads:
+                await session.execute(_SET_HEAD, head_values)
+            await write(session, rows)
+            return
+        if len(rows) == 1 and dialect == "postgresql":
+            await session.execute(
+                _INSERT_ONE_SETTING_HEAD, {f"p_{name}": rows[0][name] for name in _ENTRY_COLUMNS} | heads[0]
+            )
+            return
+        for head_values in heads:
+            await session.execute(_SET_HEAD, head_values)
+        await session.execute(_INSERT, rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What :func:`verify` found for one tenant."""
+
+    tenant_id: uuid.UUID
+    entries: int  # chained entries checked
+    unchained: int  # entries from before the chain existed (no seq)
+    broken_at: uuid.UUID | None = None  # the first entry that does not check out (None: intact, or the head)
+    broken_seq: int | None = None
+    reason: str | None = None
+
+    @property
+    def intact(self) -> bool:
+        """Tell whether the tenant's chain checked out completely."""
+        return self.reason is None
+
+
+async def _entries(session: AsyncSession, tenant_id: uuid.UUID, batch: int) -> AsyncIterator[Any]:
+    """Yield a tenant's chained entries in number order, a batch at a time (keyset pages)."""
+    last = -1
+    while True:
+        page = (
+            await session.execute(
+                select(AUDIT_EVENTS)
+                .where(AUDIT_EVENTS.c.tenant_id == tenant_id, AUDIT_EVENTS.c.seq > last)
+                .order_by(AUDIT_EVENTS.c.seq)
+                .limit(batch)
+            )
+        ).all()
+        for row in page:
+            yield row
+        if len(page) < batch:
+            return
+        last = page[-1].seq
+
+
+async def verify(session: AsyncSession, chain: AuditChain, tenant_id: uuid.UUID, *, batch: int = 1000) -> Verdict:
+    """Check one tenant's chain from its first entry to its head; name the first entry that breaks it."""
+    unchained = (
+        await session.execute(
+            select(AUDIT_EVENTS.c.id).where(AUDIT_EVENTS.c.tenant_id == tenant_id, AUDIT_EVENTS.c.seq.is_(None))
+        )
+    ).all()
+    head = (await session.execute(select(AUDIT_CHAIN_HEADS).where(_HEAD.tenant_id == tenant_id))).first()
+    expected, previous, count = 1, GENESIS, 0
+
+    def broken(row: Any, reason: str) -> Verdict:
+        return Verdict(tenant_id, count, len(unchained), row.id, row.seq, reason)
+
+    async for row in _entries(session, tenant_id, batch):
+        if row.seq != expected:
+            reason = f"entry {expected} is missing" if row.seq > expected else "numbers repeat"
+            return broken(row, reason)
+        if row.prev_hash != previous:
+            return broken(row, "its prev_hash is not the hash of the entry before it")
+        if not hmac.compare_digest(row.hash or "", chain.entry_hash(row)):
+            return broken(row, "its content does not match its hash (changed after it was written)")
+        previous, expected, count = row.hash, expected + 1, count + 1
+    last = expected - 1
+    if head is None:
+        missing = None if last == 0 else "the chain has entries but no head"
+        return Verdict(tenant_id, count, len(unchained), reason=missing)
+    if not hmac.compare_digest(head.mac, chain.head_mac(tenant_id, head.seq, head.hash)):
+        return Verdict(tenant_id, count, len(unchained), reason="the head was changed (its MAC does not match)")
+    if head.seq != last or head.hash != previous:
+        reason = f"the head says {head.seq} entries, the log ends at {last} (entries removed from the end)"
+        return Verdict(tenant_id, count, len(unchained), reason=reason)
+    return Verdict(tenant_id, count, len(unchained))
+
+
+async def tenants_with_entries(session: AsyncSession) -> Sequence[uuid.UUID]:
+    """Return every tenant that has audit entries or a chain head."""
+    from_events = select(AUDIT_EVENTS.c.tenant_id).distinct()
+    from_heads = select(_HEAD.tenant_id)
+    found = {*(await session.scalars(from_events)), *(await session.scalars(from_heads))}
+    return sorted(found, key=str)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+async def export_lines(session: AsyncSession, tenant_id: uuid.UUID, *, batch: int = 1000) -> AsyncIterator[str]:
+    """Yield a tenant's audit entries as JSON lines: the unchained ones (oldest first), then the chain in order.
+
+    Each line holds every column, ``seq``, ``prev_hash`` and ``hash`` included, so an exported log can be
+    checked against the chain's key later.
+    """
+    unchained = await session.execute(
+        select(AUDIT_EVENTS)
+        .where(AUDIT_EVENTS.c.tenant_id == tenant_id, AUDIT_EVENTS.c.seq.is_(None))
+        .order_by(AUDIT_EVENTS.c.occurred_at, AUDIT_EVENTS.c.id)
+    )
+    for row in unchained:
+        yield json.dumps({name: _json_value(value) for name, value in row._mapping.items()})
+    async for row in _entries(session, tenant_id, batch):
+        yield json.dumps({name: _json_value(value) for name, value in row._mapping.items()})
