@@ -14,13 +14,15 @@ A keyed MAC rather than a plain hash chain: a plain chain can be recomputed from
 anyone with write access. Hand-written (no library keeps hash-chained logs in a relational table); the
 primitives are the standard library's ``hmac`` and ``hashlib``.
 
-Appends are serialised per tenant by the head row: :func:`append` takes the next numbers with one upsert
-that locks it until the transaction ends, so entries are chained in commit order; other tenants, and
-transactions that write no audit entry, do not wait.
+Appends are serialised per tenant by the head row: :meth:`AuditChain.append` moves it on (an upsert, or
+on PostgreSQL for a single entry a conditional UPDATE in the entry's own INSERT) and so locks it until
+the transaction ends; entries are chained in commit order, and other tenants, and transactions that write
+no audit entry, do not wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from idhub.storage.tables import AUDIT_CHAIN_HEADS, AUDIT_EVENTS
 
 GENESIS = "0" * 64
+TURN_WAIT = 1.0  # seconds a process's append waits for its turn before going the long way
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # Every column an entry is written with, in the order of the MAC's encoding (``hash`` itself excluded).
@@ -87,11 +90,44 @@ def _encode(value: Any) -> Any:
     return value
 
 
+# PostgreSQL, one entry, the head known: the entry goes in only if the head is still where this process
+# last left it, moved on in the same statement (a data-modifying WITH). No row: someone else appended
+# meanwhile (another process, or a transaction that rolled back), and the entry is chained the long way.
+_MOVE_HEAD = (
+    update(AUDIT_CHAIN_HEADS)
+    .where(
+        _HEAD.tenant_id == bindparam("p_tenant_id"),
+        _HEAD.seq == bindparam("p_head_seq"),
+        _HEAD.hash == bindparam("p_prev_hash"),
+    )
+    .values(seq=bindparam("p_seq"), hash=bindparam("p_hash"), mac=bindparam("p_mac"))
+    .returning(_HEAD.tenant_id)
+    .cte("moved")
+)
+_APPEND_IF_HEAD = (
+    insert(AUDIT_EVENTS)
+    .from_select(
+        _ENTRY_COLUMNS,
+        select(*(bindparam(f"p_{name}", type_=AUDIT_EVENTS.c[name].type) for name in _ENTRY_COLUMNS)).select_from(
+            _MOVE_HEAD
+        ),
+    )
+    .returning(AUDIT_EVENTS.c.id)
+)
+
+
 class AuditChain:
-    """Computes and checks the MACs of one installation's audit chain (the key comes from the master key)."""
+    """Computes and checks the MACs of one installation's audit chain (the key comes from the master key).
+
+    It remembers where each tenant's chain ended after this process's last append (``_heads``), so the
+    next single entry on PostgreSQL needs one statement instead of two (:data:`_APPEND_IF_HEAD`); the
+    database's head decides, the memory is only a guess.
+    """
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        self._heads: dict[uuid.UUID, tuple[int, str]] = {}
+        self._turns: dict[uuid.UUID, asyncio.Lock] = {}
 
     def entry_hash(self, row: Any) -> str:
         """Return the MAC of an entry (a row dict, or a row read back), over :data:`CHAINED_COLUMNS`."""
@@ -123,6 +159,9 @@ class AuditChain:
         for row in rows:
             by_tenant[row["tenant_id"]].append(row)
         dialect = session.get_bind().dialect.name
+        one = len(rows) == 1 and dialect == "postgresql" and write is None
+        if one and await self._turn(session, rows[0]["tenant_id"]) and await self._append_if_head(session, rows[0]):
+            return
         take = _TAKE_NUMBERS[dialect]
         heads = []
         for tenant_id in sorted(by_tenant, key=str):
@@ -133,9 +172,10 @@ class AuditChain:
                 number += 1
                 entry["seq"], entry["prev_hash"] = number, previous
                 entry["hash"] = previous = self.entry_hash(entry)
-            heads.append(
-                {"p_tenant_id": tenant_id, "p_hash": previous, "p_mac": self.head_mac(tenant_id, number, previous)}
-            )
+            mac = self.head_mac(tenant_id, number, previous)
+            heads.append({"p_tenant_id": tenant_id, "p_seq": number, "p_hash": previous, "p_mac": mac})
+        for head_values in heads:
+            self._heads[head_values["p_tenant_id"]] = (head_values["p_seq"], head_values["p_hash"])
         if write is not None:
             for head_values in heads:
                 await session.execute(_SET_HEAD, head_values)
@@ -149,6 +189,57 @@ class AuditChain:
         for head_values in heads:
             await session.execute(_SET_HEAD, head_values)
         await session.execute(_INSERT, rows)
+
+    async def _turn(self, session: AsyncSession, tenant_id: uuid.UUID) -> bool:
+        """Wait for this process's other appends to the tenant's chain to end, then hold the turn until the
+        session's transaction ends (commit or rollback).
+
+        The database's head row already serialises appends; this only keeps a process's own parallel
+        transactions from all guessing the same end of the chain, where all but one guess would be a
+        wasted statement and a fallback. The turn is taken as the transaction's last statement is sent
+        (its audit entries are written just before it commits), so it is held for that statement and
+        the commit, and no lock of this transaction's is waited for while holding it. ``False``: the turn
+        did not come within :data:`TURN_WAIT` (a commit hanging on a database that froze, until its own
+        timeout ends it); the append then goes the long way, which the database serialises anyway.
+        """
+        lock = self._turns.setdefault(tenant_id, asyncio.Lock())
+        try:
+            await asyncio.wait_for(lock.acquire(), TURN_WAIT)
+        except TimeoutError:
+            return False
+
+        sync_session = session.sync_session
+        loop = asyncio.get_running_loop()
+        held = [True]
+
+        def release(_session: Any, transaction: Any) -> None:
+            if transaction.parent is None and held[0]:  # the outermost transaction ended
+                held[0] = False
+                lock.release()
+                # Not removed while SQLAlchemy iterates over the listeners: right after.
+                loop.call_soon(event.remove, sync_session, "after_transaction_end", release)
+
+        event.listen(sync_session, "after_transaction_end", release)
+        return True
+
+    async def _append_if_head(self, session: AsyncSession, entry: dict[str, Any]) -> bool:
+        """Append one entry where this process last left its tenant's chain; tell whether that was still the end."""
+        tenant_id = entry["tenant_id"]
+        known = self._heads.get(tenant_id)
+        if known is None:
+            return False
+        head_seq, previous = known
+        entry["seq"], entry["prev_hash"] = head_seq + 1, previous
+        entry["hash"] = self.entry_hash(entry)
+        parameters = {f"p_{name}": entry[name] for name in _ENTRY_COLUMNS} | {
+            "p_head_seq": head_seq,
+            "p_mac": self.head_mac(tenant_id, head_seq + 1, entry["hash"]),
+        }
+        if (await session.execute(_APPEND_IF_HEAD, parameters)).first() is None:
+            self._heads.pop(tenant_id, None)  # a parallel append of this process may have dropped it already
+            return False
+        self._heads[tenant_id] = (head_seq + 1, entry["hash"])
+        return True
 
 
 @dataclass(frozen=True, slots=True)

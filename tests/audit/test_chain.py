@@ -221,3 +221,51 @@ def test_cli_audit_verify_and_export(tmp_path: Any, tampered: bool) -> None:
         assert [line["seq"] for line in lines] == [1, 2, 3]
         assert lines[0]["action"] == "tenant.create" and lines[2]["action"] == "user.create"
         assert all(len(line["hash"]) == 64 for line in lines)
+
+
+def _entry(tenant: TenantInfo, occurred_at: Any, actor: str) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant.id,
+        "occurred_at": occurred_at,
+        "actor_type": "cli",
+        "actor_id": actor,
+        "action": "test.append",
+        "target_type": "Tenant",
+        "target_id": str(tenant.id),
+        "outcome": "success",
+        "surface": "cli",
+        "source_address": None,
+        "request_id": None,
+        "details": {},
+    }
+
+
+def test_processes_that_remember_different_ends_keep_one_chain(env: Env) -> None:
+    # Each process remembers where it last left a tenant's chain; another process's appends (here: a
+    # second AuditChain with the same key), and a rolled-back append, make that memory stale.
+    tenant = _tenant_with_entries(env, 1)
+    first = env.ctx.audit.chain
+    second = AuditChain(first._key)
+    at = _entries(env, tenant)[0].occurred_at
+
+    async def append(chain: AuditChain, actor: str, *, roll_back: bool = False) -> None:
+        async with env.ctx.sessionmaker() as session:
+            transaction = await session.begin()
+            await chain.append(session, [_entry(tenant, at, actor)])
+            await (transaction.rollback() if roll_back else transaction.commit())
+
+    async def interleave() -> None:
+        for index in range(3):
+            await append(first, f"first{index}")
+            await append(first, f"first{index}b")
+            await append(second, f"second{index}")
+        await append(first, "rolled-back", roll_back=True)
+        await append(first, "after-rollback")
+        await append(second, "second-last")
+
+    env.run(interleave)
+    verdict = _verify(env, tenant)
+    assert verdict.intact and verdict.entries == 2 + 9 + 2
+    actors = [entry.actor_id for entry in _entries(env, tenant)]
+    assert "rolled-back" not in actors and actors[-2:] == ["after-rollback", "second-last"]
