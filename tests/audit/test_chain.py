@@ -269,3 +269,55 @@ def test_processes_that_remember_different_ends_keep_one_chain(env: Env) -> None
     assert verdict.intact and verdict.entries == 2 + 9 + 2
     actors = [entry.actor_id for entry in _entries(env, tenant)]
     assert "rolled-back" not in actors and actors[-2:] == ["after-rollback", "second-last"]
+
+
+_WRITER = """
+import asyncio, json, sys, uuid
+from idhub.context import build_context
+from idhub.directory.profile import UserProfile
+from idhub.events import Actor
+from idhub.settings import Settings
+
+settings, tenant_id, prefix = Settings(**json.loads(sys.argv[1])), uuid.UUID(sys.argv[2]), sys.argv[3]
+
+async def main():
+    ctx = build_context(settings)
+    async def create(index):
+        async with ctx.uow(actor=Actor("test", prefix), surface="test") as uow:
+            await ctx.directory(uow).users.create(tenant_id, UserProfile(user_name=f"{prefix}{index}"))
+    try:
+        for start in range(0, 15, 3):  # three transactions at a time, five times
+            await asyncio.gather(*(create(index) for index in range(start, start + 3)))
+    finally:
+        await ctx.close()
+
+asyncio.run(main())
+"""
+
+
+def test_two_processes_append_to_one_chain(env: Env, tmp_path: Any) -> None:
+    # Two processes, each with its own memory of where the chain ends, write to one tenant at once.
+    import subprocess
+    import sys
+
+    if env.backend != "postgresql":
+        pytest.skip("two processes on one database: PostgreSQL (SQLite runs one writer at a time)")
+    tenant = env.tenant()
+    settings = env.ctx.settings
+    values = json.dumps(
+        {
+            "environment": "test",
+            "database_url": settings.database_url,
+            "public_url": settings.public_url,
+            "master_key": settings.master_key.get_secret_value() if settings.master_key else None,
+            "data_dir": str(tmp_path),
+            "auto_migrate": False,
+        }
+    )
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, values, str(tenant.id), prefix])
+        for prefix in ("first", "second")
+    ]
+    assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
+    verdict = _verify(env, tenant)
+    assert verdict.intact and verdict.entries == 1 + 30
