@@ -30,6 +30,7 @@ from idhub.audit.chain import AuditChain
 from idhub.events import ANONYMOUS, Actor, DomainEvent
 from idhub.request_context import RequestInfo
 from idhub.storage.base import new_uuid, utcnow
+from idhub.storage.engine import is_postgresql
 from idhub.storage.models import AuditEvent
 from idhub.storage.tasks import cancel
 from idhub.storage.uow import UnitOfWork, UnitOfWorkFactory
@@ -96,7 +97,7 @@ async def _copy(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
 async def copy_rows(session: AsyncSession, chain: AuditChain, rows: list[dict[str, Any]]) -> None:
     """Chain and write a batch of prepared rows; on PostgreSQL with ``COPY``, else one INSERT."""
     if rows:
-        write = _copy if (await session.connection()).dialect.name == "postgresql" else None
+        write = _copy if is_postgresql(session) else None
         await chain.append(session, rows, write)
 
 
