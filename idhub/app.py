@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from idhub import __version__
+from idhub.admin.problems import problem_response
+from idhub.admin.router import router as admin_router
 from idhub.context import AppContext, build_context
 from idhub.metrics import Metrics, MetricsMiddleware
 from idhub.oidc import discovery, introspection, revocation, token, userinfo
@@ -46,17 +48,28 @@ def _install_fallback_handlers(app: FastAPI) -> None:
     """
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _is_admin(request):  # no route matched under /admin: still a problem (RFC 9457)
+            detail = exc.detail if isinstance(exc.detail, str) else ""
+            return problem_response(request, exc.status_code, detail, headers=dict(exc.headers or {}))
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> Response:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         unavailable = as_unavailable(exc)  # a dependency down outside any surface is still a 503
         if unavailable is not None:
             headers = {"retry-after": str(unavailable.retry_after)}
+            if _is_admin(request):
+                return problem_response(request, 503, "temporarily unavailable", kind="unavailable", headers=headers)
             return JSONResponse({"detail": "temporarily unavailable"}, status_code=503, headers=headers)
         log_unexpected(exc, "operations")
+        if _is_admin(request):
+            return problem_response(request, 500, "something went wrong on our side; quote the request id")
         return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def _is_admin(request: Request) -> bool:
+    return request.url.path.startswith("/admin/")
 
 
 class AppState(State):
@@ -165,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web_router, prefix=ISSUER_PREFIX)
     app.include_router(broker_router, prefix=ISSUER_PREFIX)
     app.include_router(account_router, prefix=ISSUER_PREFIX)
+    app.include_router(admin_router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Outermost: every request gets its id and address first; the hot back-channel POSTs skip the
     # framework's middleware stack and router.

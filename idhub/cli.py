@@ -142,17 +142,22 @@ def migrate() -> None:
 @main.command()
 @click.option("--tenant", "slug", required=True, help="tenant slug (lowercase letters, digits, hyphens)")
 def init(slug: str) -> None:
-    """Create the tenant if missing plus a new admin client; print the credentials as JSON."""
+    """Create the tenant if missing plus a new admin client; print the credentials as JSON.
+
+    The client is the tenant's administrator in the admin API (scope ``idhub:admin``); in the system
+    tenant (``IDHUB_SYSTEM_TENANT``, default ``system``) it also administers every tenant (``idhub:system``).
+    """
 
     async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
         tenant, _created = await get_or_create_tenant(uow, slug=slug, sealer=ctx.sealer)
+        scope = "idhub:admin idhub:system" if slug == ctx.settings.system_tenant else "idhub:admin"
         client, secret = await create_client(
             uow,
             tenant_id=tenant.id,
             name="idhub admin",
             hasher=ctx.secret_hasher,
             grant_types=["client_credentials"],
-            scope="idhub:admin",
+            scope=scope,
         )
         return {
             "tenant": tenant.slug,

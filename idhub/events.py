@@ -344,6 +344,39 @@ class ClientCreated(ClientChanged):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClientSecretRotated(ClientChanged):
+    """A client got a new secret (shown once); the old one stops working at this commit."""
+
+    action: ClassVar[str] = "client.rotate_secret"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientDeleted(ClientChanged):
+    """A client was removed with its grants; its tokens are refused from this commit on."""
+
+    action: ClassVar[str] = "client.delete"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRevoked(DomainEvent):
+    """An operator ended a person's SSO session (and the grants made in it)."""
+
+    action: ClassVar[str] = "session.revoke"
+    target_type: ClassVar[str] = "Session"
+    session_id: str
+    user_id: uuid.UUID
+
+    @property
+    def target_id(self) -> str:
+        """Return the session's id."""
+        return self.session_id
+
+    def details(self) -> dict[str, Any]:
+        """Return whose session it was."""
+        return {"user_id": str(self.user_id)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class KeysRotated(DomainEvent):
     """The tenant's signing keys moved on: next -> active -> retired."""
 

@@ -307,3 +307,26 @@ class FrontDoor:
         headers.append((REQUEST_ID_HEADER, request_id.encode("ascii")))
         await response(scope, receive, send)
         self.metrics.observe(matched.path, "POST", response.status_code, time.perf_counter() - start)
+
+
+# --- entity tags: one version number per object, shared by SCIM and the admin API -------------------
+def etag(version: int) -> str:
+    """Return the weak entity tag of a resource version (RFC 7644 §3.14, RFC 7232 §2.3)."""
+    return f'W/"{version}"'
+
+
+def parse_etag(header: str) -> set[int] | None:
+    """Return the versions an ``If-Match``/``If-None-Match`` header names, ``None`` for ``*``.
+
+    Unparseable tags name no version (they can never match), so a garbled header fails safe.
+    """
+    if header.strip() == "*":
+        return None
+    versions: set[int] = set()
+    for raw in header.split(","):
+        tag = raw.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if len(tag) >= 2 and tag[0] == '"' and tag[-1] == '"' and tag[1:-1].isdigit() and len(tag) < 20:
+            versions.add(int(tag[1:-1]))
+    return versions

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     master_key: SecretStr | None = None
     redis_url: str | None = None
+    # The tenant whose tokens with scope ``idhub:system`` administer every tenant (admin API).
+    system_tenant: str = "system"
     log_level: str = "INFO"
     auto_migrate: bool | None = None
     trusted_proxies: list[str] = Field(default_factory=list)

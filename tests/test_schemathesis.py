@@ -80,6 +80,12 @@ def _strategy(operation: Any, slug: str, client_id: str, secret: str, scim: dict
             ids = {name: scim[name] for name in ("user_id", "group_id") if name in names}
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 strategies.append(operation.as_strategy(mode, path_parameters={**real, **ids}, headers=headers))
+        if operation.path.startswith("/admin/"):
+            # Authenticated as the tenant's administrator, aimed at a real user and group as well as random ids.
+            headers = {"Authorization": f"Bearer {scim['admin_token']}"}
+            ids = {name: scim[name] for name in ("user_id", "group_id") if name in names}
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                strategies.append(operation.as_strategy(mode, path_parameters={**real, **ids}, headers=headers))
     return st.one_of(strategies)
 
 
@@ -92,7 +98,10 @@ def _scim_targets(env: Env, tenant: Any) -> dict[str, str]:
     base = f"/tenants/{tenant.slug}/scim/v2"
     user = env.client.post(f"{base}/Users", json={"schemas": [USER_URN], "userName": "fuzz"}, headers=headers)
     group = env.client.post(f"{base}/Groups", json={"schemas": [GROUP_URN], "displayName": "fuzz"}, headers=headers)
-    return {"token": token, "user_id": user.json()["id"], "group_id": group.json()["id"]}
+    from tests.admin.conftest import client_token
+
+    admin_token = client_token(env, tenant, "idhub:admin")
+    return {"token": token, "user_id": user.json()["id"], "group_id": group.json()["id"], "admin_token": admin_token}
 
 
 def test_schemathesis_every_operation_no_server_error(env: Env) -> None:

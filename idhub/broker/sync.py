@@ -41,7 +41,7 @@ from idhub.broker.mapping import (
 )
 from idhub.broker.providers import ProviderInfo
 from idhub.directory import Directory
-from idhub.directory.profile import PROFILE_COLUMNS, VALUE_FIELDS, UserProfile, ValueRecord
+from idhub.directory.profile import PROFILE_COLUMNS, ValueRecord
 from idhub.directory.rules import check_email
 from idhub.errors import Invalid, PreconditionFailed
 from idhub.storage.models import Group, User
@@ -94,7 +94,7 @@ async def sync_user(
 async def _sync_attributes(
     directory: Directory, provider: ProviderInfo, identity: Identity, user: User, mapped: MappedProfile
 ) -> tuple[str, ...]:
-    current = await _profile_of(directory, user)
+    current = await directory.users.profile_of(user)
     changes: dict[str, Any] = {}
     for target, value in mapped.attributes.items():
         column = TARGETS[target][0]
@@ -140,14 +140,6 @@ def _with_email(values: tuple[ValueRecord, ...], old: str | None, new: str) -> t
             out[index] = replace(record, value=new)
             return tuple(out)
     return (ValueRecord(attribute="emails", value=new, type="work", primary=True), *out)
-
-
-async def _profile_of(directory: Directory, user: User) -> UserProfile:
-    """Return the user's current profile (what :meth:`Users.update` replaces)."""
-    rows = (await directory.users.values_of([user.id]))[user.id]
-    values = tuple(ValueRecord(**{name: getattr(row, name) for name in VALUE_FIELDS}) for row in rows)
-    columns: dict[str, Any] = {column: getattr(user, column) for column in PROFILE_COLUMNS}
-    return UserProfile(user_name=user.user_name or user.username, active=user.enabled, values=values, **columns)
 
 
 async def _sync_groups(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,11 +18,13 @@ from idhub.cache import RefreshingCache
 from idhub.clients.redirects import validate_client_uris
 from idhub.crypto.jwt import SIGNING_ALGS
 from idhub.crypto.secrets import SecretHasher, random_token
-from idhub.errors import Conflict, Invalid
-from idhub.events import ClientChanged, ClientCreated
+from idhub.errors import Conflict, Invalid, NotFound
+from idhub.events import ClientChanged, ClientCreated, ClientDeleted, ClientSecretRotated
+from idhub.storage.base import utcnow
 from idhub.storage.faults import FaultCounter, OutageLog, is_fault
-from idhub.storage.models import Client
+from idhub.storage.models import Client, Grant, RefreshToken
 from idhub.storage.uow import UnitOfWork
+from idhub.tokens.revocation import record_revocation
 
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
@@ -205,6 +207,127 @@ async def create_client(
         raise Conflict("client_id already exists") from exc
     uow.raise_event(ClientCreated(tenant_id=tenant_id, client_id=client.client_id, name=client.name))
     return client, secret
+
+
+UPDATABLE = frozenset(
+    {
+        "name",
+        "redirect_uris",
+        "post_logout_redirect_uris",
+        "backchannel_logout_uri",
+        "grant_types",
+        "scope",
+        "resources",
+        "access_token_alg",
+        "jwks",
+        "first_party",
+        "enabled",
+    }
+)
+
+
+def check_client(client: Client, *, allow_private_backchannel: bool = False) -> None:
+    """Check a client's registration as a whole (the rules :func:`create_client` applies, after a change)."""
+    if not client.name.strip() or len(client.name) > 200:
+        raise Invalid("client name must be 1-200 characters")
+    client.application_type = validate_client_uris(
+        redirect_uris=list(client.redirect_uris or []),
+        post_logout_redirect_uris=list(client.post_logout_redirect_uris or []),
+        backchannel_logout_uri=client.backchannel_logout_uri,
+        application_type=client.application_type,
+        allow_private_backchannel=allow_private_backchannel,
+    )
+    grants = list(client.grant_types or [])
+    for grant in grants:
+        if grant not in GRANT_TYPES:
+            raise Invalid(f"unsupported grant type {grant!r}")
+    if "authorization_code" in grants and not client.redirect_uris:
+        raise Invalid("the authorization_code grant needs at least one redirect URI")
+    method = client.token_endpoint_auth_method
+    if method == "none" and "client_credentials" in grants:
+        raise Invalid("a public client cannot use client_credentials")
+    if method == "private_key_jwt" and not client.jwks:
+        raise Invalid("private_key_jwt needs the client's public keys (jwks)")
+    if client.access_token_alg is not None and client.access_token_alg not in SIGNING_ALGS:
+        raise Invalid(f"access_token_alg must be one of {', '.join(SIGNING_ALGS)}")
+
+
+async def get_client(uow: UnitOfWork, *, tenant_id: uuid.UUID, client_id: str) -> Client:
+    """Return the tenant's client ``client_id`` (enabled or not), or raise :class:`NotFound`."""
+    client = await uow.session.scalar(
+        select(Client).where(Client.tenant_id == tenant_id, Client.client_id == client_id)
+    )
+    if client is None:
+        raise NotFound("client not found")
+    return client
+
+
+async def update_client(
+    uow: UnitOfWork,
+    client: Client,
+    changes: dict[str, Any],
+    *,
+    token_lifetime: int,
+    allow_private_backchannel: bool = False,
+) -> Client:
+    """Change a client's registration; the whole result is checked as at registration.
+
+    Disabling a client revokes its grants and every token it holds (RFC 7009 §2.1 lets a server revoke
+    related tokens); the change reaches every process's client cache at commit.
+    """
+    unknown = set(changes) - UPDATABLE
+    if unknown:
+        raise Invalid(f"cannot change {', '.join(sorted(unknown))}")
+    was_enabled = client.enabled
+    for name, value in changes.items():
+        if name == "scope":
+            value = " ".join(dict.fromkeys(str(value or "").split()))
+        setattr(client, name, value)
+    check_client(client, allow_private_backchannel=allow_private_backchannel)
+    client.updated_at = utcnow()
+    await uow.session.flush()
+    if was_enabled and not client.enabled:
+        await _cut_off(uow, client, token_lifetime)
+    uow.raise_event(ClientChanged(tenant_id=client.tenant_id, client_id=client.client_id))
+    return client
+
+
+async def rotate_client_secret(uow: UnitOfWork, client: Client, *, hasher: SecretHasher) -> str:
+    """Give a confidential client a new secret; return it (shown once). The old one stops working at commit."""
+    if client.token_endpoint_auth_method not in ("client_secret_basic", "client_secret_post"):
+        raise Invalid("only a client that authenticates with a secret has one to rotate")
+    secret = random_token(32)
+    client.secret_hash = hasher.hash(secret)
+    client.updated_at = utcnow()
+    await uow.session.flush()
+    uow.raise_event(ClientSecretRotated(tenant_id=client.tenant_id, client_id=client.client_id))
+    return secret
+
+
+async def delete_client(uow: UnitOfWork, client: Client, *, token_lifetime: int) -> None:
+    """Remove a client with its grants and refresh tokens; its access tokens are refused from this commit on.
+
+    ``token_lifetime`` (seconds) is how long the revocation must last: the longest access-token lifetime.
+    """
+    await _cut_off(uow, client, token_lifetime)
+    await uow.session.execute(delete(Client).where(Client.id == client.id))
+    uow.raise_event(ClientDeleted(tenant_id=client.tenant_id, client_id=client.client_id))
+
+
+async def _cut_off(uow: UnitOfWork, client: Client, token_lifetime: int) -> None:
+    """Revoke a client's grants and refresh tokens and, through the revocation state, its access tokens."""
+    now = utcnow()
+    session = uow.session
+    for model in (Grant, RefreshToken):
+        await session.execute(
+            update(model)
+            .where(model.client_id == client.id, model.revoked_at.is_(None))
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    await record_revocation(
+        uow, tenant_id=client.tenant_id, kind="client", value=client.client_id, expires_in=token_lifetime
+    )
 
 
 class ClientCache:

@@ -25,7 +25,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
 from idhub.directory.passwords import PasswordHasher
-from idhub.directory.profile import MULTI_VALUED, PROFILE_COLUMNS, VALUE_FIELDS, UserProfile
+from idhub.directory.profile import MULTI_VALUED, PROFILE_COLUMNS, VALUE_FIELDS, UserProfile, ValueRecord
 from idhub.directory.rules import check_email, check_password, checked_username, is_live, normalise_username
 from idhub.directory.tables import USER_VALUES, USERS
 from idhub.errors import Conflict, DomainError, Invalid, NotFound, PreconditionFailed
@@ -113,6 +113,13 @@ class Users:
             for row in rows:
                 found[row.user_id].append(row)
         return found
+
+    async def profile_of(self, user: User) -> UserProfile:
+        """Return the person's current profile (what :meth:`update` replaces)."""
+        rows = (await self.values_of([user.id]))[user.id]
+        values = tuple(ValueRecord(**{name: getattr(row, name) for name in VALUE_FIELDS}) for row in rows)
+        columns: dict[str, Any] = {column: getattr(user, column) for column in PROFILE_COLUMNS}
+        return UserProfile(user_name=user.user_name or user.username, active=user.enabled, values=values, **columns)
 
     # --- create --------------------------------------------------------------------------------
     async def create(

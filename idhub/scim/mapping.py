@@ -19,6 +19,7 @@ from sqlalchemy import Row
 from idhub.directory.groups import Member, Membership
 from idhub.directory.profile import UserProfile, ValueRecord
 from idhub.errors import Invalid
+from idhub.routing import etag
 from idhub.scim.schemas import ENTERPRISE_URN, GROUP_URN, USER_URN, Resource
 from idhub.storage.models import Group, User, UserValue
 
@@ -80,28 +81,6 @@ def timestamp(value: datetime) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
     return value.isoformat(timespec="milliseconds") + "Z"
-
-
-def etag(version: int) -> str:
-    """Return the weak entity tag of a resource version (RFC 7644 §3.14, RFC 7232 §2.3)."""
-    return f'W/"{version}"'
-
-
-def parse_etag(header: str) -> set[int] | None:
-    """Return the versions an ``If-Match``/``If-None-Match`` header names, ``None`` for ``*``.
-
-    Unparseable tags name no version (they can never match), so a garbled header fails safe.
-    """
-    if header.strip() == "*":
-        return None
-    versions: set[int] = set()
-    for raw in header.split(","):
-        tag = raw.strip()
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        if len(tag) >= 2 and tag[0] == '"' and tag[-1] == '"' and tag[1:-1].isdigit() and len(tag) < 20:
-            versions.add(int(tag[1:-1]))
-    return versions
 
 
 # A user or value as an ORM entity (writes) or as a plain row of the same columns (list pages).

@@ -9,10 +9,10 @@ import orjson
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Request, Response
 
 from idhub.deps import ContextDep, TenantDep, UnitOfWorkDep
+from idhub.routing import parse_etag
 from idhub.scim import discovery, errors, schemas
 from idhub.scim.auth import authenticate
 from idhub.scim.bulk import run_bulk
-from idhub.scim.mapping import parse_etag
 from idhub.scim.projection import parse_attribute_list, project
 from idhub.scim.routing import SCIM_MEDIA_TYPE, ScimRoute
 from idhub.scim.schemas import Resource

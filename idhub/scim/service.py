@@ -28,6 +28,7 @@ from idhub.directory.profile import UserProfile
 from idhub.directory.tables import GROUP_MEMBERS, GROUPS, USER_VALUES, USERS
 from idhub.directory.users import KEEP_PASSWORD, check_version
 from idhub.errors import DomainError
+from idhub.routing import etag, parse_etag
 from idhub.scim import mapping, patch, query, schemas
 from idhub.scim.errors import ScimError
 from idhub.scim.filter import parse_filter
@@ -72,7 +73,7 @@ class ListQuery:
 
 def _versions(if_match: str | None) -> set[int] | None:
     """Return the versions ``If-Match`` allows (``None``: any, as for ``*`` or no header)."""
-    return None if if_match is None else mapping.parse_etag(if_match)
+    return None if if_match is None else parse_etag(if_match)
 
 
 @dataclass(slots=True)
@@ -113,7 +114,7 @@ class ScimService:
                 out.append(result)
             else:
                 out.append({"id": str(result), "meta": {"location": f"{self.base_url}/Users/{result}",
-                                                        "version": mapping.etag(1)}})  # fmt: skip
+                                                        "version": etag(1)}})  # fmt: skip
         return out
 
     async def get_user(self, user_id: str) -> Resource:

@@ -10,11 +10,14 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.crypto.secrets import SecretHasher, random_token
+from idhub.errors import NotFound
+from idhub.events import SessionRevoked
 from idhub.settings import SessionSettings
 from idhub.storage.base import utcnow
 from idhub.storage.engine import is_postgresql
-from idhub.storage.models import UserSession
+from idhub.storage.models import Grant, RefreshToken, UserSession
 from idhub.storage.tables import USER_SESSIONS, USERS
+from idhub.storage.uow import UnitOfWork
 
 # Writing last_seen_at on every page view would cost a write per request; a coarse step is enough
 # for an idle timeout measured in minutes.
@@ -186,3 +189,34 @@ async def end_session_by_cookie(
     parameters = {"p_tenant_id": tenant_id, "p_hash": hasher.hash(cookie), "p_now": utcnow()}
     result = await session.execute(_END_BY_HASH, parameters)
     return bool(getattr(result, "rowcount", 0))
+
+
+async def revoke_session(uow: UnitOfWork, *, tenant_id: uuid.UUID, session_id: str) -> None:
+    """End a person's SSO session for an operator, with the grants made in it; audited.
+
+    Refresh tokens of those grants stop working at once; access tokens expire on their own (short-lived).
+    A session that is unknown in this tenant is :class:`NotFound`; ending an ended one changes nothing.
+    """
+    session = uow.session
+    row = await session.scalar(
+        select(UserSession).where(UserSession.tenant_id == tenant_id, UserSession.id == session_id)
+    )
+    if row is None:
+        raise NotFound("session not found")
+    if not await end_session(session, tenant_id=tenant_id, session_id=session_id):
+        return
+    now = utcnow()
+    grant_ids = select(Grant.id).where(Grant.tenant_id == tenant_id, Grant.session_id == session_id)
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.grant_id.in_(grant_ids), RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        update(Grant)
+        .where(Grant.tenant_id == tenant_id, Grant.session_id == session_id, Grant.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    uow.raise_event(SessionRevoked(tenant_id=tenant_id, session_id=session_id, user_id=row.user_id))

@@ -1,0 +1,509 @@
+"""Admin API routes under ``/admin/v1``: authenticate, check the role, call a service, render.
+
+Every route names the permission it needs (:class:`~idhub.admin.auth.Permission`); the role checks,
+the tenant's visibility and the problem rendering are the same everywhere. Lists are cursor-paginated
+(``limit``, ``cursor`` -> ``next_cursor`` and a ``Link: rel="next"`` header, RFC 8288); single objects
+carry an ``ETag``, and updates honour ``If-Match`` (RFC 9110 §13.1.1) atomically.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from idhub.admin import schemas, service
+from idhub.admin.auth import ADMIN_SCOPES, SYSTEM_SCOPE, Permission, Principal, authenticate
+from idhub.admin.pagination import DEFAULT_LIMIT, MAX_LIMIT, page_body
+from idhub.admin.problems import PROBLEM_MEDIA_TYPE, AdminRoute, NotPermitted, Problem
+from idhub.broker.linking import list_links, remove_link
+from idhub.clients.service import create_client, delete_client, get_client, rotate_client_secret, update_client
+from idhub.context import AppContext
+from idhub.credentials.provisioning import (
+    create_provisioning_token,
+    list_provisioning_tokens,
+    revoke_provisioning_token,
+)
+from idhub.crypto.keys import rotate_keys
+from idhub.deps import ContextDep, UnitOfWorkDep
+from idhub.directory import Directory
+from idhub.errors import NotFound, PreconditionFailed
+from idhub.routing import etag, parse_etag
+from idhub.sessions.service import revoke_session
+from idhub.storage.uow import UnitOfWork
+from idhub.tenants.service import TenantInfo
+
+P = Permission
+JSON = "application/json"
+_PROBLEM = {"description": "problem (RFC 9457)", "content": {PROBLEM_MEDIA_TYPE: {"schema": {"type": "object"}}}}
+ERRORS: dict[int | str, dict[str, Any]] = {status: _PROBLEM for status in (400, 401, 403, 404, 409, 412, 422, 503)}
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"], route_class=AdminRoute, responses=ERRORS)
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="adminBearer",
+    description="An access token from the tenant's token endpoint with an admin scope "
+    "(idhub:admin, idhub:helpdesk, idhub:audit; idhub:system from the system tenant).",
+)
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(max_length=512)]
+IfMatch = Annotated[str | None, Header(alias="if-match")]
+
+
+def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Answer with JSON (datetimes as RFC 3339, UUIDs as strings)."""
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def page_response(request: Request, items: list[dict[str, Any]], next_key: Any) -> Response:
+    """Answer with one page, and a ``Link`` to the next (RFC 8288) when there is one."""
+    body = page_body(items, next_key)
+    headers = {}
+    if body["next_cursor"] is not None:
+        query = dict(request.query_params)
+        query["cursor"] = body["next_cursor"]
+        headers["link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+    return json_response(body, headers=headers)
+
+
+def expected(if_match: str | None) -> set[int] | None:
+    """Return the versions ``If-Match`` allows (``None``: any; no header: any)."""
+    return None if if_match is None else parse_etag(if_match)
+
+
+# --- who is calling ----------------------------------------------------------------------------------
+class Call:
+    """An authenticated admin request on one tenant: the caller, the tenant, the unit of work."""
+
+    __slots__ = ("ctx", "principal", "tenant", "uow")
+
+    def __init__(self, ctx: AppContext, uow: UnitOfWork, principal: Principal, tenant: TenantInfo) -> None:
+        self.ctx = ctx
+        self.uow = uow
+        self.principal = principal
+        self.tenant = tenant
+
+    @property
+    def directory(self) -> Directory:
+        """Return the directory acting in this request's unit of work."""
+        return self.ctx.directory(self.uow)
+
+
+async def _principal(
+    ctx: ContextDep,
+    uow: UnitOfWorkDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    request: Request,
+) -> Principal:
+    del credentials  # declared for the OpenAPI document; the header is parsed strictly by authenticate()
+    principal = await authenticate(ctx, request.headers.get("authorization"))
+    uow.actor = principal.actor
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+def allow(permission: Permission) -> Callable[..., Awaitable[Call]]:
+    """Return the dependency of a tenant route that needs ``permission``."""
+
+    async def dependency(tenant: str, ctx: ContextDep, uow: UnitOfWorkDep, principal: PrincipalDep) -> Call:
+        info = await ctx.tenants.get(tenant) if len(tenant) <= 63 else None
+        if info is None:
+            raise NotFound("unknown tenant")
+        principal.require(permission, info)
+        return Call(ctx, uow, principal, info)
+
+    return dependency
+
+
+UsersRead = Annotated[Call, Depends(allow(P.USERS_READ))]
+UsersWrite = Annotated[Call, Depends(allow(P.USERS_WRITE))]
+GroupsRead = Annotated[Call, Depends(allow(P.GROUPS_READ))]
+GroupsWrite = Annotated[Call, Depends(allow(P.GROUPS_WRITE))]
+Sessions = Annotated[Call, Depends(allow(P.SESSIONS))]
+Links = Annotated[Call, Depends(allow(P.LINKS))]
+Clients = Annotated[Call, Depends(allow(P.CLIENTS))]
+Keys = Annotated[Call, Depends(allow(P.KEYS))]
+Provisioning = Annotated[Call, Depends(allow(P.PROVISIONING))]
+AuditRead = Annotated[Call, Depends(allow(P.AUDIT_READ))]
+TenantRead = Annotated[Call, Depends(allow(P.TENANT))]
+
+T = "/tenants/{tenant}"
+
+
+# --- users -------------------------------------------------------------------------------------------
+@router.get(T + "/users", summary="List people", response_model=schemas.Page)
+async def users_list(
+    request: Request,
+    call: UsersRead,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+    username_prefix: Annotated[str | None, Query(max_length=255)] = None,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    active: bool | None = None,
+) -> Response:
+    """List the tenant's people by username; filter by username prefix, email or state."""
+    items, next_key = await service.list_users(
+        call.uow,
+        tenant_id=call.tenant.id,
+        cursor=cursor,
+        limit=limit,
+        prefix=username_prefix,
+        email=email,
+        active=active,
+    )
+    return page_response(request, items, next_key)
+
+
+@router.post(T + "/users", summary="Create a person", status_code=201, response_model=schemas.UserOut)
+async def users_create(body: schemas.UserCreate, call: UsersWrite) -> Response:
+    """Add a person to the directory (the same rules as SCIM and the CLI)."""
+    password = body.password.get_secret_value() if body.password is not None else None
+    user = await call.directory.users.create(call.tenant.id, service.profile_from(body), password=password)
+    await call.uow.session.refresh(user)
+    location = f"/admin/v1/tenants/{call.tenant.slug}/users/{user.id}"
+    return json_response(service.user_out(user), status=201, headers={"etag": etag(user.version), "location": location})
+
+
+@router.get(T + "/users/{user_id}", summary="Read a person", response_model=schemas.UserOut)
+async def users_get(user_id: str, call: UsersRead) -> Response:
+    """Return a person with the groups they belong to, directly and through nested groups."""
+    user = await call.directory.users.get(call.tenant.id, service.parse_id(user_id, "user"))
+    body = service.user_out(user)
+    memberships = (await call.directory.groups.groups_of([user.id])).get(user.id, [])
+    body["groups"] = [{"id": str(m.group_id), "name": m.name, "direct": m.direct} for m in memberships]
+    return json_response(body, headers={"etag": etag(user.version)})
+
+
+@router.patch(T + "/users/{user_id}", summary="Change a person", response_model=schemas.UserOut)
+async def users_patch(user_id: str, body: schemas.UserPatch, call: UsersWrite, if_match: IfMatch = None) -> Response:
+    """Change a person (JSON merge patch); deactivating cuts off every session and token at once."""
+    user = await call.directory.users.get(call.tenant.id, service.parse_id(user_id, "user"))
+    user = await service.patch_user(call.directory, user, body, expected_versions=expected(if_match))
+    await call.uow.session.refresh(user)
+    return json_response(service.user_out(user), headers={"etag": etag(user.version)})
+
+
+@router.delete(T + "/users/{user_id}", summary="Delete a person", status_code=204)
+async def users_delete(user_id: str, call: UsersWrite, if_match: IfMatch = None) -> Response:
+    """Delete a person: cut off everywhere, kept as an archived record."""
+    user = await call.directory.users.get(call.tenant.id, service.parse_id(user_id, "user"))
+    await call.directory.users.delete(user, expected_versions=expected(if_match))
+    return Response(status_code=204)
+
+
+# --- groups ------------------------------------------------------------------------------------------
+@router.get(T + "/groups", summary="List groups", response_model=schemas.Page)
+async def groups_list(
+    request: Request,
+    call: GroupsRead,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+    name_prefix: Annotated[str | None, Query(max_length=255)] = None,
+) -> Response:
+    """List the tenant's groups by name."""
+    items, next_key = await service.list_groups(
+        call.uow, tenant_id=call.tenant.id, cursor=cursor, limit=limit, prefix=name_prefix
+    )
+    return page_response(request, items, next_key)
+
+
+@router.post(T + "/groups", summary="Create a group", status_code=201, response_model=schemas.GroupOut)
+async def groups_create(body: schemas.GroupCreate, call: GroupsWrite) -> Response:
+    """Create a group."""
+    group = await call.directory.groups.create(call.tenant.id, name=body.name, external_id=body.external_id)
+    await call.uow.session.refresh(group)
+    return json_response(service.group_out(group), status=201, headers={"etag": etag(group.version)})
+
+
+@router.get(T + "/groups/{group_id}", summary="Read a group", response_model=schemas.GroupOut)
+async def groups_get(group_id: str, call: GroupsRead) -> Response:
+    """Return a group with its direct members."""
+    group = await call.directory.groups.get(call.tenant.id, service.parse_id(group_id, "group"))
+    body = service.group_out(group)
+    members = await call.directory.groups.members_of(group.id)
+    body["members"] = [{"type": m.kind, "id": str(m.id), "display": m.name} for m in members]
+    return json_response(body, headers={"etag": etag(group.version)})
+
+
+@router.patch(T + "/groups/{group_id}", summary="Change a group", response_model=schemas.GroupOut)
+async def groups_patch(
+    group_id: str, body: schemas.GroupPatch, call: GroupsWrite, if_match: IfMatch = None
+) -> Response:
+    """Rename a group or change its external id."""
+    groups = call.directory.groups
+    group = await groups.get(call.tenant.id, service.parse_id(group_id, "group"))
+    sent = body.model_fields_set
+    group = await groups.update(
+        group,
+        name=body.name if "name" in sent and body.name else group.display_name,
+        external_id=body.external_id if "external_id" in sent else group.external_id,
+        expected_versions=expected(if_match),
+    )
+    await call.uow.session.refresh(group)
+    return json_response(service.group_out(group), headers={"etag": etag(group.version)})
+
+
+@router.delete(T + "/groups/{group_id}", summary="Delete a group", status_code=204)
+async def groups_delete(group_id: str, call: GroupsWrite, if_match: IfMatch = None) -> Response:
+    """Delete a group (its memberships go with it)."""
+    group = await call.directory.groups.get(call.tenant.id, service.parse_id(group_id, "group"))
+    await call.directory.groups.delete(group, expected_versions=expected(if_match))
+    return Response(status_code=204)
+
+
+@router.post(T + "/groups/{group_id}/members", summary="Add members", status_code=204)
+async def groups_add_members(group_id: str, body: schemas.MemberChange, call: GroupsWrite) -> Response:
+    """Add people and groups to a group (already members stay)."""
+    groups = call.directory.groups
+    group = await groups.get(call.tenant.id, service.parse_id(group_id, "group"))
+    members = await _members(call, body)
+    await groups.add_members(group, members)
+    return Response(status_code=204)
+
+
+@router.delete(T + "/groups/{group_id}/members/{member_id}", summary="Remove a member", status_code=204)
+async def groups_remove_member(group_id: str, member_id: str, call: GroupsWrite) -> Response:
+    """Remove a person or a nested group from a group."""
+    groups = call.directory.groups
+    group = await groups.get(call.tenant.id, service.parse_id(group_id, "group"))
+    wanted = service.parse_id(member_id, "member")
+    current = {m.id for m in await groups.members_of(group.id)}
+    if wanted not in current:
+        raise NotFound("member not found")
+    members = await groups.resolve_members(call.tenant.id, [(None, wanted)])
+    await groups.remove_members(group, members)
+    return Response(status_code=204)
+
+
+async def _members(call: Call, body: schemas.MemberChange) -> Any:
+    refs: list[tuple[str | None, uuid.UUID]] = [("User", service.parse_id(v, "user")) for v in body.users]
+    refs += [("Group", service.parse_id(v, "group")) for v in body.groups]
+    return await call.directory.groups.resolve_members(call.tenant.id, refs)
+
+
+# --- clients -----------------------------------------------------------------------------------------
+@router.get(T + "/clients", summary="List clients", response_model=schemas.Page)
+async def clients_list(
+    request: Request, call: Clients, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> Response:
+    """List the tenant's OAuth clients (never their secrets)."""
+    items, next_key = await service.list_clients(call.uow, tenant_id=call.tenant.id, cursor=cursor, limit=limit)
+    return page_response(request, items, next_key)
+
+
+@router.post(T + "/clients", summary="Register a client", status_code=201, response_model=schemas.ClientSecretOut)
+async def clients_create(body: schemas.ClientCreate, call: Clients) -> Response:
+    """Register a client; its secret (if it has one) is in this answer only, and stored only as a hash."""
+    _check_admin_scopes(call, body.scope)
+    client, secret = await create_client(
+        call.uow,
+        tenant_id=call.tenant.id,
+        name=body.name,
+        hasher=call.ctx.secret_hasher,
+        redirect_uris=body.redirect_uris,
+        grant_types=list(body.grant_types) if body.grant_types is not None else None,
+        scope=body.scope,
+        public=body.token_endpoint_auth_method == "none",
+        token_endpoint_auth_method=body.token_endpoint_auth_method,
+        post_logout_redirect_uris=body.post_logout_redirect_uris,
+        backchannel_logout_uri=body.backchannel_logout_uri,
+        resources=body.resources,
+        access_token_alg=body.access_token_alg,
+        jwks=body.jwks,
+        first_party=body.first_party,
+        application_type=body.application_type,
+    )
+    await call.uow.session.refresh(client)
+    out = service.client_out(client) | {"client_secret": secret}
+    return json_response(out, status=201, headers={"etag": service.client_etag(client), "cache-control": "no-store"})
+
+
+@router.get(T + "/clients/{client_id}", summary="Read a client", response_model=schemas.ClientOut)
+async def clients_get(client_id: str, call: Clients) -> Response:
+    """Return a client's registration."""
+    client = await get_client(call.uow, tenant_id=call.tenant.id, client_id=client_id)
+    return json_response(service.client_out(client), headers={"etag": service.client_etag(client)})
+
+
+@router.patch(T + "/clients/{client_id}", summary="Change a client", response_model=schemas.ClientOut)
+async def clients_patch(client_id: str, body: schemas.ClientPatch, call: Clients, if_match: IfMatch = None) -> Response:
+    """Change a client's registration (checked as a whole, as at registration); disabling cuts it off."""
+    client = await get_client(call.uow, tenant_id=call.tenant.id, client_id=client_id)
+    if if_match is not None and if_match.strip() not in (service.client_etag(client), "*"):
+        raise PreconditionFailed("the client changed since you read it")
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    for name in ("name", "redirect_uris", "post_logout_redirect_uris", "grant_types", "resources", "first_party"):
+        if name in changes and changes[name] is None:
+            raise Problem(422, f"{name} cannot be null", kind="invalid")
+    if "enabled" in changes and changes["enabled"] is None:
+        raise Problem(422, "enabled cannot be null", kind="invalid")
+    if "scope" in changes:
+        _check_admin_scopes(call, changes["scope"])
+    client = await update_client(call.uow, client, changes, token_lifetime=call.ctx.settings.tokens.access_token_ttl)
+    await call.uow.session.refresh(client)
+    return json_response(service.client_out(client), headers={"etag": service.client_etag(client)})
+
+
+@router.delete(T + "/clients/{client_id}", summary="Delete a client", status_code=204)
+async def clients_delete(client_id: str, call: Clients, if_match: IfMatch = None) -> Response:
+    """Remove a client; its grants and tokens stop working at once."""
+    client = await get_client(call.uow, tenant_id=call.tenant.id, client_id=client_id)
+    if if_match is not None and if_match.strip() not in (service.client_etag(client), "*"):
+        raise PreconditionFailed("the client changed since you read it")
+    await delete_client(call.uow, client, token_lifetime=call.ctx.settings.tokens.access_token_ttl)
+    return Response(status_code=204)
+
+
+@router.post(
+    T + "/clients/{client_id}/secret", summary="Rotate a client's secret", response_model=schemas.ClientSecretOut
+)
+async def clients_rotate_secret(client_id: str, call: Clients) -> Response:
+    """Give a client a new secret, shown in this answer only; the old one stops working."""
+    client = await get_client(call.uow, tenant_id=call.tenant.id, client_id=client_id)
+    secret = await rotate_client_secret(call.uow, client, hasher=call.ctx.secret_hasher)
+    await call.uow.session.refresh(client)
+    out = service.client_out(client) | {"client_secret": secret}
+    return json_response(out, headers={"etag": service.client_etag(client), "cache-control": "no-store"})
+
+
+def _check_admin_scopes(call: Call, scope: str | None) -> None:
+    """Refuse handing out admin scopes beyond the caller's own reach (no escalation through a client)."""
+    wanted = set((scope or "").split()) & ADMIN_SCOPES
+    if SYSTEM_SCOPE in wanted and not (
+        call.principal.is_system and call.tenant.slug == call.ctx.settings.system_tenant
+    ):
+        raise NotPermitted("only a system administrator may register idhub:system, in the system tenant")
+
+
+# --- provisioning tokens -----------------------------------------------------------------------------
+@router.get(T + "/provisioning-tokens", summary="List provisioning tokens")
+async def tokens_list(call: Provisioning) -> Response:
+    """List the tenant's SCIM provisioning tokens (never the tokens)."""
+    rows = await list_provisioning_tokens(call.uow, tenant_id=call.tenant.id)
+    items = [{"id": str(r.id), "name": r.name, "created_at": r.created_at, "revoked_at": r.revoked_at} for r in rows]
+    return json_response({"items": items, "next_cursor": None})
+
+
+@router.post(
+    T + "/provisioning-tokens",
+    summary="Create a provisioning token",
+    status_code=201,
+    response_model=schemas.ProvisioningTokenSecretOut,
+)
+async def tokens_create(body: schemas.ProvisioningTokenCreate, call: Provisioning) -> Response:
+    """Create a SCIM bearer token; it is in this answer only, and stored only as a keyed hash."""
+    row, token = await create_provisioning_token(
+        call.uow, tenant_id=call.tenant.id, name=body.name, hasher=call.ctx.secret_hasher
+    )
+    out = {"id": str(row.id), "name": row.name, "created_at": row.created_at, "revoked_at": None, "token": token}
+    return json_response(out, status=201, headers={"cache-control": "no-store"})
+
+
+@router.delete(T + "/provisioning-tokens/{token_id}", summary="Revoke a provisioning token", status_code=204)
+async def tokens_revoke(token_id: str, call: Provisioning) -> Response:
+    """Revoke a provisioning token; every process refuses it from now on."""
+    await revoke_provisioning_token(
+        call.uow, tenant_id=call.tenant.id, token_id=service.parse_id(token_id, "provisioning token")
+    )
+    return Response(status_code=204)
+
+
+# --- sessions and links ------------------------------------------------------------------------------
+@router.get(T + "/sessions", summary="List SSO sessions", response_model=schemas.Page)
+async def sessions_list(
+    request: Request,
+    call: Sessions,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+    user_id: Annotated[str | None, Query(max_length=64)] = None,
+    include_ended: bool = False,
+) -> Response:
+    """List SSO sessions (live ones unless ``include_ended``), optionally one person's."""
+    uid = service.parse_id(user_id, "user") if user_id is not None else None
+    items, next_key = await service.list_sessions(
+        call.uow, tenant_id=call.tenant.id, cursor=cursor, limit=limit, user_id=uid, include_ended=include_ended
+    )
+    return page_response(request, items, next_key)
+
+
+@router.delete(T + "/sessions/{session_id}", summary="End an SSO session", status_code=204)
+async def sessions_revoke(session_id: str, call: Sessions) -> Response:
+    """End a session and the grants made in it."""
+    if len(session_id) > 64:
+        raise NotFound("session not found")
+    await revoke_session(call.uow, tenant_id=call.tenant.id, session_id=session_id)
+    return Response(status_code=204)
+
+
+@router.get(T + "/links", summary="List linked accounts")
+async def links_list(call: Links, user_id: Annotated[str | None, Query(max_length=64)] = None) -> Response:
+    """List links between people and their upstream (corporate or social) accounts."""
+    uid = service.parse_id(user_id, "user") if user_id is not None else None
+    links = await list_links(call.uow, tenant_id=call.tenant.id, user_id=uid)
+    return json_response({"items": [link.describe() for link in links], "next_cursor": None})
+
+
+@router.delete(T + "/links/{link_id}", summary="Unlink an upstream account", status_code=204)
+async def links_delete(link_id: str, call: Links) -> Response:
+    """Remove a link; the sessions it started end."""
+    await remove_link(call.uow, tenant_id=call.tenant.id, link_id=service.parse_id(link_id, "link"), how="admin")
+    return Response(status_code=204)
+
+
+# --- keys and audit ----------------------------------------------------------------------------------
+@router.get(T + "/keys", summary="List signing keys")
+async def keys_list(call: Keys) -> Response:
+    """List the tenant's signing keys: public parts and lifecycle (next, active, retired)."""
+    return json_response({"items": await service.list_keys(call.uow, tenant_id=call.tenant.id), "next_cursor": None})
+
+
+@router.post(T + "/keys/rotate", summary="Rotate signing keys")
+async def keys_rotate(call: Keys) -> Response:
+    """Make the next keys active, retire the active ones (published until their tokens expire)."""
+    ttl = max(call.ctx.settings.tokens.access_token_ttl, call.ctx.settings.tokens.id_token_ttl)
+    activated = await rotate_keys(
+        call.uow, tenant_id=call.tenant.id, sealer=call.ctx.sealer, max_token_lifetime=timedelta(seconds=ttl)
+    )
+    return json_response({"activated": activated})
+
+
+@router.get(T + "/audit", summary="Read the audit log", response_model=schemas.Page)
+async def audit_list(
+    request: Request,
+    call: AuditRead,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    actor_id: Annotated[str | None, Query(max_length=255)] = None,
+    target_id: Annotated[str | None, Query(max_length=255)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Response:
+    """List audit entries, newest first; filter by action, actor, target and time."""
+    items, next_key = await service.list_audit(
+        call.uow,
+        tenant_id=call.tenant.id,
+        cursor=cursor,
+        limit=limit,
+        action=action,
+        actor_id=actor_id,
+        target_id=target_id,
+        since=since,
+        until=until,
+    )
+    return page_response(request, items, next_key)
+
+
+@router.get(T, summary="Read the tenant")
+async def tenant_get(call: TenantRead) -> Response:
+    """Return the tenant's name, issuer and settings."""
+    tenant = call.tenant
+    return json_response({"id": str(tenant.id), "slug": tenant.slug, "name": tenant.name, "issuer": tenant.issuer})

@@ -1,0 +1,324 @@
+"""What the admin routes call: the directory, client, credential, key and audit services, plus the reads.
+
+The rules live in the domain services (:mod:`idhub.directory`, :mod:`idhub.clients.service`, ...); this
+module turns admin requests into their calls and their results into the API's JSON, and holds the list
+queries (keyset pagination on indexed columns, so a page costs the same at any depth).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+
+from idhub.admin.pagination import decode_cursor
+from idhub.admin.problems import Problem
+from idhub.admin.schemas import UserCreate, UserPatch
+from idhub.directory import Directory
+from idhub.directory.profile import PROFILE_COLUMNS, UserProfile, ValueRecord
+from idhub.directory.users import KEEP_PASSWORD
+from idhub.errors import NotFound
+from idhub.storage.models import AuditEvent, Client, Group, SigningKey, User, UserSession
+from idhub.storage.uow import UnitOfWork
+
+PROFILE_FIELDS = tuple(name for name in PROFILE_COLUMNS if name in UserPatch.model_fields)
+
+
+def parse_id(value: str, what: str) -> uuid.UUID:
+    """Return ``value`` as a UUID; a malformed id names nothing, so it is :class:`NotFound` (404)."""
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise NotFound(f"{what} not found") from exc
+
+
+def _like_prefix(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+# --- users -------------------------------------------------------------------------------------------
+def user_out(user: User) -> dict[str, Any]:
+    """Return a person as the admin API shows them."""
+    out: dict[str, Any] = {
+        "id": str(user.id),
+        "username": user.user_name or user.username,
+        "email": user.email,
+        "email_verified": bool(user.email_verified),
+        "active": bool(user.enabled),
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+        "version": user.version,
+    }
+    for name in PROFILE_FIELDS:
+        out[name] = getattr(user, name)
+    return out
+
+
+async def list_users(
+    uow: UnitOfWork,
+    *,
+    tenant_id: uuid.UUID,
+    cursor: str | None,
+    limit: int,
+    prefix: str | None = None,
+    email: str | None = None,
+    active: bool | None = None,
+) -> tuple[list[dict[str, Any]], tuple[str] | None]:
+    """Return a page of live people ordered by username (case-folded, unique), and the next page's key."""
+    after = decode_cursor(cursor, parts=1)
+    query = select(User).where(User.tenant_id == tenant_id, User.deleted_at.is_(None))
+    if after is not None:
+        query = query.where(User.username > after[0])
+    if prefix:
+        query = query.where(User.username.like(_like_prefix(prefix.casefold()), escape="\\"))
+    if email:
+        query = query.where(User.email == email)
+    if active is True:
+        query = query.where(User.enabled.is_(True))
+    elif active is False:
+        query = query.where(or_(User.enabled.is_(False), User.enabled.is_(None)))
+    rows = (await uow.session.scalars(query.order_by(User.username).limit(limit + 1))).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [user_out(user) for user in rows], ((rows[-1].username,) if more else None)
+
+
+def profile_from(body: UserCreate) -> UserProfile:
+    """Build the profile of a new person from the request."""
+    values: tuple[ValueRecord, ...] = ()
+    if body.email:
+        values = (ValueRecord(attribute="emails", value=body.email, type="work", primary=True),)
+    columns = {name: getattr(body, name) for name in PROFILE_FIELDS}
+    return UserProfile(user_name=body.username, active=body.active, values=values, **columns)
+
+
+async def patch_user(directory: Directory, user: User, body: UserPatch, *, expected_versions: set[int] | None) -> User:
+    """Apply a merge patch to a person through the directory (one rule set with SCIM and the CLI)."""
+    sent = body.model_fields_set
+    current = await directory.users.profile_of(user)
+    changes: dict[str, Any] = {name: getattr(body, name) for name in PROFILE_FIELDS if name in sent}
+    if "username" in sent and body.username is not None:
+        changes["user_name"] = body.username
+    if "active" in sent and body.active is not None:
+        changes["active"] = body.active
+    if "email" in sent:
+        changes["values"] = _with_email(current.values, user.email, body.email)
+    profile = replace(current, **changes)
+    password: Any = KEEP_PASSWORD if "password" not in sent else _secret(body)
+    return await directory.users.update(user, profile, password=password, expected_versions=expected_versions)
+
+
+def _secret(body: UserPatch) -> str | None:
+    return body.password.get_secret_value() if body.password is not None else None
+
+
+def _with_email(values: tuple[ValueRecord, ...], old: str | None, new: str | None) -> tuple[ValueRecord, ...]:
+    """Return ``values`` with the person's address ``old`` replaced by ``new`` (removed when ``None``)."""
+    rest = tuple(v for v in values if not (v.attribute == "emails" and old is not None and v.value == old))
+    if new is None:
+        return rest
+    return (ValueRecord(attribute="emails", value=new, type="work", primary=True), *rest)
+
+
+# --- groups ------------------------------------------------------------------------------------------
+def group_out(group: Group) -> dict[str, Any]:
+    """Return a group as the admin API shows it."""
+    return {
+        "id": str(group.id),
+        "name": group.display_name,
+        "external_id": group.external_id,
+        "created_at": group.created_at,
+        "updated_at": group.updated_at,
+        "version": group.version,
+    }
+
+
+async def list_groups(
+    uow: UnitOfWork, *, tenant_id: uuid.UUID, cursor: str | None, limit: int, prefix: str | None = None
+) -> tuple[list[dict[str, Any]], tuple[str] | None]:
+    """Return a page of groups ordered by name (case-folded, unique)."""
+    after = decode_cursor(cursor, parts=1)
+    query = select(Group).where(Group.tenant_id == tenant_id)
+    if after is not None:
+        query = query.where(Group.display_name_key > after[0])
+    if prefix:
+        query = query.where(Group.display_name_key.like(_like_prefix(prefix.casefold()), escape="\\"))
+    rows = (await uow.session.scalars(query.order_by(Group.display_name_key).limit(limit + 1))).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [group_out(group) for group in rows], ((rows[-1].display_name_key,) if more else None)
+
+
+# --- clients -----------------------------------------------------------------------------------------
+def client_out(client: Client) -> dict[str, Any]:
+    """Return a client's registration (never its secret or its hash)."""
+    return {
+        "client_id": client.client_id,
+        "name": client.name,
+        "token_endpoint_auth_method": client.token_endpoint_auth_method,
+        "application_type": client.application_type,
+        "redirect_uris": list(client.redirect_uris or []),
+        "post_logout_redirect_uris": list(client.post_logout_redirect_uris or []),
+        "backchannel_logout_uri": client.backchannel_logout_uri,
+        "grant_types": list(client.grant_types or []),
+        "scope": client.scope,
+        "resources": list(client.resources or []),
+        "access_token_alg": client.access_token_alg,
+        "jwks": client.jwks,
+        "first_party": client.first_party,
+        "enabled": client.enabled,
+        "created_at": client.created_at,
+        "updated_at": client.updated_at,
+    }
+
+
+def client_etag(client: Client) -> str:
+    """Return a client's entity tag: its last change, to the microsecond (RFC 9110 §8.8.3)."""
+    return f'"{int(_aware(client.updated_at).timestamp() * 1_000_000)}"'
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def list_clients(
+    uow: UnitOfWork, *, tenant_id: uuid.UUID, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], tuple[str] | None]:
+    """Return a page of clients ordered by ``client_id``."""
+    after = decode_cursor(cursor, parts=1)
+    query = select(Client).where(Client.tenant_id == tenant_id)
+    if after is not None:
+        query = query.where(Client.client_id > after[0])
+    rows = (await uow.session.scalars(query.order_by(Client.client_id).limit(limit + 1))).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [client_out(client) for client in rows], ((rows[-1].client_id,) if more else None)
+
+
+# --- sessions, keys, audit ---------------------------------------------------------------------------
+def session_out(row: UserSession) -> dict[str, Any]:
+    """Return an SSO session (never its cookie hash)."""
+    return {
+        "id": row.id,
+        "user_id": str(row.user_id),
+        "auth_time": row.auth_time,
+        "amr": list(row.amr or []),
+        "acr": row.acr,
+        "link_id": str(row.link_id) if row.link_id else None,
+        "created_at": row.created_at,
+        "last_seen_at": row.last_seen_at,
+        "expires_at": row.expires_at,
+        "revoked_at": row.revoked_at,
+    }
+
+
+async def list_sessions(
+    uow: UnitOfWork,
+    *,
+    tenant_id: uuid.UUID,
+    cursor: str | None,
+    limit: int,
+    user_id: uuid.UUID | None = None,
+    include_ended: bool = False,
+) -> tuple[list[dict[str, Any]], tuple[str] | None]:
+    """Return a page of SSO sessions ordered by id (random, stable)."""
+    after = decode_cursor(cursor, parts=1)
+    query = select(UserSession).where(UserSession.tenant_id == tenant_id)
+    if user_id is not None:
+        query = query.where(UserSession.user_id == user_id)
+    if not include_ended:
+        query = query.where(UserSession.revoked_at.is_(None))
+    if after is not None:
+        query = query.where(UserSession.id > after[0])
+    rows = (await uow.session.scalars(query.order_by(UserSession.id).limit(limit + 1))).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [session_out(row) for row in rows], ((rows[-1].id,) if more else None)
+
+
+async def list_keys(uow: UnitOfWork, *, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Return the tenant's signing keys (public parts and lifecycle only), newest first."""
+    rows = await uow.session.scalars(
+        select(SigningKey).where(SigningKey.tenant_id == tenant_id).order_by(SigningKey.created_at.desc())
+    )
+    return [
+        {
+            "kid": row.kid,
+            "alg": row.alg,
+            "state": row.state,
+            "public_jwk": row.public_jwk,
+            "created_at": row.created_at,
+            "activated_at": row.activated_at,
+            "retired_at": row.retired_at,
+            "publish_until": row.publish_until,
+        }
+        for row in rows
+    ]
+
+
+def audit_out(row: AuditEvent) -> dict[str, Any]:
+    """Return an audit entry."""
+    return {
+        "id": str(row.id),
+        "seq": row.seq,
+        "occurred_at": row.occurred_at,
+        "actor": {"type": row.actor_type, "id": row.actor_id},
+        "action": row.action,
+        "target": {"type": row.target_type, "id": row.target_id},
+        "outcome": row.outcome,
+        "surface": row.surface,
+        "source_address": row.source_address,
+        "request_id": row.request_id,
+        "details": row.details,
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
+    }
+
+
+async def list_audit(
+    uow: UnitOfWork,
+    *,
+    tenant_id: uuid.UUID,
+    cursor: str | None,
+    limit: int,
+    action: str | None = None,
+    actor_id: str | None = None,
+    target_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """Return a page of audit entries, newest first (keyset on time and id)."""
+    after = decode_cursor(cursor, parts=2)
+    query = select(AuditEvent).where(AuditEvent.tenant_id == tenant_id)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    if actor_id:
+        query = query.where(AuditEvent.actor_id == actor_id)
+    if target_id:
+        query = query.where(AuditEvent.target_id == target_id)
+    if since is not None:
+        query = query.where(AuditEvent.occurred_at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.occurred_at < until)
+    if after is not None:
+        moment, last_id = _audit_key(after)
+        query = query.where(
+            or_(AuditEvent.occurred_at < moment, and_(AuditEvent.occurred_at == moment, AuditEvent.id < last_id))
+        )
+    query = query.order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc()).limit(limit + 1)
+    rows = (await uow.session.scalars(query)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if more else None
+    return [audit_out(row) for row in rows], ((last.occurred_at.isoformat(), str(last.id)) if last else None)
+
+
+def _audit_key(after: list[str]) -> tuple[datetime, uuid.UUID]:
+    try:
+        return datetime.fromisoformat(after[0]), uuid.UUID(after[1])
+    except ValueError as exc:
+        raise Problem(400, "the cursor is not valid", kind="bad-cursor") from exc
