@@ -23,6 +23,8 @@ from idhub.admin.auth import ADMIN_SCOPES, SYSTEM_SCOPE, Permission, Principal, 
 from idhub.admin.pagination import DEFAULT_LIMIT, MAX_LIMIT, page_body
 from idhub.admin.problems import PROBLEM_MEDIA_TYPE, AdminRoute, NotPermitted, Problem
 from idhub.broker.linking import list_links, remove_link
+from idhub.broker.providers import NewProvider
+from idhub.broker.sync import preview_claims
 from idhub.clients.service import create_client, delete_client, get_client, rotate_client_secret, update_client
 from idhub.context import AppContext
 from idhub.credentials.provisioning import (
@@ -33,11 +35,11 @@ from idhub.credentials.provisioning import (
 from idhub.crypto.keys import rotate_keys
 from idhub.deps import ContextDep, UnitOfWorkDep
 from idhub.directory import Directory
-from idhub.errors import NotFound, PreconditionFailed
-from idhub.routing import etag, parse_etag
+from idhub.errors import Conflict, NotFound, PreconditionFailed
+from idhub.routing import context_of, etag, parse_etag
 from idhub.sessions.service import revoke_session
 from idhub.storage.uow import UnitOfWork
-from idhub.tenants.service import TenantInfo
+from idhub.tenants.service import TenantInfo, get_or_create_tenant, issuer_for, update_tenant
 
 P = Permission
 JSON = "application/json"
@@ -134,6 +136,7 @@ Keys = Annotated[Call, Depends(allow(P.KEYS))]
 Provisioning = Annotated[Call, Depends(allow(P.PROVISIONING))]
 AuditRead = Annotated[Call, Depends(allow(P.AUDIT_READ))]
 TenantRead = Annotated[Call, Depends(allow(P.TENANT))]
+IdentityProviders = Annotated[Call, Depends(allow(P.IDENTITY_PROVIDERS))]
 
 T = "/tenants/{tenant}"
 
@@ -502,8 +505,149 @@ async def audit_list(
     return page_response(request, items, next_key)
 
 
+# --- identity providers ------------------------------------------------------------------------------
+@router.get(T + "/identity-providers", summary="List upstream identity providers")
+async def idps_list(call: IdentityProviders) -> Response:
+    """List the tenant's upstream identity providers (never their secrets)."""
+    listed = await call.ctx.broker.providers(call.uow).list(call.tenant.id)
+    return json_response({"items": [p.describe(call.tenant.issuer) for p in listed], "next_cursor": None})
+
+
+@router.post(T + "/identity-providers", summary="Add an upstream identity provider", status_code=201)
+async def idps_create(body: schemas.IdentityProviderCreate, call: IdentityProviders) -> Response:
+    """Add an upstream; the answer holds the URLs to register with it (callback, or SAML ACS and metadata)."""
+    if body.internal and not call.principal.is_system:
+        # Private and loopback addresses are reachable only from inside: a tenant admin could aim the
+        # server's fetches at them (server-side request forgery). Operators and system admins only.
+        raise NotPermitted("only a system administrator may allow private addresses (internal)")
+    new = NewProvider(
+        alias=body.alias,
+        type=body.type,
+        issuer=body.issuer,
+        client_id=body.client_id,
+        client_secret=body.client_secret.get_secret_value() if body.client_secret else None,
+        metadata_xml=body.metadata_xml.encode() if body.metadata_xml is not None else None,
+        metadata_url=body.metadata_url,
+        internal=body.internal,
+        jit=body.jit,
+        display_name=body.display_name,
+        email_domains=tuple(body.email_domains),
+        link_claim=body.link_claim,
+        tenant_issuer=call.tenant.issuer,
+        allow_idp_initiated=body.allow_idp_initiated,
+        userinfo=body.userinfo,
+        mapping=orjson.dumps(body.mapping) if body.mapping is not None else None,
+    )
+    created = await call.ctx.broker.providers(call.uow).create(call.tenant.id, new)
+    return json_response(created.describe(call.tenant.issuer), status=201)
+
+
+@router.get(T + "/identity-providers/{alias}", summary="Read an upstream identity provider")
+async def idps_get(alias: str, call: IdentityProviders) -> Response:
+    """Return one upstream's settings and URLs (never its secret)."""
+    found = await call.ctx.broker.providers(call.uow).get(call.tenant.id, alias)
+    return json_response(found.describe(call.tenant.issuer))
+
+
+@router.patch(T + "/identity-providers/{alias}", summary="Change an upstream identity provider")
+async def idps_patch(alias: str, body: schemas.IdentityProviderPatch, call: IdentityProviders) -> Response:
+    """Change an upstream's settings (a new SAML metadata document is a certificate rollover)."""
+    sent = body.model_fields_set
+    changed = await call.ctx.broker.providers(call.uow).update(
+        call.tenant.id,
+        alias,
+        enabled=body.enabled,
+        jit=body.jit,
+        display_name=body.display_name,
+        client_secret=body.client_secret.get_secret_value() if body.client_secret else None,
+        email_domains=body.email_domains,
+        link_claim=("" if body.link_claim is None else body.link_claim) if "link_claim" in sent else None,
+        mapping=orjson.dumps(body.mapping) if body.mapping is not None else None,
+        clear_mapping="mapping" in sent and body.mapping is None,
+        metadata_xml=body.metadata_xml.encode() if body.metadata_xml is not None else None,
+        metadata_url=body.metadata_url,
+        allow_idp_initiated=body.allow_idp_initiated,
+        userinfo=body.userinfo,
+    )
+    return json_response(changed.describe(call.tenant.issuer))
+
+
+@router.delete(T + "/identity-providers/{alias}", summary="Remove an upstream identity provider", status_code=204)
+async def idps_delete(alias: str, call: IdentityProviders) -> Response:
+    """Remove an upstream with its links; the sessions that came through it end now."""
+    await call.ctx.broker.providers(call.uow).delete(call.tenant.id, alias)
+    return Response(status_code=204)
+
+
+@router.post(T + "/identity-providers/{alias}/preview", summary="Preview an upstream's mapping")
+async def idps_preview(alias: str, sample: dict[str, Any], call: IdentityProviders) -> Response:
+    """Return what a sign-in with this sample assertion would map, link and change; nothing is changed."""
+    try:
+        provider = await call.ctx.broker.providers(call.uow).get(call.tenant.id, alias)
+        preview = await preview_claims(
+            call.uow, directory=call.directory, provider=provider, sample=orjson.dumps(sample)
+        )
+    finally:
+        await call.uow.rollback()  # read-only, whatever happened above
+    return json_response({"alias": provider.alias, **preview.describe()})
+
+
+# --- tenants -----------------------------------------------------------------------------------------
+def tenant_out(tenant: TenantInfo) -> dict[str, Any]:
+    """Return a tenant as the admin API shows it."""
+    return {
+        "id": str(tenant.id),
+        "slug": tenant.slug,
+        "name": tenant.name,
+        "issuer": tenant.issuer,
+        "settings": tenant.settings,
+    }
+
+
 @router.get(T, summary="Read the tenant")
 async def tenant_get(call: TenantRead) -> Response:
     """Return the tenant's name, issuer and settings."""
-    tenant = call.tenant
-    return json_response({"id": str(tenant.id), "slug": tenant.slug, "name": tenant.name, "issuer": tenant.issuer})
+    return json_response(tenant_out(call.tenant))
+
+
+@router.patch(T, summary="Change the tenant")
+async def tenant_patch(body: schemas.TenantPatch, call: TenantRead) -> Response:
+    """Change the tenant's name or default access-token algorithm."""
+    await update_tenant(call.uow, slug=call.tenant.slug, name=body.name, access_token_alg=body.access_token_alg)
+    info = await call.ctx.tenants.get(call.tenant.slug)  # the change reaches the cache at commit
+    settings = dict(call.tenant.settings)
+    if body.access_token_alg:
+        settings["access_token_alg"] = body.access_token_alg
+    shown = tenant_out(info or call.tenant) | {"name": body.name or call.tenant.name, "settings": settings}
+    return json_response(shown)
+
+
+@router.get("/tenants", summary="List tenants (system administrators)", response_model=schemas.Page)
+async def tenants_list(
+    request: Request,
+    principal: PrincipalDep,
+    call_uow: UnitOfWorkDep,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> Response:
+    """List every tenant by slug."""
+    principal.require(P.TENANTS)
+    items, next_key = await service.list_tenants(call_uow, cursor=cursor, limit=limit, public_url=_public(request))
+    return page_response(request, items, next_key)
+
+
+@router.post("/tenants", summary="Create a tenant (system administrators)", status_code=201)
+async def tenants_create(
+    body: schemas.TenantCreate, ctx: ContextDep, principal: PrincipalDep, uow: UnitOfWorkDep
+) -> Response:
+    """Create a tenant with its first signing keys; its administrator comes from ``idhub init`` or this API."""
+    principal.require(P.TENANTS)
+    tenant, created = await get_or_create_tenant(uow, slug=body.slug, sealer=ctx.sealer, name=body.name)
+    if not created:
+        raise Conflict("a tenant with this slug exists")
+    out = {"id": str(tenant.id), "slug": tenant.slug, "name": tenant.name}
+    return json_response(out | {"issuer": issuer_for(ctx.settings.public_url, tenant.slug)}, status=201)
+
+
+def _public(request: Request) -> str:
+    return str(context_of(request).settings.public_url)

@@ -231,3 +231,66 @@ class Page(BaseModel):
 
     items: list[dict[str, Any]]
     next_cursor: str | None
+
+
+# --- identity providers ------------------------------------------------------------------------------
+IdpType = Literal["oidc", "saml", "google", "microsoft", "github", "facebook", "linkedin"]
+
+
+class IdentityProviderCreate(Body):
+    """A new upstream identity provider (the upstream's own client id and secret are inputs here)."""
+
+    server_owned: ClassVar[frozenset[str]] = SERVER_OWNED - {"client_id", "client_secret"}
+
+    alias: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    type: IdpType
+    issuer: Uri | None = None
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    client_secret: SecretStr | None = None
+    metadata_xml: Annotated[str, StringConstraints(max_length=1_000_000)] | None = None
+    metadata_url: Uri | None = None
+    internal: bool = Field(default=False, description="private and loopback addresses (system administrators)")
+    jit: bool = True
+    display_name: OptionalText = None
+    email_domains: list[Annotated[str, StringConstraints(max_length=253)]] = Field(default_factory=list, max_length=50)
+    link_claim: Annotated[str, StringConstraints(max_length=64)] | None = None
+    allow_idp_initiated: bool = False
+    userinfo: Literal["auto", "always"] | None = None
+    mapping: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="forbid", str_max_length=1_000_000)
+
+
+class IdentityProviderPatch(Body):
+    """A change to an upstream; what is not sent stays."""
+
+    server_owned: ClassVar[frozenset[str]] = SERVER_OWNED - {"client_secret"}
+
+    enabled: bool | None = None
+    jit: bool | None = None
+    display_name: OptionalText = None
+    client_secret: SecretStr | None = None
+    email_domains: list[Annotated[str, StringConstraints(max_length=253)]] | None = Field(default=None, max_length=50)
+    link_claim: Annotated[str, StringConstraints(max_length=64)] | None = None
+    mapping: dict[str, Any] | None = None
+    metadata_xml: Annotated[str, StringConstraints(max_length=1_000_000)] | None = None
+    metadata_url: Uri | None = None
+    allow_idp_initiated: bool | None = None
+    userinfo: Literal["auto", "always"] | None = None
+
+    model_config = ConfigDict(extra="forbid", str_max_length=1_000_000)
+
+
+# --- tenants -----------------------------------------------------------------------------------------
+class TenantCreate(Body):
+    """A new tenant (system administrators)."""
+
+    slug: Annotated[str, StringConstraints(min_length=1, max_length=63)]
+    name: OptionalText = None
+
+
+class TenantPatch(Body):
+    """A change to a tenant's settings."""
+
+    name: Text | None = None
+    access_token_alg: Literal["ES256", "RS256"] | None = None

@@ -21,8 +21,9 @@ from idhub.directory import Directory
 from idhub.directory.profile import PROFILE_COLUMNS, UserProfile, ValueRecord
 from idhub.directory.users import KEEP_PASSWORD
 from idhub.errors import NotFound
-from idhub.storage.models import AuditEvent, Client, Group, SigningKey, User, UserSession
+from idhub.storage.models import AuditEvent, Client, Group, SigningKey, Tenant, User, UserSession
 from idhub.storage.uow import UnitOfWork
+from idhub.tenants.service import issuer_for
 
 PROFILE_FIELDS = tuple(name for name in PROFILE_COLUMNS if name in UserPatch.model_fields)
 
@@ -322,3 +323,19 @@ def _audit_key(after: list[str]) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(after[0]), uuid.UUID(after[1])
     except ValueError as exc:
         raise Problem(400, "the cursor is not valid", kind="bad-cursor") from exc
+
+
+# --- tenants -----------------------------------------------------------------------------------------
+async def list_tenants(
+    uow: UnitOfWork, *, cursor: str | None, limit: int, public_url: str
+) -> tuple[list[dict[str, Any]], tuple[str] | None]:
+    """Return a page of tenants ordered by slug (system administrators)."""
+    after = decode_cursor(cursor, parts=1)
+    query = select(Tenant)
+    if after is not None:
+        query = query.where(Tenant.slug > after[0])
+    rows = (await uow.session.scalars(query.order_by(Tenant.slug).limit(limit + 1))).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [{"id": str(t.id), "slug": t.slug, "name": t.name, "issuer": issuer_for(public_url, t.slug)} for t in rows]
+    return items, ((rows[-1].slug,) if more else None)

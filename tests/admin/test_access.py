@@ -44,6 +44,13 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", "/keys", None, "helpdesk"),
     ("POST", "/keys/rotate", None, "helpdesk"),
     ("GET", "/audit", None, "helpdesk"),
+    ("PATCH", "", {"name": "n"}, "helpdesk"),
+    ("GET", "/identity-providers", None, "helpdesk"),
+    ("POST", "/identity-providers", {"alias": "gh", "type": "github"}, "helpdesk"),
+    ("GET", "/identity-providers/abc", None, "helpdesk"),
+    ("PATCH", "/identity-providers/abc", {"enabled": False}, "helpdesk"),
+    ("DELETE", "/identity-providers/abc", None, "helpdesk"),
+    ("POST", "/identity-providers/abc/preview", {"sub": "1"}, "auditor"),
 ]
 
 
@@ -126,6 +133,26 @@ def test_idhub_system_scope_outside_the_system_tenant_grants_nothing_more(env: E
     other = env.tenant()
     token = client_token(env, other, "idhub:admin idhub:system")
     assert_problem(admin.call("GET", "users", token=token), 404)
+
+
+def test_tenants_routes_are_for_system_admins_only(env: Env, admin: Admin) -> None:
+    assert_problem(admin.call("GET", "/admin/v1/tenants"), 403)
+    assert_problem(admin.call("POST", "/admin/v1/tenants", json={"slug": "mine"}), 403)
+    assert_problem(admin.call("GET", "/admin/v1/tenants", role=None), 401)
+    token = client_token(env, _system(env), "idhub:admin idhub:system")
+    slug = f"t-{uuid.uuid4().hex[:10]}"
+    created = admin.call("POST", "/admin/v1/tenants", token=token, json={"slug": slug, "name": "Acme"})
+    assert created.status_code == 201 and created.json()["issuer"].endswith(f"/tenants/{slug}")
+    assert_problem(admin.call("POST", "/admin/v1/tenants", token=token, json={"slug": slug}), 409)
+    assert_problem(admin.call("POST", "/admin/v1/tenants", token=token, json={"slug": "Not A Slug"}), 422)
+    seen, cursor = [], ""
+    while True:
+        page = admin.call("GET", f"/admin/v1/tenants?limit=5&cursor={cursor}", token=token).json()
+        seen += [t["slug"] for t in page["items"]]
+        if not page["next_cursor"]:
+            break
+        cursor = page["next_cursor"]
+    assert slug in seen and admin.tenant.slug in seen and seen == sorted(seen)
 
 
 def test_tenant_admin_cannot_register_a_system_scope(admin: Admin) -> None:
