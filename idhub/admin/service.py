@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from idhub.admin.pagination import decode_cursor
 from idhub.admin.problems import Problem
@@ -77,7 +77,7 @@ async def list_users(
     if prefix:
         query = query.where(User.username.like(_like_prefix(prefix.casefold()), escape="\\"))
     if email:
-        query = query.where(User.email == email)
+        query = query.where(func.lower(User.email) == email.lower())  # ix_user_tenant_email_lower
     if active is True:
         query = query.where(User.enabled.is_(True))
     elif active is False:
