@@ -190,7 +190,16 @@ def client() -> None:
 )
 @click.option("--resource", "resources", multiple=True, help="RFC 8707 resource the client may ask for")
 @click.option("--access-token-alg", type=click.Choice(["ES256", "RS256"]), default=None)
-@click.option("--auth-method", type=click.Choice(["client_secret_basic", "client_secret_post"]), default=None)
+@click.option(
+    "--auth-method",
+    type=click.Choice(["client_secret_basic", "client_secret_post", "private_key_jwt"]),
+    default=None,
+)
+@click.option("--jwks-uri", default=None, help="private_key_jwt: where the client publishes its public keys")
+@click.option(
+    "--jwks-file", type=click.Path(exists=True, dir_okay=False), default=None, help="private_key_jwt: its JWK Set"
+)
+@click.option("--internal-jwks-uri", is_flag=True, help="let the jwks_uri name a loopback or private host")
 @click.option("--first-party", is_flag=True, help="skip the consent page for this client")
 @click.option("--json", "as_json", is_flag=True)
 def client_create(
@@ -206,10 +215,21 @@ def client_create(
     resources: tuple[str, ...],
     access_token_alg: str | None,
     auth_method: str | None,
+    jwks_uri: str | None,
+    jwks_file: str | None,
+    internal_jwks_uri: bool,
     first_party: bool,
     as_json: bool,
 ) -> None:
     """Register a client and print its id and (once) its secret."""
+    jwks: dict[str, Any] | None = None
+    if jwks_file is not None:
+        try:
+            jwks = json.loads(Path(jwks_file).read_text())
+        except (OSError, ValueError):
+            _fail("the JWKS file is not JSON")
+        if not isinstance(jwks, dict):
+            _fail("the JWKS file must hold a JWK Set object")
     try:  # the same validator create_client runs, before anything touches the database
         validate_client_uris(
             redirect_uris=redirect_uris,
@@ -237,6 +257,9 @@ def client_create(
             allow_private_backchannel=internal_backchannel,
             resources=list(resources),
             access_token_alg=access_token_alg,
+            jwks=jwks,
+            jwks_uri=jwks_uri,
+            allow_private_jwks_uri=internal_jwks_uri,
             first_party=first_party,
         )
         return {"client_id": row.client_id, "client_secret": secret}

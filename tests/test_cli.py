@@ -117,6 +117,16 @@ def test_cli_client_create_json_id_and_secret(cli_env: dict[str, str], tenant: d
     assert result["client_id"] and result["client_secret"]
 
 
+def test_cli_client_create_private_key_jwt_with_jwks_uri(cli_env: dict[str, str], tenant: dict[str, Any]) -> None:
+    args = ["client", "create", "--tenant", tenant["tenant"], "--name", "signer", "--grant-type", "client_credentials"]
+    result = _ok_json(
+        _invoke(cli_env, *args, "--auth-method", "private_key_jwt", "--jwks-uri", "https://keys.example/jwks", "--json")
+    )
+    assert result["client_id"] and result["client_secret"] is None
+    loopback = ["--auth-method", "private_key_jwt", "--jwks-uri", "http://127.0.0.1:9/jwks", "--internal-jwks-uri"]
+    assert _ok_json(_invoke(cli_env, *args, *loopback, "--json"))["client_id"]
+
+
 def test_cli_client_create_public_no_secret(cli_env: dict[str, str], tenant: dict[str, Any]) -> None:
     args = ["client", "create", "--tenant", tenant["tenant"], "--name", "spa", "--public", "--json"]
     result = _ok_json(_invoke(cli_env, *args, "--redirect-uri", "https://spa.example/cb"))
@@ -130,6 +140,9 @@ def test_cli_client_create_public_no_secret(cli_env: dict[str, str], tenant: dic
         ["--grant-type", "authorization_code"],  # no redirect URI
         ["--redirect-uri", "not a uri", "--grant-type", "authorization_code"],
         ["--access-token-alg", "HS256"],
+        ["--auth-method", "private_key_jwt", "--grant-type", "client_credentials"],  # no keys
+        ["--auth-method", "private_key_jwt", "--grant-type", "client_credentials", "--jwks-uri", "http://k.example/j"],
+        ["--auth-method", "private_key_jwt", "--grant-type", "client_credentials", "--jwks-uri", "https://10.0.0.1/"],
     ],
 )
 def test_cli_client_create_bad_input_one_line_error(

@@ -321,8 +321,12 @@ async def clients_create(body: schemas.ClientCreate, call: Clients) -> Response:
         resources=body.resources,
         access_token_alg=body.access_token_alg,
         jwks=body.jwks,
+        jwks_uri=body.jwks_uri,
         first_party=body.first_party,
         application_type=body.application_type,
+        # Private hosts are reachable only from inside: system administrators alone may register them.
+        allow_private_jwks_uri=call.principal.is_system,
+        allow_private_backchannel=call.principal.is_system,
     )
     await call.uow.session.refresh(client)
     out = service.client_out(client) | {"client_secret": secret}

@@ -162,6 +162,7 @@ class ClientCreate(Body):
     resources: list[Uri] = Field(default_factory=list, max_length=20)
     access_token_alg: Literal["ES256", "RS256"] | None = None
     jwks: dict[str, Any] | None = None
+    jwks_uri: Uri | None = None
     first_party: bool = False
 
 
@@ -177,6 +178,7 @@ class ClientPatch(Body):
     resources: list[Uri] | None = Field(default=None, max_length=20)
     access_token_alg: Literal["ES256", "RS256"] | None = None
     jwks: dict[str, Any] | None = None
+    jwks_uri: Uri | None = None
     first_party: bool | None = None
     enabled: bool | None = None
 

@@ -170,6 +170,7 @@ def client_out(client: Client) -> dict[str, Any]:
         "resources": list(client.resources or []),
         "access_token_alg": client.access_token_alg,
         "jwks": client.jwks,
+        "jwks_uri": client.jwks_uri,
         "first_party": client.first_party,
         "enabled": client.enabled,
         "created_at": client.created_at,

@@ -193,18 +193,31 @@ def check_backchannel_logout_uri(uri: str, *, allow_private: bool = False) -> No
     ``https`` only, on a public host. ``allow_private`` (an operator's explicit choice, for test peers
     and development) also takes loopback, private and internal hosts, over ``http`` too.
     """
-    label = "back-channel logout URI"
+    check_fetched_uri(uri, label="back-channel logout URI", allow_private=allow_private)
+
+
+def check_jwks_uri(uri: str, *, allow_private: bool = False) -> None:
+    """Refuse a client ``jwks_uri`` this server should not fetch (RFC 7591 §2; the same rule as back-channel logout).
+
+    ``https`` on a public host (OIDC Registration §2: the keys' integrity rests on TLS); ``allow_private``
+    as for :func:`check_backchannel_logout_uri`.
+    """
+    check_fetched_uri(uri, label="jwks_uri", allow_private=allow_private)
+
+
+def check_fetched_uri(uri: str, *, label: str, allow_private: bool = False) -> None:
+    """Refuse a URI this server would send requests to: ``https`` on a public host, unless allowed private."""
     _check_characters(uri, label)
     parts, scheme = _split(uri, label)
     if scheme not in ("https", "http"):
-        raise _refuse(label, uri, "must use https (OIDC Back-Channel Logout 1.0 §2.2)")
+        raise _refuse(label, uri, "must use https")
     host = _host_of(parts, uri, label)
     address = _ip(host)
     if address is not None and (address.is_multicast or address.is_unspecified):
         raise _refuse(label, uri, "names a multicast or unspecified address")
     if is_public_host(host):
         if scheme != "https":
-            raise _refuse(label, uri, "must use https (OIDC Back-Channel Logout 1.0 §2.2)")
+            raise _refuse(label, uri, "must use https")
         return
     if not allow_private:
         raise _refuse(label, uri, "names a loopback, private or internal host, which is not allowed here")

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from idhub.cache import RefreshingCache
-from idhub.clients.redirects import validate_client_uris
+from idhub.clients.redirects import check_jwks_uri, validate_client_uris
 from idhub.crypto.jwt import SIGNING_ALGS
 from idhub.crypto.secrets import SecretHasher, random_token
 from idhub.errors import Conflict, Invalid, NotFound
@@ -54,6 +54,7 @@ class ClientInfo:
     access_token_alg: str | None
     id_token_alg: str
     jwks: dict[str, Any] | None
+    jwks_uri: str | None
     first_party: bool
     backchannel_logout_uri: str | None
     enabled: bool
@@ -82,6 +83,7 @@ class ClientInfo:
             access_token_alg=row.access_token_alg,
             id_token_alg=row.id_token_alg,
             jwks=row.jwks,
+            jwks_uri=row.jwks_uri,
             first_party=row.first_party,
             backchannel_logout_uri=row.backchannel_logout_uri,
             enabled=row.enabled,
@@ -142,10 +144,12 @@ async def create_client(
     resources: list[str] | None = None,
     access_token_alg: str | None = None,
     jwks: dict[str, Any] | None = None,
+    jwks_uri: str | None = None,
     first_party: bool = False,
     application_type: str | None = None,
     client_id: str | None = None,
     allow_private_backchannel: bool = False,
+    allow_private_jwks_uri: bool = False,
 ) -> tuple[Client, str | None]:
     """Register a client; return it and its secret (shown once, stored only as a keyed hash).
 
@@ -176,8 +180,7 @@ async def create_client(
         raise Invalid("a public client authenticates with 'none'")
     if method == "none" and "client_credentials" in grant_types:
         raise Invalid("a public client cannot use client_credentials")
-    if method == "private_key_jwt" and not jwks:
-        raise Invalid("private_key_jwt needs the client's public keys (jwks)")
+    check_keys(method, jwks, jwks_uri, allow_private=allow_private_jwks_uri)
     if access_token_alg is not None and access_token_alg not in SIGNING_ALGS:
         raise Invalid(f"access_token_alg must be one of {', '.join(SIGNING_ALGS)}")
     secret = random_token(32) if method in ("client_secret_basic", "client_secret_post") else None
@@ -195,6 +198,7 @@ async def create_client(
         resources=list(resources or []),
         access_token_alg=access_token_alg,
         jwks=jwks,
+        jwks_uri=jwks_uri,
         first_party=first_party,
         backchannel_logout_uri=backchannel_logout_uri,
     )
@@ -220,13 +224,28 @@ UPDATABLE = frozenset(
         "resources",
         "access_token_alg",
         "jwks",
+        "jwks_uri",
         "first_party",
         "enabled",
     }
 )
 
 
-def check_client(client: Client, *, allow_private_backchannel: bool = False) -> None:
+def check_keys(method: str, jwks: dict[str, Any] | None, jwks_uri: str | None, *, allow_private: bool) -> None:
+    """Check how a client publishes its keys: by value or by reference, never both (RFC 7591 §2)."""
+    if jwks is not None and jwks_uri is not None:
+        raise Invalid("give jwks or jwks_uri, not both (RFC 7591 §2)")
+    if jwks is not None and (not isinstance(jwks.get("keys"), list) or not jwks["keys"]):
+        raise Invalid("jwks must be a JWK Set with at least one key (RFC 7517 §5)")
+    if jwks_uri is not None:
+        check_jwks_uri(jwks_uri, allow_private=allow_private)
+    if method == "private_key_jwt" and not (jwks or jwks_uri):
+        raise Invalid("private_key_jwt needs the client's public keys (jwks or jwks_uri)")
+
+
+def check_client(
+    client: Client, *, allow_private_backchannel: bool = False, allow_private_jwks_uri: bool = False
+) -> None:
     """Check a client's registration as a whole (the rules :func:`create_client` applies, after a change)."""
     if not client.name.strip() or len(client.name) > 200:
         raise Invalid("client name must be 1-200 characters")
@@ -246,8 +265,7 @@ def check_client(client: Client, *, allow_private_backchannel: bool = False) -> 
     method = client.token_endpoint_auth_method
     if method == "none" and "client_credentials" in grants:
         raise Invalid("a public client cannot use client_credentials")
-    if method == "private_key_jwt" and not client.jwks:
-        raise Invalid("private_key_jwt needs the client's public keys (jwks)")
+    check_keys(method, client.jwks, client.jwks_uri, allow_private=allow_private_jwks_uri)
     if client.access_token_alg is not None and client.access_token_alg not in SIGNING_ALGS:
         raise Invalid(f"access_token_alg must be one of {', '.join(SIGNING_ALGS)}")
 
@@ -269,6 +287,7 @@ async def update_client(
     *,
     token_lifetime: int,
     allow_private_backchannel: bool = False,
+    allow_private_jwks_uri: bool = False,
 ) -> Client:
     """Change a client's registration; the whole result is checked as at registration.
 
@@ -283,7 +302,12 @@ async def update_client(
         if name == "scope":
             value = " ".join(dict.fromkeys(str(value or "").split()))
         setattr(client, name, value)
-    check_client(client, allow_private_backchannel=allow_private_backchannel)
+    # A fetched URI that stays as it was keeps the allowance it was registered with.
+    check_client(
+        client,
+        allow_private_backchannel=allow_private_backchannel or "backchannel_logout_uri" not in changes,
+        allow_private_jwks_uri=allow_private_jwks_uri or "jwks_uri" not in changes,
+    )
     client.updated_at = utcnow()
     await uow.session.flush()
     if was_enabled and not client.enabled:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 from fastapi import Request
 from joserfc import jws
@@ -27,6 +27,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from idhub import request_context
+from idhub.broker.errors import UpstreamRefused
+from idhub.broker.fetch import FetchPolicy
+from idhub.clients.redirects import is_public_host
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
 from idhub.crypto import jwt
@@ -151,7 +154,13 @@ async def none(
 
 
 def verify_client_assertion(
-    client: ClientInfo, assertion: str, *, audiences: tuple[str, ...], max_age: int, now: float | None = None
+    client: ClientInfo,
+    assertion: str,
+    *,
+    audiences: tuple[str, ...],
+    max_age: int,
+    now: float | None = None,
+    keys: KeySet | None = None,
 ) -> dict[str, Any]:
     """Verify a ``private_key_jwt`` assertion except its single use (RFC 7523 §3, OIDC Core §9).
 
@@ -159,10 +168,11 @@ def verify_client_assertion(
     HMAC); ``iss`` = ``sub`` = client_id; ``aud`` names the token endpoint or the issuer; ``exp``
     present and not further ahead than ``max_age``; ``jti`` present.
     """
-    if not client.jwks:
+    if keys is None and not client.jwks:
         raise InvalidClient("client has no registered keys")
     try:
-        keys = KeySet.import_key_set(client.jwks)  # type: ignore[arg-type]
+        if keys is None:
+            keys = KeySet.import_key_set(client.jwks)  # type: ignore[arg-type]
         claims = jwt.verify(assertion, keys, algorithms=jwt.CLIENT_ASSERTION_ALGS)
     except (jwt.InvalidJWT, JoseError, ValueError, TypeError, KeyError) as exc:
         raise InvalidClient("client assertion signature invalid") from exc
@@ -197,11 +207,13 @@ async def private_key_jwt(
 ) -> None:
     """Authenticate with a signed assertion; its ``jti`` is consumed atomically (RFC 7523 §3 item 7)."""
     assert creds.assertion is not None
+    keys = await published_keys(ctx, client, creds.assertion) if client.jwks_uri else None
     claims = verify_client_assertion(
         client,
         creds.assertion,
         audiences=assertion_audiences(tenant, endpoint),
         max_age=ctx.settings.tokens.client_assertion_max_age,
+        keys=keys,
     )
     expires_at = datetime.fromtimestamp(float(claims["exp"]) + CLOCK_SKEW, UTC)
     # A unit of work of its own: the jti is used up even if the rest of the request fails.
@@ -215,6 +227,32 @@ async def private_key_jwt(
         )
     if not won:
         raise InvalidClient("client authentication failed", internal="client assertion jti replayed")
+
+
+async def published_keys(ctx: AppContext, client: ClientInfo, assertion: str) -> KeySet:
+    """Return the key of the client's ``jwks_uri`` that the assertion names (fetched, cached, refetched on rotation).
+
+    The set is cached per URI; an unknown ``kid`` refetches it at most once a minute, so random key ids
+    cannot make this server hammer the client's host. A host that is not public was allowed at registration
+    by an operator (:func:`idhub.clients.redirects.check_jwks_uri`); any other name is fetched through the
+    guard that refuses private addresses, so a name cannot later be pointed inside the network.
+    """
+    assert client.jwks_uri is not None
+    try:
+        header = jws.extract_compact(assertion.encode()).headers()
+    except (JoseError, ValueError, TypeError) as exc:
+        raise InvalidClient("client assertion is not a JWS") from exc
+    alg, kid = header.get("alg"), header.get("kid")
+    if alg not in jwt.CLIENT_ASSERTION_ALGS or (kid is not None and not isinstance(kid, str)):
+        raise InvalidClient("client assertion algorithm not allowed")
+    host = urlsplit(client.jwks_uri).hostname or ""
+    policy = FetchPolicy(internal=not is_public_host(host))
+    try:
+        key = await ctx.broker.jwks.key_for(client.jwks_uri, kid, alg, policy=policy)
+    except UpstreamRefused as exc:
+        raise InvalidClient("client assertion signature invalid", internal=f"jwks_uri: {exc.internal}") from exc
+    # UpstreamUnavailable (the keys cannot be fetched and none are cached) is a 503 with Retry-After.
+    return KeySet([key])
 
 
 def assertion_audiences(tenant: TenantInfo, endpoint: str) -> tuple[str, ...]:

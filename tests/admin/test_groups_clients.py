@@ -99,3 +99,23 @@ def test_clients_patch_if_match(admin: Admin) -> None:
     assert_problem(admin.call("PATCH", f"clients/{client_id}", json={"name": "w3"}, headers={"if-match": tag}), 412)
     assert_problem(admin.call("PATCH", f"clients/{client_id}", json={"name": None}), 422)
     assert_problem(admin.call("PATCH", f"clients/{client_id}", json={"grant_types": ["implicit"]}), 422)
+
+
+def test_clients_private_key_jwt_by_reference(admin: Admin) -> None:
+    body = {
+        "name": "signer",
+        "grant_types": ["client_credentials"],
+        "token_endpoint_auth_method": "private_key_jwt",
+        "jwks_uri": "https://keys.example.com/jwks",
+        "scope": "api:read",
+    }
+    created = admin.call("POST", "clients", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["client_secret"] is None and created.json()["jwks_uri"] == body["jwks_uri"]
+    # A loopback or private key host is reachable only from inside: not for a tenant administrator.
+    assert_problem(admin.call("POST", "clients", json={**body, "jwks_uri": "https://127.0.0.1/jwks"}), 422)
+    client_id = created.json()["client_id"]
+    patched = admin.call("PATCH", f"clients/{client_id}", json={"jwks_uri": "https://10.1.2.3/jwks"})
+    assert_problem(patched, 422)
+    assert_problem(admin.call("PATCH", f"clients/{client_id}", json={"jwks": {"keys": [{"kty": "EC"}]}}), 422)
+    assert admin.call("PATCH", f"clients/{client_id}", json={"name": "signer 2"}).status_code == 200

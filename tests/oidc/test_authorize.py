@@ -48,6 +48,7 @@ def client_info(**overrides: Any) -> ClientInfo:
         access_token_alg=None,
         id_token_alg="RS256",
         jwks=None,
+        jwks_uri=None,
         first_party=False,
         backchannel_logout_uri=None,
         enabled=True,

@@ -224,3 +224,136 @@ def test_client_auth_nul_in_basic_client_id_invalid_client(env: Env) -> None:
     response = post(env, tenant, "token", {"grant_type": "client_credentials"}, {"authorization": "Basic " + raw})
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
+
+
+# --- private_key_jwt with keys by reference (jwks_uri, RFC 7591 §2) ------------------------------------
+class _JwksServer:
+    """A client's key server on loopback: serves whatever JWK Set it is given."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        owner = self
+        self.document: dict[str, Any] = {"keys": []}
+        self.hits = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.hits += 1
+                body = json.dumps(owner.document).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _public(key: ECKey, kid: str) -> dict[str, Any]:
+    public = key.as_dict(private=False)
+    public.update(kid=kid, alg="ES256", use="sig")
+    return public
+
+
+def _assertion_with(tenant: Any, client_id: str, key: Any, kid: str) -> dict[str, str]:
+    now = int(time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": f"{tenant.issuer}/token",
+        "exp": now + 60,
+        "jti": uuid.uuid4().hex,
+    }
+    assertion = jose_jwt.encode({"alg": "ES256", "kid": kid}, claims, key)
+    return {
+        **CC,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+    }
+
+
+def test_client_auth_private_key_jwt_keys_fetched_from_jwks_uri_and_rotated(env: Env) -> None:
+    keys = _JwksServer()
+    try:
+        tenant = env.tenant()
+        first = ECKey.generate_key("P-256", private=True)
+        keys.document = {"keys": [_public(first, "k1")]}
+        client_id, _ = env.oauth_client(
+            tenant,
+            token_endpoint_auth_method="private_key_jwt",
+            jwks_uri=keys.url,
+            allow_private_jwks_uri=True,
+            scope="api",
+        )
+        answer = post(env, tenant, "token", _assertion_with(tenant, client_id, first, "k1"))
+        assert answer.status_code == 200, answer.text
+        assert post(env, tenant, "token", _assertion_with(tenant, client_id, first, "k1")).status_code == 200
+        assert keys.hits == 1  # cached
+        # The client rotates: a new kid makes the server fetch the set again (at most once per interval).
+        second = ECKey.generate_key("P-256", private=True)
+        keys.document = {"keys": [_public(second, "k2")]}
+        jwks = env.ctx.broker.jwks
+        interval, jwks.refetch_interval = jwks.refetch_interval, 0.0
+        try:
+            assert post(env, tenant, "token", _assertion_with(tenant, client_id, second, "k2")).status_code == 200
+            # A key the set does not hold, and a key id it holds with another key's signature, fail.
+            _assert_invalid_client(post(env, tenant, "token", _assertion_with(tenant, client_id, first, "k1")))
+            _assert_invalid_client(post(env, tenant, "token", _assertion_with(tenant, client_id, first, "k2")))
+        finally:
+            jwks.refetch_interval = interval
+    finally:
+        keys.close()
+
+
+def test_client_auth_jwks_uri_unreachable_is_503_with_retry_after(env: Env) -> None:
+    keys = _JwksServer()
+    keys.close()  # nothing listens there any more
+    tenant = env.tenant()
+    client_id, _ = env.oauth_client(
+        tenant,
+        token_endpoint_auth_method="private_key_jwt",
+        jwks_uri=keys.url,
+        allow_private_jwks_uri=True,
+        scope="api",
+    )
+    key = ECKey.generate_key("P-256", private=True)
+    answer = post(env, tenant, "token", _assertion_with(tenant, client_id, key, "k1"))
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"] == "temporarily_unavailable" and int(answer.headers["retry-after"]) > 0
+
+
+def test_client_registration_jwks_uri_rules(env: Env) -> None:
+    import pytest
+
+    from idhub.errors import Invalid
+
+    tenant = env.tenant()
+    key = {"keys": [_public(ECKey.generate_key("P-256", private=True), "k1")]}
+    bad: list[dict[str, Any]] = [
+        {"jwks_uri": "http://keys.example.com/jwks"},  # not https
+        {"jwks_uri": "https://127.0.0.1/jwks"},  # loopback without the operator's allowance
+        {"jwks_uri": "https://10.0.0.5/jwks"},
+        {"jwks_uri": "https://keys.example.com/jwks", "jwks": key},  # both (RFC 7591 §2)
+        {"jwks": {"keys": []}},
+        {},  # private_key_jwt with no keys at all
+    ]
+    for extra in bad:
+        with pytest.raises(Invalid):
+            env.oauth_client(tenant, token_endpoint_auth_method="private_key_jwt", scope="api", **extra)
+    client_id, _ = env.oauth_client(
+        tenant, token_endpoint_auth_method="private_key_jwt", scope="api", jwks_uri="https://keys.example.com/jwks"
+    )
+    assert client_id

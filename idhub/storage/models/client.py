@@ -34,6 +34,8 @@ class Client(Base):
     access_token_alg: Mapped[str | None] = mapped_column(String(16))
     id_token_alg: Mapped[str] = mapped_column(String(16), default="RS256")
     jwks: Mapped[dict[str, Any] | None]
+    # The client's public keys by reference (RFC 7591 §2): fetched and cached, never both with ``jwks``.
+    jwks_uri: Mapped[str | None] = mapped_column(String(2000))
     first_party: Mapped[bool] = mapped_column(default=False)
     backchannel_logout_uri: Mapped[str | None] = mapped_column(String(2000))
     enabled: Mapped[bool] = mapped_column(default=True)
