@@ -32,7 +32,7 @@ from idhub.settings import Settings
 from idhub.storage.migrate import upgrade
 from idhub.storage.models import Group, User
 from idhub.storage.uow import UnitOfWork
-from idhub.tenants.service import get_or_create_tenant, issuer_for, require_tenant
+from idhub.tenants.service import get_or_create_tenant, issuer_for, require_tenant, update_tenant
 
 T = TypeVar("T")
 
@@ -453,6 +453,23 @@ def keys_rotate(slug: str, as_json: bool) -> None:
             uow, tenant_id=tenant.id, sealer=ctx.sealer, max_token_lifetime=timedelta(seconds=lifetime)
         )
         return {"tenant": tenant.slug, "active_kids": active}
+
+    _emit(_run(work), as_json)
+
+
+@keys.command("schedule")
+@click.option("--tenant", "slug", required=True)
+@click.option("--every-days", type=click.IntRange(1, 3650), default=None, help="rotate the keys this often")
+@click.option("--off", is_flag=True, help="rotate only on demand")
+@click.option("--json", "as_json", is_flag=True)
+def keys_schedule(slug: str, every_days: int | None, off: bool, as_json: bool) -> None:
+    """Rotate the tenant's signing keys on a schedule (checked by every running server), or stop doing so."""
+    if (every_days is None) == (not off):
+        _fail("give --every-days N or --off")
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await update_tenant(uow, slug=slug, key_rotation_days=None if off else every_days)
+        return {"tenant": tenant.slug, "key_rotation_days": (tenant.settings or {}).get("key_rotation_days")}
 
     _emit(_run(work), as_json)
 

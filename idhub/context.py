@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -19,6 +20,7 @@ from idhub.clients.service import ClientCache
 from idhub.credentials.provisioning import ProvisioningTokenCache
 from idhub.crypto.encryption import Sealer, derive_key
 from idhub.crypto.keys import KeyStore
+from idhub.crypto.rotation import KeyRotationSchedule
 from idhub.crypto.secrets import SecretHasher
 from idhub.directory import Directory
 from idhub.directory.passwords import PasswordHasher
@@ -70,6 +72,7 @@ class AppContext:
     provisioning_tokens: ProvisioningTokenCache
     purger: Purger
     broker: Broker
+    key_rotation: KeyRotationSchedule
     redis: Any = None
 
     def uow(self, *, actor: Actor = ANONYMOUS, surface: str = "") -> UnitOfWork:
@@ -85,10 +88,12 @@ class AppContext:
         await self.revocations.start()
         self.audit.writer.start()
         self.purger.start()
+        self.key_rotation.start()
 
     async def close(self) -> None:
         """Stop background work and release connections."""
         await self.purger.stop()
+        await self.key_rotation.stop()
         await self.revocations.stop()
         try:
             await self.audit.writer.stop()
@@ -178,5 +183,11 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         provisioning_tokens=ProvisioningTokenCache(sessionmaker, secret_hasher, revocations),
         purger=Purger(uow_factory, interval=settings.purge_interval_seconds),
         broker=broker,
+        key_rotation=KeyRotationSchedule(
+            uow_factory,
+            sealer=sealer,
+            max_token_lifetime=timedelta(seconds=max(settings.tokens.access_token_ttl, settings.tokens.id_token_ttl)),
+            interval=settings.purge_interval_seconds,
+        ),
         redis=redis,
     )

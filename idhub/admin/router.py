@@ -468,8 +468,9 @@ async def links_delete(link_id: str, call: Links) -> Response:
 # --- keys and audit ----------------------------------------------------------------------------------
 @router.get(T + "/keys", summary="List signing keys")
 async def keys_list(call: Keys) -> Response:
-    """List the tenant's signing keys: public parts and lifecycle (next, active, retired)."""
-    return json_response({"items": await service.list_keys(call.uow, tenant_id=call.tenant.id), "next_cursor": None})
+    """List the tenant's signing keys: public parts and lifecycle (next, active, retired), and the schedule."""
+    items = await service.list_keys(call.uow, tenant_id=call.tenant.id)
+    return json_response({"items": items, "next_cursor": None, "rotation": service.rotation_of(call.tenant, items)})
 
 
 @router.post(T + "/keys/rotate", summary="Rotate signing keys")
@@ -616,13 +617,14 @@ async def tenant_get(call: TenantRead) -> Response:
 
 @router.patch(T, summary="Change the tenant")
 async def tenant_patch(body: schemas.TenantPatch, call: TenantRead) -> Response:
-    """Change the tenant's name or default access-token algorithm."""
-    await update_tenant(call.uow, slug=call.tenant.slug, name=body.name, access_token_alg=body.access_token_alg)
-    info = await call.ctx.tenants.get(call.tenant.slug)  # the change reaches the cache at commit
-    settings = dict(call.tenant.settings)
-    if body.access_token_alg:
-        settings["access_token_alg"] = body.access_token_alg
-    shown = tenant_out(info or call.tenant) | {"name": body.name or call.tenant.name, "settings": settings}
+    """Change the tenant's name, default access-token algorithm or key rotation schedule."""
+    extra: dict[str, Any] = {}
+    if "key_rotation_days" in body.model_fields_set:
+        extra["key_rotation_days"] = body.key_rotation_days
+    tenant = await update_tenant(
+        call.uow, slug=call.tenant.slug, name=body.name, access_token_alg=body.access_token_alg, **extra
+    )
+    shown = tenant_out(call.tenant) | {"name": tenant.name, "settings": dict(tenant.settings or {})}
     return json_response(shown)
 
 

@@ -296,3 +296,6 @@ class TenantPatch(Body):
 
     name: Text | None = None
     access_token_alg: Literal["ES256", "RS256"] | None = None
+    key_rotation_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(
+        default=None, description="rotate the signing keys this often (null: only on demand)"
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -17,13 +17,14 @@ from sqlalchemy import and_, func, or_, select
 from idhub.admin.pagination import decode_cursor
 from idhub.admin.problems import Problem
 from idhub.admin.schemas import UserCreate, UserPatch
+from idhub.crypto.rotation import rotation_days
 from idhub.directory import Directory
 from idhub.directory.profile import PROFILE_COLUMNS, UserProfile, ValueRecord
 from idhub.directory.users import KEEP_PASSWORD
 from idhub.errors import NotFound
 from idhub.storage.models import AuditEvent, Client, Group, SigningKey, Tenant, User, UserSession
 from idhub.storage.uow import UnitOfWork
-from idhub.tenants.service import issuer_for
+from idhub.tenants.service import TenantInfo, issuer_for
 
 PROFILE_FIELDS = tuple(name for name in PROFILE_COLUMNS if name in UserPatch.model_fields)
 
@@ -260,6 +261,14 @@ async def list_keys(uow: UnitOfWork, *, tenant_id: uuid.UUID) -> list[dict[str, 
         }
         for row in rows
     ]
+
+
+def rotation_of(tenant: TenantInfo, keys: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the tenant's rotation schedule: its period and when the active keys are next due."""
+    days = rotation_days(tenant.settings)
+    active = [_aware(k["activated_at"] or k["created_at"]) for k in keys if k["state"] == "active"]
+    due = min(active) + timedelta(days=days) if days is not None and active else None
+    return {"every_days": days, "next_at": due}
 
 
 def audit_out(row: AuditEvent) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from joserfc.jwk import ECKey, KeySet, RSAKey
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from idhub.crypto.encryption import Sealer
@@ -75,13 +75,59 @@ async def rotate_keys(
     """
     session = uow.session
     now = utcnow()
-    rows = (
-        await session.scalars(
-            select(SigningKey)
-            .where(SigningKey.tenant_id == tenant_id, SigningKey.state.in_([STATE_NEXT, STATE_ACTIVE]))
-            .with_for_update()
+    rows = await _lock_current(session, tenant_id)
+    return await _rotate_locked(
+        uow, rows, tenant_id=tenant_id, sealer=sealer, max_token_lifetime=max_token_lifetime, now=now
+    )
+
+
+async def rotate_if_due(
+    uow: UnitOfWork, *, tenant_id: uuid.UUID, sealer: Sealer, max_token_lifetime: timedelta, every: timedelta
+) -> list[str] | None:
+    """Rotate the tenant's keys when its active ones are ``every`` old; return the new active kids, or ``None``.
+
+    The first statement retires the active keys only if they are still due (a conditional UPDATE, the
+    transaction's first write): of processes checking the same schedule at once, one wins; the others find
+    nothing due once the winner commits, on SQLite as on PostgreSQL.
+    """
+    session = uow.session
+    now = utcnow()
+    retired = await session.execute(
+        update(SigningKey)
+        .where(
+            SigningKey.tenant_id == tenant_id,
+            SigningKey.state == STATE_ACTIVE,
+            func.coalesce(SigningKey.activated_at, SigningKey.created_at) <= now - every,
         )
-    ).all()
+        .values(state=STATE_RETIRED, retired_at=now, publish_until=now + max_token_lifetime)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(retired, "rowcount", 0):
+        return None
+    rows = await _lock_current(session, tenant_id)
+    lifetime = max_token_lifetime
+    return await _rotate_locked(uow, rows, tenant_id=tenant_id, sealer=sealer, max_token_lifetime=lifetime, now=now)
+
+
+async def _lock_current(session: AsyncSession, tenant_id: uuid.UUID) -> list[SigningKey]:
+    rows = await session.scalars(
+        select(SigningKey)
+        .where(SigningKey.tenant_id == tenant_id, SigningKey.state.in_([STATE_NEXT, STATE_ACTIVE]))
+        .with_for_update()
+    )
+    return list(rows.all())
+
+
+async def _rotate_locked(
+    uow: UnitOfWork,
+    rows: list[SigningKey],
+    *,
+    tenant_id: uuid.UUID,
+    sealer: Sealer,
+    max_token_lifetime: timedelta,
+    now: datetime,
+) -> list[str]:
+    session = uow.session
     activated: list[str] = []
     for alg in ALGORITHMS:
         for row in rows:

@@ -30,6 +30,13 @@ TENANT_SETTING_DEFAULTS: dict[str, Any] = {"access_token_alg": "ES256"}
 log = logging.getLogger(__name__)
 
 
+class _Unset:
+    """A keyword left out (as opposed to ``None``, which clears a setting)."""
+
+
+UNSET = _Unset()
+
+
 @dataclass(frozen=True, slots=True)
 class TenantInfo:
     """An immutable snapshot of a tenant, safe to cache and share between requests."""
@@ -84,9 +91,14 @@ async def require_tenant(session: AsyncSession, slug: str) -> Tenant:
 
 
 async def update_tenant(
-    uow: UnitOfWork, *, slug: str, name: str | None = None, access_token_alg: str | None = None
+    uow: UnitOfWork,
+    *,
+    slug: str,
+    name: str | None = None,
+    access_token_alg: str | None = None,
+    key_rotation_days: int | _Unset | None = UNSET,
 ) -> Tenant:
-    """Change a tenant's name or default access-token algorithm."""
+    """Change a tenant's name, default access-token algorithm or key rotation schedule (``None``: on demand)."""
     session = uow.session
     tenant = await require_tenant(session, slug)
     changed: list[str] = []
@@ -100,6 +112,14 @@ async def update_tenant(
             raise Invalid(f"access_token_alg must be one of {', '.join(SIGNING_ALGS)}")
         tenant.settings = {**(tenant.settings or {}), "access_token_alg": access_token_alg}
         changed.append("access_token_alg")
+    if not isinstance(key_rotation_days, _Unset):
+        if key_rotation_days is not None and not 1 <= key_rotation_days <= 3650:
+            raise Invalid("key_rotation_days must be 1-3650 (or null: rotate on demand only)")
+        settings = {k: v for k, v in (tenant.settings or {}).items() if k != "key_rotation_days"}
+        if key_rotation_days is not None:
+            settings["key_rotation_days"] = key_rotation_days
+        tenant.settings = settings
+        changed.append("key_rotation_days")
     await session.flush()
     uow.raise_event(TenantChanged(tenant_id=tenant.id, slug=tenant.slug, changed=tuple(changed)))
     return tenant

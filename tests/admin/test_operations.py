@@ -79,3 +79,14 @@ def test_audit_log_pages_and_is_read_only_for_auditors(admin: Admin) -> None:
 def test_tenant_read(admin: Admin) -> None:
     body = admin.call("GET", "").json()
     assert body["slug"] == admin.tenant.slug and body["issuer"] == admin.tenant.issuer
+
+
+def test_keys_rotation_schedule_through_the_tenant(admin: Admin) -> None:
+    assert admin.call("GET", "keys").json()["rotation"] == {"every_days": None, "next_at": None}
+    changed = admin.call("PATCH", "", json={"key_rotation_days": 90})
+    assert changed.status_code == 200 and changed.json()["settings"]["key_rotation_days"] == 90
+    rotation = admin.call("GET", "keys").json()["rotation"]
+    assert rotation["every_days"] == 90 and rotation["next_at"]
+    assert_problem(admin.call("PATCH", "", json={"key_rotation_days": 0}), 422)
+    cleared = admin.call("PATCH", "", json={"key_rotation_days": None})
+    assert "key_rotation_days" not in cleared.json()["settings"]
