@@ -267,6 +267,8 @@ async def archive_tenant(
 ) -> list[ArchivedFile]:
     """Move a tenant's entries older than ``days`` into sealed files under ``directory``, a batch per file.
 
+    ``days`` 0 archives everything written before the call (an operator's explicit choice).
+
     Each batch is its own unit of work (file first, then delete and anchor in one commit), so a large
     backlog holds the tenant's head, and with it the tenant's audited changes, for one batch at a time.
     """
@@ -288,6 +290,8 @@ async def archive_tenant(
         if archived is None:
             return written
         written.append(archived)
+        if archived.entries + archived.unchained < batch:
+            return written  # the due prefix ended inside this batch
 
 
 # --- verification ---------------------------------------------------------------------------------
