@@ -999,7 +999,8 @@ def audit_archive(
         files: list[dict[str, Any]] = []
         for tenant_id, tenant_slug in await _tenant_ids(uow, slug):
             tenant = await uow.session.get(Tenant, tenant_id)
-            keep = days if days is not None else retention_days(tenant.settings if tenant else None, settings.audit.retention_days)
+            default = settings.audit.retention_days
+            keep = days if days is not None else retention_days(tenant.settings if tenant else None, default)
             written = []
             if keep is not None:
                 written = await archive_tenant(
