@@ -889,14 +889,28 @@ def _tenant_ids(uow: UnitOfWork, slug: str | None) -> Awaitable[list[tuple[uuid.
 
 @audit.command("verify")
 @click.option("--tenant", "slug", default=None, help="one tenant (default: every tenant)")
+@click.option(
+    "--archive",
+    "archives",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="archive files of the tenant (from idhub audit archive): checked, and linked to the database",
+)
 @click.option("--json", "as_json", is_flag=True)
-def audit_verify(slug: str | None, as_json: bool) -> None:
+def audit_verify(slug: str | None, archives: tuple[Path, ...], as_json: bool) -> None:
     """Check every entry's MAC, the numbering and the chain; exit 0 only when intact, else name the first break."""
     from idhub.audit.chain import verify
 
     async def work(ctx: AppContext, uow: UnitOfWork) -> list[dict[str, Any]]:
         verdicts = []
-        for tenant_id, tenant_slug in await _tenant_ids(uow, slug):
+        files = _archives_by_tenant(archives)
+        tenants = await _tenant_ids(uow, slug)
+        if set(files) - {tenant_id for tenant_id, _slug in tenants}:
+            raise Invalid("an --archive file belongs to another tenant (or one without entries)")
+        for tenant_id, tenant_slug in tenants:
+            if tenant_id in files:
+                verdicts.append(await _verify_with_archives(ctx, uow, tenant_id, tenant_slug, files[tenant_id]))
+                continue
             verdict = await verify(uow.session, ctx.audit.chain, tenant_id)
             verdicts.append(
                 {
@@ -904,6 +918,7 @@ def audit_verify(slug: str | None, as_json: bool) -> None:
                     "intact": verdict.intact,
                     "entries": verdict.entries,
                     "unchained": verdict.unchained,
+                    "archived_seq": verdict.anchor.seq if verdict.anchor else None,
                     "broken_at": str(verdict.broken_at) if verdict.broken_at else None,
                     "broken_seq": verdict.broken_seq,
                     "reason": verdict.reason,
@@ -922,6 +937,7 @@ def audit_verify(slug: str | None, as_json: bool) -> None:
                 click.echo(f"{verdict['tenant']}: intact, {verdict['entries']} entries{older}")
             else:
                 where = f" at entry {verdict['broken_seq']} ({verdict['broken_at']})" if verdict["broken_at"] else ""
+                where += f" in {verdict['broken_file']}" if verdict.get("broken_file") else ""
                 click.echo(f"{verdict['tenant']}: BROKEN{where}: {verdict['reason']}")
     sys.exit(0 if intact else 1)
 
@@ -945,3 +961,194 @@ def audit_export(slug: str | None, output: str) -> None:
     written = _run(work)
     if output != "-":
         click.echo(f"{written} entries written to {output}", err=True)
+
+
+# --- audit retention, archive and its check ---
+
+
+def _archive_key(settings: Settings) -> bytes:
+    from idhub.crypto.encryption import derive_key
+
+    return derive_key(settings.master_key_bytes(), "audit-archive")
+
+
+def _archives_by_tenant(paths: tuple[Path, ...]) -> dict[uuid.UUID, list[Path]]:
+    """Group archive files by the tenant their header names (a file that is no archive: one-line error)."""
+    from idhub.audit.archive import read_header
+
+    grouped: dict[uuid.UUID, list[Path]] = {}
+    for path in paths:
+        try:
+            tenant_id = uuid.UUID(str(read_header(path).get("tenant_id")))
+        except ValueError as exc:
+            raise Invalid(f"{path}: the archive names no tenant") from exc
+        grouped.setdefault(tenant_id, []).append(path)
+    return grouped
+
+
+async def _verify_with_archives(
+    ctx: AppContext, uow: UnitOfWork, tenant_id: uuid.UUID, slug: str, paths: list[Path]
+) -> dict[str, Any]:
+    from idhub.audit.archive import verify_with_archives
+
+    report = await verify_with_archives(
+        uow.session, chain=ctx.audit.chain, key=_archive_key(ctx.settings), tenant_id=tenant_id, paths=paths
+    )
+    database = report.database
+    broken = next((verdict for verdict in report.files if not verdict.intact), None)
+    return {
+        "tenant": slug,
+        "intact": report.intact,
+        "entries": database.entries if database else 0,
+        "unchained": database.unchained if database else 0,
+        "archived_seq": database.anchor.seq if database and database.anchor else None,
+        "archive_entries": sum(verdict.entries for verdict in report.files),
+        "archive_unchained": sum(verdict.unchained for verdict in report.files),
+        "starts_at": report.starts_at,
+        "files": [verdict.describe() for verdict in report.files],
+        "broken_file": str(report.broken_file) if report.broken_file else None,
+        "broken_at": str(database.broken_at) if database and database.broken_at else None,
+        "broken_seq": broken.broken_seq if broken else (database.broken_seq if database else None),
+        "reason": report.reason or (database.reason if database else None),
+    }
+
+
+@audit.command("archive")
+@click.option("--tenant", "slug", default=None, help="one tenant (default: every tenant)")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where the files go (default: IDHUB_AUDIT__ARCHIVE_DIR, else <data dir>/audit-archive)",
+)
+@click.option(
+    "--days",
+    type=click.IntRange(0, 36500),
+    default=None,
+    help="archive entries older than this (default: the retention; 0: everything up to now)",
+)
+@click.option("--batch", type=click.IntRange(1, 1_000_000), default=None, help="entries per file and transaction")
+@click.option("--json", "as_json", is_flag=True)
+def audit_archive(
+    slug: str | None, output_dir: Path | None, days: int | None, batch: int | None, as_json: bool
+) -> None:
+    """Move entries older than the retention into sealed archive files (the database keeps an anchor)."""
+    from idhub.audit.archive import archive_tenant, retention_days
+    from idhub.storage.models import Tenant
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        settings = ctx.settings
+        directory = output_dir or settings.audit.archive_dir or settings.data_dir / "audit-archive"
+        key = _archive_key(settings)
+        tenants: list[dict[str, Any]] = []
+        files: list[dict[str, Any]] = []
+        for tenant_id, tenant_slug in await _tenant_ids(uow, slug):
+            tenant = await uow.session.get(Tenant, tenant_id)
+            default = settings.audit.retention_days
+            keep = days if days is not None else retention_days(tenant.settings if tenant else None, default)
+            written = []
+            if keep is not None:
+                written = await archive_tenant(
+                    ctx.uow_factory,
+                    chain=ctx.audit.chain,
+                    key=key,
+                    tenant_id=tenant_id,
+                    slug=tenant_slug,
+                    days=keep,
+                    directory=directory,
+                    batch=batch or settings.audit.archive_batch,
+                    actor=uow.actor,
+                )
+            files.extend(found.describe() for found in written)
+            tenants.append(
+                {
+                    "tenant": tenant_slug,
+                    "retention_days": keep,
+                    "files": len(written),
+                    "entries": sum(found.entries for found in written),
+                    "unchained": sum(found.unchained for found in written),
+                }
+            )
+        return {"directory": str(directory), "tenants": tenants, "files": files}
+
+    result = _run(work)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for found in result["tenants"]:
+            if found["retention_days"] is None:
+                click.echo(f"{found['tenant']}: kept forever (no retention set)")
+            else:
+                click.echo(
+                    f"{found['tenant']}: {found['entries'] + found['unchained']} entries older than "
+                    f"{found['retention_days']} days archived into {found['files']} files"
+                )
+        for found in result["files"]:
+            click.echo(f"  {found['file']}")
+
+
+@audit.command("verify-archive")
+@click.option(
+    "--input",
+    "inputs",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="archive file (repeat for a tenant's series: they must link without gaps)",
+)
+@click.option("--json", "as_json", is_flag=True)
+def audit_verify_archive(inputs: tuple[Path, ...], as_json: bool) -> None:
+    """Check archive files without the database: seals, entries, and the links between them."""
+    from idhub.audit.archive import check_files
+    from idhub.audit.chain import AuditChain
+    from idhub.crypto.encryption import derive_key
+
+    settings = _settings()
+    chain = AuditChain(derive_key(settings.master_key_bytes(), "audit-chain"))
+    try:
+        report = check_files(list(inputs), chain=chain, key=_archive_key(settings))
+    except DomainError as exc:
+        _fail(exc.detail or exc.__class__.__name__)
+        return
+    result = {
+        "intact": report.intact,
+        "tenant_id": str(report.tenant_id),
+        "starts_at": report.starts_at,
+        "files": [verdict.describe() for verdict in report.files],
+        "broken_file": str(report.broken_file) if report.broken_file else None,
+        "reason": report.reason,
+    }
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for verdict in report.files:
+            state = "intact" if verdict.intact else f"BROKEN: {verdict.reason}"
+            click.echo(f"{verdict.path}: {state} ({verdict.entries} entries, {verdict.unchained} unchained)")
+        if report.reason and all(verdict.intact for verdict in report.files):
+            click.echo(f"BROKEN: {report.reason}")  # the files are sound; how they link is not
+    sys.exit(0 if report.intact else 1)
+
+
+@audit.command("retention")
+@click.option("--tenant", "slug", required=True)
+@click.option("--days", type=click.IntRange(1, 36500), default=None, help="keep entries this many days in the database")
+@click.option("--forever", is_flag=True, help="never archive this tenant's entries")
+@click.option("--inherit", is_flag=True, help="follow IDHUB_AUDIT__RETENTION_DAYS")
+@click.option("--json", "as_json", is_flag=True)
+def audit_retention(slug: str, days: int | None, forever: bool, inherit: bool, as_json: bool) -> None:
+    """Set how long a tenant's audit entries stay in the database before idhub audit archive moves them."""
+    from idhub.audit.archive import RETENTION_SETTING, set_retention
+
+    if sum((days is not None, forever, inherit)) != 1:
+        _fail("give exactly one of --days N, --forever, --inherit")
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await set_retention(uow, slug=slug, days=days, inherit=inherit)
+        settings = tenant.settings or {}
+        return {
+            "tenant": tenant.slug,
+            "retention_days": settings.get(RETENTION_SETTING, ctx.settings.audit.retention_days),
+            "inherited": RETENTION_SETTING not in settings,
+        }
+
+    _emit(_run(work), as_json)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from idhub.audit.chain import AuditChain
 from idhub.audit.service import AuditLog, AuditWriter
+from idhub.audit.sink import AuditSink, transport_for
 from idhub.broker.service import Broker
 from idhub.clients.service import ClientCache
 from idhub.credentials.provisioning import ProvisioningTokenCache
@@ -87,6 +88,8 @@ class AppContext:
         """Start background work: revocation following, batched audit writes, the purge."""
         await self.revocations.start()
         self.audit.writer.start()
+        if self.audit.sink is not None:
+            self.audit.sink.start()
         self.purger.start()
         self.key_rotation.start()
 
@@ -99,12 +102,26 @@ class AppContext:
             await self.audit.writer.stop()
         except Exception:
             log.exception("audit entries could not be written at shutdown")
+        if self.audit.sink is not None:  # after the writer: its last entries are streamed too
+            await self.audit.sink.stop()
         await self.statistics.wait()
         await self.broker.close()
         self.tokens.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
+
+
+def _audit_sink(settings: Settings, metrics: Metrics) -> AuditSink | None:
+    """Return the audit stream's sink when ``IDHUB_AUDIT__SINK`` names one."""
+    audit = settings.audit
+    if not audit.sink:
+        return None
+    token = audit.sink_token.get_secret_value() if audit.sink_token is not None else None
+    transport = transport_for(audit.sink, timeout=audit.sink_timeout, token=token)
+    return AuditSink(
+        transport, limit=audit.sink_queue, batch=audit.sink_batch, timeout=audit.sink_timeout, counter=metrics
+    )
 
 
 def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppContext:
@@ -148,7 +165,7 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         throttle = Throttle(settings.throttle, counter)
     tenants = TenantCache(sessionmaker, settings.public_url, stale_if_error=stale, faults=metrics)
     clients = ClientCache(sessionmaker, ttl=settings.client_cache_ttl, stale_if_error=stale, faults=metrics)
-    audit = AuditLog(AuditWriter(), AuditChain(derive_key(master, "audit-chain")))
+    audit = AuditLog(AuditWriter(), AuditChain(derive_key(master, "audit-chain")), _audit_sink(settings, metrics))
 
     bus = EventBus()
     bus.subscribe(RevocationRecorded, revocations.on_revocation)

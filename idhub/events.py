@@ -553,3 +553,36 @@ class BrokeredSignIn(DomainEvent):
         if self.reason:
             details["reason"] = self.reason
         return details
+
+
+# --- audit ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditArchived(DomainEvent):
+    """A tenant's oldest audit entries moved to a sealed archive file (retention); the chain records where."""
+
+    action: ClassVar[str] = "audit.archive"
+    target_type: ClassVar[str] = "Tenant"
+    file: str
+    entries: int
+    unchained: int
+    first_seq: int | None
+    last_seq: int | None
+    last_hash: str | None
+
+    @property
+    def target_id(self) -> str:
+        """Return the tenant's id."""
+        return str(self.tenant_id)
+
+    def details(self) -> dict[str, Any]:
+        """Return the file's name and the range of entries it holds."""
+        return {
+            "file": self.file,
+            "entries": self.entries,
+            "unchained": self.unchained,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash,
+        }

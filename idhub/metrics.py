@@ -51,6 +51,7 @@ class Metrics:
         self._issued: dict[tuple[str, str], int] = {}
         self._faults: dict[tuple[str, str], int] = {}
         self.throttle_fallbacks = 0
+        self._audit_sink: dict[str, int] = {}
         self.registry.register(self)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -84,6 +85,14 @@ class Metrics:
     def count_throttle_fallback(self) -> None:
         """Count one abuse-limit counter operation served per process because Redis was unreachable."""
         self.throttle_fallbacks += 1
+
+    def count_audit_sink(self, outcome: str, entries: int) -> None:
+        """Count audit entries the streaming sink ``sent`` or ``dropped`` (full queue, sink down)."""
+        self._audit_sink[outcome] = self._audit_sink.get(outcome, 0) + entries
+
+    def audit_sink(self, outcome: str) -> int:
+        """Return how many audit entries the sink ``sent`` or ``dropped`` so far."""
+        return self._audit_sink.get(outcome, 0)
 
     def collect(self) -> Iterator[Metric]:
         """Build the exposition families (prometheus_client's custom collector protocol)."""
@@ -120,7 +129,14 @@ class Metrics:
             "Abuse-limit counter operations served per process because Redis was unreachable",
             value=self.throttle_fallbacks,
         )
-        yield from (requests, latency, issued, faults, fallbacks)
+        sink = CounterMetricFamily(
+            "idhub_audit_sink_entries",
+            "Audit entries streamed to the configured sink, by outcome (sent, dropped); the database keeps all",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(self._audit_sink.items()):
+            sink.add_metric([outcome], count)
+        yield from (requests, latency, issued, faults, fallbacks, sink)
 
     def render(self) -> bytes:
         """Return the exposition text."""

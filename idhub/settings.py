@@ -68,6 +68,39 @@ class PasswordSettings(BaseModel):
     parallelism: int = Field(default=1, ge=1)
 
 
+class AuditSettings(BaseModel):
+    """Audit log retention, archiving and streaming (README "Audit").
+
+    ``retention_days``: entries older than this move to sealed archive files (``idhub audit archive``);
+    ``None`` keeps them in the database forever, as Keycloak keeps events unless an expiration is set:
+    how long audit evidence must be kept is a legal decision (a year for PCI DSS 10.5.1, longer
+    elsewhere) that idhub should not make silently. A tenant's ``audit_retention_days`` setting
+    overrides it. ``sink`` streams committed entries to ``syslog+udp://``, ``syslog+tcp://`` or an
+    ``http(s)://`` collector; ``sink_token`` is sent there as a bearer token and never logged.
+    """
+
+    retention_days: int | None = Field(default=None, ge=1, le=36500)
+    archive_dir: Path | None = None  # default: <data_dir>/audit-archive
+    archive_batch: int = Field(default=10_000, ge=1, le=1_000_000)
+    sink: str | None = None
+    sink_token: SecretStr | None = None
+    sink_queue: int = Field(default=10_000, ge=1, le=1_000_000)
+    sink_batch: int = Field(default=500, ge=1, le=10_000)
+    sink_timeout: float = Field(default=2.0, gt=0, le=60)
+
+    @field_validator("sink")
+    @classmethod
+    def _check_sink(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("syslog+udp", "syslog+tcp", "http", "https") or not rest:
+            raise ValueError(
+                "IDHUB_AUDIT__SINK must be syslog+udp://host:port, syslog+tcp://host:port or an http(s) URL"
+            )
+        return value
+
+
 class Settings(BaseSettings):
     """All settings of one idhub process. Build with ``Settings()``; nothing reads them at import time."""
 
@@ -101,6 +134,7 @@ class Settings(BaseSettings):
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
     passwords: PasswordSettings = Field(default_factory=PasswordSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("public_url")
     @classmethod

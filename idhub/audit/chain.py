@@ -28,12 +28,12 @@ import hmac
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, event, insert, select, update
+from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -61,7 +61,7 @@ def _take_numbers(builder: Any) -> Any:
     # hash the first new entry chains to. A new head returns (count, GENESIS).
     return statement.on_conflict_do_update(
         index_elements=[_HEAD.tenant_id], set_={"seq": _HEAD.seq + statement.excluded.seq}
-    ).returning(_HEAD.seq, _HEAD.hash)
+    ).returning(_HEAD.seq, _HEAD.hash, _HEAD.archived_seq, _HEAD.archived_hash)
 
 
 _TAKE_NUMBERS = {"postgresql": _take_numbers(postgresql_insert), "sqlite": _take_numbers(sqlite_insert)}
@@ -93,12 +93,15 @@ def _encode(value: Any) -> Any:
 # PostgreSQL, one entry, the head known: the entry goes in only if the head is still where this process
 # last left it, moved on in the same statement (a data-modifying WITH). No row: someone else appended
 # meanwhile (another process, or a transaction that rolled back), and the entry is chained the long way.
+# The archive anchor is part of the head's MAC, so it must be the one this process knows too (0: none);
+# an archiving run elsewhere moves it, and the next append goes the long way once.
 _MOVE_HEAD = (
     update(AUDIT_CHAIN_HEADS)
     .where(
         _HEAD.tenant_id == bindparam("p_tenant_id"),
         _HEAD.seq == bindparam("p_head_seq"),
         _HEAD.hash == bindparam("p_prev_hash"),
+        func.coalesce(_HEAD.archived_seq, 0) == bindparam("p_archived_seq"),
     )
     .values(seq=bindparam("p_seq"), hash=bindparam("p_hash"), mac=bindparam("p_mac"))
     .returning(_HEAD.tenant_id)
@@ -116,6 +119,19 @@ _APPEND_IF_HEAD = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """Where a tenant's archived prefix ends: its last number and hash (the head's ``archived_*``)."""
+
+    seq: int
+    hash: str
+
+    @classmethod
+    def of(cls, seq: int | None, last_hash: str | None) -> Anchor | None:
+        """Return the anchor of a head row's two columns (None: nothing archived)."""
+        return None if seq is None or last_hash is None else cls(seq, last_hash)
+
+
 class AuditChain:
     """Computes and checks the MACs of one installation's audit chain (the key comes from the master key).
 
@@ -126,7 +142,7 @@ class AuditChain:
 
     def __init__(self, key: bytes) -> None:
         self._key = key
-        self._heads: dict[uuid.UUID, tuple[int, str]] = {}
+        self._heads: dict[uuid.UUID, tuple[int, str, Anchor | None]] = {}
         self._turns: dict[uuid.UUID, asyncio.Lock] = {}
 
     def entry_hash(self, row: Any) -> str:
@@ -136,10 +152,20 @@ class AuditChain:
         data = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         return hmac.new(self._key, data, hashlib.sha256).hexdigest()
 
-    def head_mac(self, tenant_id: uuid.UUID, seq: int, last_hash: str) -> str:
-        """Return the MAC of a tenant's head (its last number and hash)."""
-        data = f"audit-head\x00{tenant_id}\x00{seq}\x00{last_hash}".encode()
-        return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+    def head_mac(self, tenant_id: uuid.UUID, seq: int, last_hash: str, anchor: Anchor | None = None) -> str:
+        """Return the MAC of a tenant's head (its last number and hash, and where its archived prefix ends).
+
+        Without an anchor the input is what it was before archiving existed, so heads written then
+        still verify; with one, the anchor is appended, so it cannot be set, moved or removed by hand.
+        """
+        data = f"audit-head\x00{tenant_id}\x00{seq}\x00{last_hash}"
+        if anchor is not None:
+            data += f"\x00archived\x00{anchor.seq}\x00{anchor.hash}"
+        return hmac.new(self._key, data.encode(), hashlib.sha256).hexdigest()
+
+    def forget(self, tenant_id: uuid.UUID) -> None:
+        """Drop what this process remembers of a tenant's head (its anchor moved: archiving)."""
+        self._heads.pop(tenant_id, None)
 
     async def append(
         self,
@@ -164,18 +190,22 @@ class AuditChain:
             return
         take = _TAKE_NUMBERS[dialect]
         heads = []
+        anchors: dict[uuid.UUID, Anchor | None] = {}
         for tenant_id in sorted(by_tenant, key=str):
             entries = by_tenant[tenant_id]
             head = (await session.execute(take, {"p_tenant_id": tenant_id, "p_count": len(entries)})).one()
             previous, number = head.hash, head.seq - len(entries)
+            anchor = Anchor.of(head.archived_seq, head.archived_hash)
             for entry in entries:
                 number += 1
                 entry["seq"], entry["prev_hash"] = number, previous
                 entry["hash"] = previous = self.entry_hash(entry)
-            mac = self.head_mac(tenant_id, number, previous)
+            mac = self.head_mac(tenant_id, number, previous, anchor)
             heads.append({"p_tenant_id": tenant_id, "p_seq": number, "p_hash": previous, "p_mac": mac})
+            anchors[tenant_id] = anchor
         for head_values in heads:
-            self._heads[head_values["p_tenant_id"]] = (head_values["p_seq"], head_values["p_hash"])
+            tenant_id = head_values["p_tenant_id"]
+            self._heads[tenant_id] = (head_values["p_seq"], head_values["p_hash"], anchors[tenant_id])
         if write is not None:
             for head_values in heads:
                 await session.execute(_SET_HEAD, head_values)
@@ -228,17 +258,18 @@ class AuditChain:
         known = self._heads.get(tenant_id)
         if known is None:
             return False
-        head_seq, previous = known
+        head_seq, previous, anchor = known
         entry["seq"], entry["prev_hash"] = head_seq + 1, previous
         entry["hash"] = self.entry_hash(entry)
         parameters = {f"p_{name}": entry[name] for name in _ENTRY_COLUMNS} | {
             "p_head_seq": head_seq,
-            "p_mac": self.head_mac(tenant_id, head_seq + 1, entry["hash"]),
+            "p_archived_seq": anchor.seq if anchor is not None else 0,
+            "p_mac": self.head_mac(tenant_id, head_seq + 1, entry["hash"], anchor),
         }
         if (await session.execute(_APPEND_IF_HEAD, parameters)).first() is None:
             self._heads.pop(tenant_id, None)  # a parallel append of this process may have dropped it already
             return False
-        self._heads[tenant_id] = (head_seq + 1, entry["hash"])
+        self._heads[tenant_id] = (head_seq + 1, entry["hash"], anchor)
         return True
 
 
@@ -252,6 +283,9 @@ class Verdict:
     broken_at: uuid.UUID | None = None  # the first entry that does not check out (None: intact, or the head)
     broken_seq: int | None = None
     reason: str | None = None
+    anchor: Anchor | None = None  # where the archived prefix ends (the database's entries start after it)
+    # The hashes of the entries at the numbers asked for (``points``): where archive files meet the database.
+    hashes: dict[int, str] = field(default_factory=dict)
 
     @property
     def intact(self) -> bool:
@@ -259,9 +293,9 @@ class Verdict:
         return self.reason is None
 
 
-async def _entries(session: AsyncSession, tenant_id: uuid.UUID, batch: int) -> AsyncIterator[Any]:
-    """Yield a tenant's chained entries in number order, a batch at a time (keyset pages)."""
-    last = -1
+async def _entries(session: AsyncSession, tenant_id: uuid.UUID, batch: int, after: int = -1) -> AsyncIterator[Any]:
+    """Yield a tenant's chained entries numbered above ``after`` in number order, a batch at a time (keyset pages)."""
+    last = after
     while True:
         page = (
             await session.execute(
@@ -278,38 +312,64 @@ async def _entries(session: AsyncSession, tenant_id: uuid.UUID, batch: int) -> A
         last = page[-1].seq
 
 
-async def verify(session: AsyncSession, chain: AuditChain, tenant_id: uuid.UUID, *, batch: int = 1000) -> Verdict:
-    """Check one tenant's chain from its first entry to its head; name the first entry that breaks it."""
+async def verify(
+    session: AsyncSession,
+    chain: AuditChain,
+    tenant_id: uuid.UUID,
+    *,
+    batch: int = 1000,
+    points: Collection[int] = (),
+) -> Verdict:
+    """Check one tenant's chain from its anchor (or first entry) to its head; name the first entry that breaks it.
+
+    The head's MAC is checked first, since it vouches for the anchor: with an archived prefix the first
+    entry left must be number ``archived_seq + 1`` and chain to ``archived_hash``. Entries still in the
+    database at or below the anchor (an archiving run that died between its file and its delete leaves
+    none: the delete and the anchor commit together) are not expected and break the chain.
+    """
     unchained = (
         await session.execute(
             select(AUDIT_EVENTS.c.id).where(AUDIT_EVENTS.c.tenant_id == tenant_id, AUDIT_EVENTS.c.seq.is_(None))
         )
     ).all()
     head = (await session.execute(select(AUDIT_CHAIN_HEADS).where(_HEAD.tenant_id == tenant_id))).first()
-    expected, previous, count = 1, GENESIS, 0
+    anchor = Anchor.of(head.archived_seq, head.archived_hash) if head is not None else None
+    if head is not None and not hmac.compare_digest(head.mac, chain.head_mac(tenant_id, head.seq, head.hash, anchor)):
+        return Verdict(tenant_id, 0, len(unchained), reason="the head was changed (its MAC does not match)")
+    expected, previous = (anchor.seq + 1, anchor.hash) if anchor is not None else (1, GENESIS)
+    count, hashes, wanted = 0, {}, set(points)
+    if anchor is not None and anchor.seq in wanted:
+        hashes[anchor.seq] = anchor.hash
 
     def broken(row: Any, reason: str) -> Verdict:
-        return Verdict(tenant_id, count, len(unchained), row.id, row.seq, reason)
+        return Verdict(tenant_id, count, len(unchained), row.id, row.seq, reason, anchor, hashes)
 
     async for row in _entries(session, tenant_id, batch):
         if row.seq != expected:
-            reason = f"entry {expected} is missing" if row.seq > expected else "numbers repeat"
+            if row.seq > expected:
+                reason = f"entry {expected} is missing" + (
+                    f" (the archived prefix ends at {anchor.seq})" if anchor is not None else ""
+                )
+            elif anchor is not None and row.seq <= anchor.seq:
+                reason = f"the entry is at or below the archived prefix's end ({anchor.seq})"
+            else:
+                reason = "numbers repeat"
             return broken(row, reason)
         if row.prev_hash != previous:
             return broken(row, "its prev_hash is not the hash of the entry before it")
         if not hmac.compare_digest(row.hash or "", chain.entry_hash(row)):
             return broken(row, "its content does not match its hash (changed after it was written)")
+        if row.seq in wanted:
+            hashes[row.seq] = row.hash
         previous, expected, count = row.hash, expected + 1, count + 1
     last = expected - 1
     if head is None:
         missing = None if last == 0 else "the chain has entries but no head"
-        return Verdict(tenant_id, count, len(unchained), reason=missing)
-    if not hmac.compare_digest(head.mac, chain.head_mac(tenant_id, head.seq, head.hash)):
-        return Verdict(tenant_id, count, len(unchained), reason="the head was changed (its MAC does not match)")
+        return Verdict(tenant_id, count, len(unchained), reason=missing, hashes=hashes)
     if head.seq != last or head.hash != previous:
         reason = f"the head says {head.seq} entries, the log ends at {last} (entries removed from the end)"
-        return Verdict(tenant_id, count, len(unchained), reason=reason)
-    return Verdict(tenant_id, count, len(unchained))
+        return Verdict(tenant_id, count, len(unchained), reason=reason, anchor=anchor, hashes=hashes)
+    return Verdict(tenant_id, count, len(unchained), anchor=anchor, hashes=hashes)
 
 
 async def tenants_with_entries(session: AsyncSession) -> Sequence[uuid.UUID]:
@@ -328,6 +388,11 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def row_json(row: Any) -> str:
+    """Return one entry as its export line (every column; times in ISO 8601 UTC, ids as strings)."""
+    return json.dumps({name: _json_value(value) for name, value in row._mapping.items()})
+
+
 async def export_lines(session: AsyncSession, tenant_id: uuid.UUID, *, batch: int = 1000) -> AsyncIterator[str]:
     """Yield a tenant's audit entries as JSON lines: the unchained ones (oldest first), then the chain in order.
 
@@ -340,6 +405,6 @@ async def export_lines(session: AsyncSession, tenant_id: uuid.UUID, *, batch: in
         .order_by(AUDIT_EVENTS.c.occurred_at, AUDIT_EVENTS.c.id)
     )
     for row in unchained:
-        yield json.dumps({name: _json_value(value) for name, value in row._mapping.items()})
+        yield row_json(row)
     async for row in _entries(session, tenant_id, batch):
-        yield json.dumps({name: _json_value(value) for name, value in row._mapping.items()})
+        yield row_json(row)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import operator
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub import request_context
 from idhub.audit.chain import AuditChain
+from idhub.audit.sink import AuditSink
 from idhub.events import ANONYMOUS, Actor, DomainEvent
 from idhub.request_context import RequestInfo
 from idhub.storage.base import new_uuid, utcnow
@@ -152,6 +154,7 @@ class AuditWriter:
     ) -> None:
         self.uow_factory: UnitOfWorkFactory | None = None  # set by the composition root
         self.chain: AuditChain | None = None  # set by the composition root
+        self.sink: AuditSink | None = None  # set by the composition root when a sink is configured
         self._interval = interval
         self._batch = batch
         self._limit = limit
@@ -261,6 +264,8 @@ class AuditWriter:
         async with self.uow_factory(surface="audit") as uow:
             await copy_rows(uow.session, self.chain, rows)
         self.written += len(rows)
+        if self.sink is not None:
+            self.sink.offer(rows)
 
     async def _run(self) -> None:
         while True:
@@ -276,10 +281,12 @@ class AuditWriter:
 class AuditLog:
     """The unit of work's audit hooks and the consumer that streams committed entries to the log."""
 
-    def __init__(self, writer: AuditWriter, chain: AuditChain) -> None:
+    def __init__(self, writer: AuditWriter, chain: AuditChain, sink: AuditSink | None = None) -> None:
         self.writer = writer
         self.chain = chain
+        self.sink = sink
         writer.chain = chain
+        writer.sink = sink
 
     async def before_commit(self, uow: UnitOfWork, events: Sequence[DomainEvent]) -> None:
         """Write the entries in the unit of work's transaction, or queue them when it opened none."""
@@ -292,6 +299,8 @@ class AuditLog:
         rows = audit_rows(events, actor=uow.actor, surface=uow.surface)
         if rows:
             await self.chain.append(uow.session, rows)
+            if self.sink is not None:  # streamed only once the transaction committed
+                uow.on_commit(functools.partial(self.sink.offer, rows))
 
     async def after_rollback(self, uow: UnitOfWork, events: Sequence[DomainEvent]) -> None:
         """Record refused attempts whose transaction rolled back."""

@@ -72,13 +72,14 @@ class EventBus:
 class UnitOfWork:
     """One transaction with the domain events it raised; commits in exactly one place."""
 
-    __slots__ = ("_bus", "_factory", "_keep", "_session", "actor", "events", "surface")
+    __slots__ = ("_after_commit", "_bus", "_factory", "_keep", "_session", "actor", "events", "surface")
 
     def __init__(self, factory: UnitOfWorkFactory, *, actor: Actor, surface: str) -> None:
         self._factory = factory
         self._bus = factory.bus
         self._session: AsyncSession | None = None
         self._keep = False
+        self._after_commit: list[Callable[[], None]] | None = None
         self.actor = actor
         self.surface = surface
         self.events: list[DomainEvent] = []
@@ -103,6 +104,16 @@ class UnitOfWork:
         """Record several events at once (bulk operations)."""
         self.events.extend(events)
 
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this unit of work's transaction committed (never when it rolls back).
+
+        For work that must only see committed state and must not wait on anything (the audit sink's
+        queue); a callback that fails is logged, never raised into the request.
+        """
+        if self._after_commit is None:
+            self._after_commit = []
+        self._after_commit.append(callback)
+
     def keep_on_error(self) -> None:
         """Commit what was done so far even if the request then fails (a refusal that must persist)."""
         self._keep = True
@@ -121,14 +132,23 @@ class UnitOfWork:
                 await self._session.commit()
         except BaseException:
             self.events = events + self.events  # not committed: the refusals among them are still owed
+            self._after_commit = None
             raise
         self._keep = False
+        if self._after_commit is not None:
+            callbacks, self._after_commit = self._after_commit, None
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("after-commit callback failed")
         if events:
             await self._bus.publish(events)
 
     async def rollback(self) -> None:
         """Undo everything; refused attempts among the events still reach the failure hooks."""
         events, self.events = self.events, []
+        self._after_commit = None
         if self._session is not None:
             await self._session.rollback()
         refused = [event for event in events if event.outcome != "success"]

@@ -53,6 +53,11 @@ class AuditChainHead(Base):
     Appends lock this row (an upsert), so a tenant's entries are numbered and chained one transaction
     at a time; other tenants do not wait. The MAC makes a truncated log whose head was rewound by hand
     detectable.
+
+    ``archived_seq`` and ``archived_hash`` anchor the log after retention moved its oldest entries to
+    sealed archive files (:mod:`idhub.audit.archive`): the entries up to ``archived_seq`` left the
+    database, and the first one left chains to ``archived_hash``. The MAC covers the anchor when there
+    is one (heads written before it existed verify unchanged).
     """
 
     __tablename__ = "audit_chain_head"
@@ -61,3 +66,5 @@ class AuditChainHead(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
     mac: Mapped[str] = mapped_column(String(64))
+    archived_seq: Mapped[int | None] = mapped_column(BigInteger)
+    archived_hash: Mapped[str | None] = mapped_column(String(64))
