@@ -1,7 +1,7 @@
 """Clients may register their public keys by reference: ``jwks_uri`` (RFC 7591 §2, OIDC Registration §2).
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0010
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

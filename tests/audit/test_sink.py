@@ -75,7 +75,7 @@ def test_udp_sink_gets_one_rfc5424_message_per_committed_entry(env: Env) -> None
             user_id = env.user(tenant, "streamed", password=None)
             _wait_for(env, lambda: len(received) >= 1)
     finally:
-        server.close()
+        _close_on_loop(env, server)
     message = received[0]
     assert message.startswith(b"<110>1 ")  # facility 13 (log audit) * 8 + severity 6 (informational)
     parts = message.split(b" ", 7)
@@ -107,7 +107,7 @@ def test_tcp_sink_frames_messages_by_octet_counting(env: Env) -> None:
             _wait_for(env, lambda: sink.sent >= 3)
             _wait_for(env, lambda: buffer.count(b"user.create") >= 3)
     finally:
-        server.close()
+        _close_on_loop(env, server)
     messages, data = [], bytes(buffer)
     while data:  # RFC 6587 §3.4.1: MSG-LEN SP SYSLOG-MSG
         length, _, rest = data.partition(b" ")
@@ -148,7 +148,7 @@ def test_http_sink_posts_ndjson_batches_with_the_bearer_token(env: Env) -> None:
             env.user(tenant, "posted", password=None)
             _wait_for(env, lambda: sink.sent >= 1)
     finally:
-        server.close()
+        _close_on_loop(env, server)
     head, body = requests[0]
     assert head.startswith(b"POST /ingest HTTP/1.1")
     assert b"content-type: application/x-ndjson" in head.lower()
@@ -220,9 +220,7 @@ def test_a_hanging_sink_does_not_hold_up_requests(env: Env) -> None:
             assert time.monotonic() - started < 1.0
             _wait_for(env, lambda: sink.dropped >= 1, timeout=10)
     finally:
-        server.close()
-        for writer in held:
-            writer.close()
+        _close_on_loop(env, server, *held)
 
 
 def test_a_full_queue_drops_new_entries_without_waiting() -> None:
@@ -241,3 +239,13 @@ def test_a_full_queue_drops_new_entries_without_waiting() -> None:
 
     sink = asyncio.run(offer())
     assert sink.dropped == 2 and [row["action"] for row in sink._queue] == ["a", "b"]
+
+
+def _close_on_loop(env: Env, *closables: Any) -> None:
+    """Close servers, transports and writers on the app's event loop (asyncio objects are not thread-safe)."""
+
+    async def close() -> None:
+        for closable in closables:
+            closable.close()
+
+    env.run(close)
