@@ -22,6 +22,7 @@ from idhub.admin import schemas, service
 from idhub.admin.auth import ADMIN_SCOPES, SYSTEM_SCOPE, Permission, Principal, authenticate
 from idhub.admin.pagination import DEFAULT_LIMIT, MAX_LIMIT, page_body
 from idhub.admin.problems import PROBLEM_MEDIA_TYPE, AdminRoute, NotPermitted, Problem
+from idhub.audit.archive import set_retention
 from idhub.broker.linking import list_links, remove_link
 from idhub.broker.providers import NewProvider
 from idhub.broker.sync import preview_claims
@@ -624,6 +625,12 @@ async def tenant_patch(body: schemas.TenantPatch, call: TenantRead) -> Response:
     tenant = await update_tenant(
         call.uow, slug=call.tenant.slug, name=body.name, access_token_alg=body.access_token_alg, **extra
     )
+    if "audit_retention_days" in body.model_fields_set:
+        days = body.audit_retention_days
+        inherit = days == "default"
+        tenant = await set_retention(
+            call.uow, slug=call.tenant.slug, days=None if inherit or days is None else int(days), inherit=inherit
+        )
     shown = tenant_out(call.tenant) | {"name": tenant.name, "settings": dict(tenant.settings or {})}
     return json_response(shown)
 

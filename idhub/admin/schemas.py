@@ -299,3 +299,8 @@ class TenantPatch(Body):
     key_rotation_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(
         default=None, description="rotate the signing keys this often (null: only on demand)"
     )
+    audit_retention_days: Annotated[int, Field(ge=1, le=36500)] | Literal["default"] | None = Field(
+        default=None,
+        description="keep audit entries this long in the database, then archive them (null: forever; "
+        '"default": the server\'s IDHUB_AUDIT__RETENTION_DAYS)',
+    )

@@ -90,3 +90,15 @@ def test_keys_rotation_schedule_through_the_tenant(admin: Admin) -> None:
     assert_problem(admin.call("PATCH", "", json={"key_rotation_days": 0}), 422)
     cleared = admin.call("PATCH", "", json={"key_rotation_days": None})
     assert "key_rotation_days" not in cleared.json()["settings"]
+
+
+def test_audit_retention_through_the_tenant(admin: Admin) -> None:
+    kept = admin.call("PATCH", "", json={"audit_retention_days": 365})
+    assert kept.status_code == 200 and kept.json()["settings"]["audit_retention_days"] == 365
+    forever = admin.call("PATCH", "", json={"audit_retention_days": None})
+    assert forever.json()["settings"]["audit_retention_days"] is None
+    default = admin.call("PATCH", "", json={"audit_retention_days": "default"})
+    assert "audit_retention_days" not in default.json()["settings"]
+    assert_problem(admin.call("PATCH", "", json={"audit_retention_days": 0}), 422)
+    assert_problem(admin.call("PATCH", "", json={"audit_retention_days": "forever"}), 422)
+    assert admin.call("GET", "audit?action=tenant.update", role="auditor").json()["items"]
