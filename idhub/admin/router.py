@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from idhub.admin import schemas, service
-from idhub.admin.auth import ADMIN_SCOPES, SYSTEM_SCOPE, Permission, Principal, authenticate
+from idhub.admin.auth import Permission, Principal, authenticate
 from idhub.admin.pagination import DEFAULT_LIMIT, MAX_LIMIT, page_body
 from idhub.admin.problems import PROBLEM_MEDIA_TYPE, AdminRoute, NotPermitted, Problem
 from idhub.audit.archive import set_retention
@@ -36,7 +36,7 @@ from idhub.credentials.provisioning import (
 from idhub.crypto.keys import rotate_keys
 from idhub.deps import ContextDep, UnitOfWorkDep
 from idhub.directory import Directory
-from idhub.errors import Conflict, NotFound, PreconditionFailed
+from idhub.errors import Conflict, NotFound
 from idhub.routing import context_of, etag, parse_etag
 from idhub.sessions.service import revoke_session
 from idhub.storage.uow import UnitOfWork
@@ -345,8 +345,7 @@ async def clients_get(client_id: str, call: Clients) -> Response:
 async def clients_patch(client_id: str, body: schemas.ClientPatch, call: Clients, if_match: IfMatch = None) -> Response:
     """Change a client's registration (checked as a whole, as at registration); disabling cuts it off."""
     client = await get_client(call.uow, tenant_id=call.tenant.id, client_id=client_id)
-    if if_match is not None and if_match.strip() not in (service.client_etag(client), "*"):
-        raise PreconditionFailed("the client changed since you read it")
+    service.check_client_etag(client, if_match)
     changes = {name: getattr(body, name) for name in body.model_fields_set}
     for name in ("name", "redirect_uris", "post_logout_redirect_uris", "grant_types", "resources", "first_party"):
         if name in changes and changes[name] is None:
@@ -364,8 +363,7 @@ async def clients_patch(client_id: str, body: schemas.ClientPatch, call: Clients
 async def clients_delete(client_id: str, call: Clients, if_match: IfMatch = None) -> Response:
     """Remove a client; its grants and tokens stop working at once."""
     client = await get_client(call.uow, tenant_id=call.tenant.id, client_id=client_id)
-    if if_match is not None and if_match.strip() not in (service.client_etag(client), "*"):
-        raise PreconditionFailed("the client changed since you read it")
+    service.check_client_etag(client, if_match)
     await delete_client(call.uow, client, token_lifetime=call.ctx.settings.tokens.access_token_ttl)
     return Response(status_code=204)
 
@@ -383,12 +381,9 @@ async def clients_rotate_secret(client_id: str, call: Clients) -> Response:
 
 
 def _check_admin_scopes(call: Call, scope: str | None) -> None:
-    """Refuse handing out admin scopes beyond the caller's own reach (no escalation through a client)."""
-    wanted = set((scope or "").split()) & ADMIN_SCOPES
-    if SYSTEM_SCOPE in wanted and not (
-        call.principal.is_system and call.tenant.slug == call.ctx.settings.system_tenant
-    ):
-        raise NotPermitted("only a system administrator may register idhub:system, in the system tenant")
+    service.check_grantable_scopes(
+        call.principal, scope, in_system_tenant=call.tenant.slug == call.ctx.settings.system_tenant
+    )
 
 
 # --- provisioning tokens -----------------------------------------------------------------------------

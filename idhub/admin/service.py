@@ -14,14 +14,15 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
+from idhub.admin.auth import ADMIN_SCOPES, SYSTEM_SCOPE, Principal
 from idhub.admin.pagination import decode_cursor
-from idhub.admin.problems import Problem
+from idhub.admin.problems import NotPermitted, Problem
 from idhub.admin.schemas import UserCreate, UserPatch
 from idhub.crypto.rotation import rotation_days
 from idhub.directory import Directory
 from idhub.directory.profile import PROFILE_COLUMNS, UserProfile, ValueRecord
 from idhub.directory.users import KEEP_PASSWORD
-from idhub.errors import NotFound
+from idhub.errors import NotFound, PreconditionFailed
 from idhub.storage.models import AuditEvent, Client, Group, SigningKey, Tenant, User, UserSession
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo, issuer_for
@@ -182,6 +183,24 @@ def client_out(client: Client) -> dict[str, Any]:
 def client_etag(client: Client) -> str:
     """Return a client's entity tag: its last change, to the microsecond (RFC 9110 §8.8.3)."""
     return f'"{int(_aware(client.updated_at).timestamp() * 1_000_000)}"'
+
+
+def check_client_etag(client: Client, if_match: str | None) -> None:
+    """Refuse a change made against an older read of the client (``If-Match``, RFC 9110 §13.1.1)."""
+    if if_match is not None and if_match.strip() not in (client_etag(client), "*"):
+        raise PreconditionFailed("the client changed since you read it")
+
+
+def check_grantable_scopes(principal: Principal, scope: str | None, *, in_system_tenant: bool) -> None:
+    """Refuse handing a client admin scopes beyond the caller's reach (no escalation through a client).
+
+    ``idhub:system`` is registered only by a system administrator, and only in the system tenant;
+    the tenant roles (``idhub:admin``, ``idhub:helpdesk``, ``idhub:audit``) are within a tenant
+    administrator's own reach.
+    """
+    wanted = set((scope or "").split()) & ADMIN_SCOPES
+    if SYSTEM_SCOPE in wanted and not (principal.is_system and in_system_tenant):
+        raise NotPermitted("only a system administrator may register idhub:system, in the system tenant")
 
 
 def _aware(moment: datetime) -> datetime:
