@@ -72,6 +72,62 @@ def _is_admin(request: Request) -> bool:
     return request.url.path.startswith("/admin/")
 
 
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "scimBearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A SCIM provisioning token, or a client's own access token with scope scim (RFC 7644 §2).",
+    },
+    "clientBasic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "client_secret_basic (RFC 6749 §2.3.1); client_secret_post and private_key_jwt (RFC 7523) "
+        "send their credentials in the form instead, and public clients only their client_id.",
+    },
+    "accessToken": {"type": "http", "scheme": "bearer", "description": "An access token (RFC 6750), RFC 9068 JWT."},
+}
+_SCIM_DISCOVERY = ("/ServiceProviderConfig", "/ResourceTypes", "/Schemas")
+
+
+def operation_security(path: str, session_cookie: str) -> list[dict[str, list[str]]] | None:
+    """Return how an operation is authenticated (OpenAPI 3.1 §4.8.10): ``[]`` when it is open to anyone.
+
+    ``None`` leaves what the route declared itself (the admin API's bearer scheme).
+    """
+    if path.startswith("/admin/"):
+        return None
+    if "/scim/v2/" in path:
+        return [] if any(part in path for part in _SCIM_DISCOVERY) else [{"scimBearer": []}]
+    endpoint = path.rsplit("/", 1)[-1]
+    if path.startswith(ISSUER_PREFIX) and endpoint in ("token", "introspect", "revoke"):
+        return [{"clientBasic": []}, {}]  # {}: public clients and form-borne credentials
+    if path.endswith("/userinfo"):
+        return [{"accessToken": []}]
+    if "/account" in path:
+        return [{"sessionCookie": []}]
+    return []  # discovery, JWKS, the pages, the broker's callbacks, operations: open
+
+
+def with_security(document: dict[str, Any], session_cookie: str) -> dict[str, Any]:
+    """Describe every operation's security in ``document`` (the admin routes describe their own)."""
+    schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes.update(SECURITY_SCHEMES)
+    schemes["sessionCookie"] = {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": session_cookie,
+        "description": "The SSO session cookie set at sign-in.",
+    }
+    for path, operations in document.get("paths", {}).items():
+        security = operation_security(path, session_cookie)
+        if security is None:
+            continue
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                operation["security"] = security
+    return document
+
+
 class AppState(State):
     """``app.state`` with ``ctx`` found as a class attribute.
 
@@ -190,4 +246,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fast_routes=token.back_channel_routes(),
     )
     install_log_record_factory()
+    build_document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_security(build_document(), settings.sessions.cookie_name)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -28,3 +28,17 @@ def test_openapi_document_lists_issuer_paths_under_tenant_prefix() -> None:
     assert document["openapi"].startswith("3.")
     assert "/healthz" in document["paths"]
     assert "/tenants/{tenant}/.well-known/openid-configuration" in document["paths"]
+
+
+def test_openapi_every_operation_declares_its_security() -> None:
+    document = json.loads(COMMITTED.read_text())
+    schemes = document["components"]["securitySchemes"]
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert "security" in operation, f"{method.upper()} {path} declares no security"
+            for requirement in operation["security"]:
+                assert set(requirement) <= set(schemes), (path, requirement)
+    admin = document["paths"]["/admin/v1/tenants/{tenant}/users"]["get"]["security"]
+    assert admin == [{"adminBearer": []}]
+    assert document["paths"]["/tenants/{tenant}/scim/v2/Users"]["get"]["security"] == [{"scimBearer": []}]
+    assert document["paths"]["/tenants/{tenant}/jwks"]["get"]["security"] == []
