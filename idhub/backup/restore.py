@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -174,12 +175,46 @@ async def _reset_sequences(connection: AsyncConnection, numbered: dict[str, str]
         )
 
 
+def _copy_records(
+    entry: TableEntry, skip: str | None
+) -> tuple[tuple[str, ...], Callable[[list[Any]], tuple[Any, ...]]]:
+    """Return the columns and a row converter for PostgreSQL's ``COPY`` (asyncpg encodes by the server's types)."""
+    keep = [index for index, (name, _tag) in enumerate(entry.columns) if name != skip]
+    json_columns = [index for index in keep if entry.columns[index][1] == "json"]
+    names = tuple(entry.columns[index][0] for index in keep)
+
+    def convert(row: list[Any]) -> tuple[Any, ...]:
+        for index in json_columns:
+            if row[index] is not None:
+                row[index] = orjson.dumps(row[index]).decode()  # asyncpg takes json as text
+        return tuple(row[index] for index in keep)
+
+    return names, convert
+
+
+async def _copy_batch(connection: AsyncConnection, entry: TableEntry, skip: str | None, rows: list[list[Any]]) -> None:
+    """Write one batch with ``COPY`` in the connection's transaction.
+
+    A restore of 100,000 users through parameterised INSERTs spends most of its time building statements and
+    processing parameters in Python; asyncpg's ``copy_records_to_table`` encodes plain tuples in C.
+    """
+    raw = (await connection.get_raw_connection()).driver_connection
+    assert raw is not None
+    names, convert = _copy_records(entry, skip)
+    await raw.copy_records_to_table(entry.name, records=[convert(row) for row in rows], columns=names)
+
+
 async def _insert_rows(connection: AsyncConnection, opened: _Opened) -> dict[str, int]:
     scoped = opened.header.tenant is not None
     numbered = await _autoincrement_columns(connection, opened.manifest)
     statements: dict[str, tuple[Any, Callable[[list[Any]], dict[str, Any]]]] = {}
     counts = {entry.name: 0 for entry in opened.manifest.tables}
+    postgresql = connection.dialect.name == "postgresql"
     for entry, rows in batches(opened.manifest, opened.lines, BATCH):
+        if postgresql:
+            await _copy_batch(connection, entry, numbered.get(entry.name) if scoped else None, rows)
+            counts[entry.name] += len(rows)
+            continue
         prepared = statements.get(entry.name)
         if prepared is None:
             # Into a database that holds other tenants, the database numbers the rows anew (ids of their
@@ -188,7 +223,7 @@ async def _insert_rows(connection: AsyncConnection, opened: _Opened) -> dict[str
         statement, as_dict = prepared
         await connection.execute(statement, [as_dict(row) for row in rows])
         counts[entry.name] += len(rows)
-    if connection.dialect.name == "postgresql" and not scoped:
+    if postgresql and not scoped:
         await _reset_sequences(connection, numbered)
     for entry in opened.manifest.tables:
         if counts[entry.name] != entry.rows:  # batches() checked already; kept as the last word before COMMIT

@@ -93,9 +93,10 @@ def test_cli_archive_purge_and_user_export(source: dict[str, str], tmp_path: Pat
     assert counted == {
         "dry_run": True,
         "purged": 0,
-        "tenants": {"acme": {"purged": 0, "retention_days": 365, "deleted_before": counted["tenants"]["acme"][
-            "deleted_before"]}},
-    }  # fmt: skip
+        "tenants": {
+            "acme": {"purged": 0, "retention_days": 365, "deleted_before": counted["tenants"]["acme"]["deleted_before"]}
+        },
+    }
     short = {**source, "IDHUB_ARCHIVE__RETENTION_DAYS": "1"}
     assert (
         _ok(_invoke(short, "archive", "purge", "--tenant", "acme", "--json"))["tenants"]["acme"]["retention_days"] == 1
