@@ -277,14 +277,19 @@ def _old_database(url: str) -> dict[str, uuid.UUID]:
     return ids
 
 
+@pytest.mark.parametrize("premigrated", [False, True], ids=["empty", "migrated-empty"])
 @pytest.mark.parametrize("target", BACKENDS)
-def test_restore_backup_of_older_revision_migrates_forward(env: Env, tmp_path: Path, target: str) -> None:
+def test_restore_backup_of_older_revision_migrates_forward(
+    env: Env, tmp_path: Path, target: str, premigrated: bool
+) -> None:
     source = empty_target(env.backend, tmp_path, f"old_{env.backend}")
     ids = _old_database(source)
     path = tmp_path / "old.idhub-backup"
     summary = backup_url(source, path)
     assert summary.revision == OLD_REVISION and "audit_chain_head" not in summary.counts
     destination = empty_target(target, tmp_path, f"oldto_{env.backend}")
+    if premigrated:  # an operator ran idhub migrate on the new database first: taken back, then forward
+        upgrade(destination, "head")
     restore(destination, path)
     with served(destination, tmp_path / "served-old") as restored:
 
@@ -327,3 +332,24 @@ def test_restored_rows_keep_their_types(env: Env, seeded_backup: tuple[Any, Path
         assert keys and all(isinstance(k.private_key_encrypted, bytes) and k.public_jwk for k in keys)
         for key in keys:  # the private keys open under the same master key
             assert restored.ctx.sealer.open(key.private_key_encrypted, context=f"signing-key:{key.kid}")
+
+
+def test_restore_tenant_into_database_with_other_tenants_renumbers_log_rows(env: Env, tmp_path: Path) -> None:
+    source = empty_target(env.backend, tmp_path, f"scoped_{env.backend}")
+    with served(source, tmp_path / "scoped-src") as src:
+        moved = seed(src)
+        src.disable_user(moved.tenant, moved.bob)  # a revocation row (numbered by the database)
+    path = tmp_path / "moved.idhub-backup"
+    backup_url(source, path, tenant=moved.tenant.slug)
+    destination = empty_target(env.backend, tmp_path, f"scopedto_{env.backend}")
+    with served(destination, tmp_path / "scoped-dst") as dst:
+        neighbour = seed(dst)
+        dst.disable_user(neighbour.tenant, neighbour.bob)  # holds revocation id 1 already
+    restored = restore(destination, path)
+    assert restored.counts["revocation"] == 1
+    with served(destination, tmp_path / "scoped-dst2") as dst:
+        tenant = dst.run(dst.ctx.tenants.get, moved.tenant.slug)
+        assert tenant is not None
+        assert introspect(dst, tenant, moved.tokens["access_token"], moved.client_id, moved.secret)["active"]
+        dst.disable_user(tenant, moved.alice)  # the next revocation still gets a fresh number
+        assert introspect(dst, tenant, moved.tokens["access_token"], moved.client_id, moved.secret) == {"active": False}
