@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.clients.redirects import validate_client_uris
 from idhub.clients.service import create_client
@@ -918,11 +919,17 @@ def _backup_engine(settings: Settings) -> Any:
 
 
 async def _audit_backup_events(settings: Settings, events: list[Any]) -> None:
-    """Record backup events in the audit log, acting as the operator (a separate, short unit of work)."""
+    """Record backup events in the audit log, acting as the operator (a separate, short unit of work).
+
+    The backup or restore itself is done by then: an entry that cannot be written (a source database at an
+    older schema, without the chain's columns) is a warning, not a failure of the command.
+    """
     ctx = build_context(settings)
     try:
         async with ctx.uow(actor=_operator(), surface="cli") as uow:
             uow.raise_events(events)
+    except Exception as exc:
+        click.echo(f"warning: the audit entry could not be written: {str(exc).splitlines()[0]}", err=True)
     finally:
         await ctx.close()
 
@@ -936,6 +943,9 @@ def _run_backup_step(step: Callable[[], Coroutine[Any, Any, T]]) -> T:
         raise  # unreachable
     except OSError as exc:
         _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        raise  # unreachable
+    except SQLAlchemyError as exc:
+        _fail(f"database error: {str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}")
         raise  # unreachable
 
 
@@ -958,6 +968,7 @@ def backup(context: click.Context, output: str | None, slug: str | None, as_json
 
     settings = _settings()
     master = settings.master_key_bytes()
+    _require_sqlite_file(settings)
     target = Path(output)
     partial = target.with_name(target.name + ".partial")
 
@@ -979,6 +990,15 @@ def backup(context: click.Context, output: str | None, slug: str | None, as_json
     finally:
         partial.unlink(missing_ok=True)
     _emit_backup(result, as_json)
+
+
+def _require_sqlite_file(settings: Settings) -> None:
+    """Refuse to back up a SQLite database that does not exist (opening it would create an empty one)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(settings.database_url).database
+    if settings.is_sqlite and database and database != ":memory:" and not Path(database).exists():
+        _fail(f"no database at {database}")
 
 
 def _emit_backup(result: dict[str, Any], as_json: bool) -> None:

@@ -76,6 +76,9 @@ def test_cli_backup_of_one_tenant_and_errors(source: dict[str, str], tmp_path: P
     assert _ok(_invoke(source, "backup", "--output", str(file), "--tenant", "acme", "--json"))["scope"] == "acme"
     _one_line_error(_invoke(source, "backup", "--output", str(tmp_path / "x"), "--tenant", "nope"), "no tenant")
     _one_line_error(_invoke(source, "backup"), "--output")
+    missing = {**source, "IDHUB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'missing.db'}"}
+    _one_line_error(_invoke(missing, "backup", "--output", str(tmp_path / "x")), "no database")
+    assert not (tmp_path / "missing.db").exists()
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
     data = bytearray(file.read_bytes())
     data[len(data) // 2] ^= 0x40
