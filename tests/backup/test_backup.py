@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -353,3 +354,71 @@ def test_restore_tenant_into_database_with_other_tenants_renumbers_log_rows(env:
         assert introspect(dst, tenant, moved.tokens["access_token"], moved.client_id, moved.secret)["active"]
         dst.disable_user(tenant, moved.alice)  # the next revocation still gets a fresh number
         assert introspect(dst, tenant, moved.tokens["access_token"], moved.client_id, moved.secret) == {"active": False}
+
+
+class _WritesDuringBackup:
+    """A file object that, on the backup's first write (its snapshot taken), adds a user from another connection."""
+
+    def __init__(self, path: Path, url: str, tenant_id: uuid.UUID) -> None:
+        self._out = path.open("wb")
+        self._url = url
+        self._tenant_id = tenant_id
+        self.added: uuid.UUID | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.added is None:
+            self.added = uuid.uuid4()
+            thread = threading.Thread(target=asyncio.run, args=(self._insert(),))
+            thread.start()
+            thread.join()
+        return self._out.write(data)
+
+    async def _insert(self) -> None:
+        engine = create_engine(self._url)
+        try:
+            async with engine.begin() as connection:
+                now = utcnow()
+                await connection.execute(
+                    User.__table__.insert().values(
+                        id=self.added,
+                        tenant_id=self._tenant_id,
+                        username="latecomer",
+                        version=1,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        finally:
+            await engine.dispose()
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def close(self) -> None:
+        self._out.close()
+
+
+def test_backup_is_one_snapshot_writes_during_it_stay_out(env: Env, tmp_path: Path) -> None:
+    from idhub.backup.dump import write_backup
+
+    seeded = seed(env)
+    path = tmp_path / "snapshot.idhub-backup"
+    out = _WritesDuringBackup(path, env.ctx.settings.database_url, seeded.tenant.id)
+
+    async def work() -> Any:
+        return await write_backup(env.ctx.engine, out, master_key=MASTER, tenant=seeded.tenant.slug)  # type: ignore[arg-type]
+
+    summary = env.run(work)
+    out.close()
+    assert out.added is not None and summary.counts["user"] == 2  # alice and bob; the latecomer came after
+    assert verify_backup(path, master_key=MASTER).counts["user"] == 2
+    assert _user_exists(env, out.added)
+
+
+def _user_exists(env: Env, user_id: uuid.UUID) -> bool:
+    async def work() -> bool:
+        async with env.ctx.sessionmaker() as session:
+            return await session.get(User, user_id) is not None
+
+    result: bool = env.run(work)
+    return result
