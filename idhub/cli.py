@@ -963,6 +963,8 @@ def backup(context: click.Context, output: str | None, slug: str | None, as_json
     if output is None:
         _fail("give --output FILE (or a subcommand: idhub backup verify --input FILE)")
         return
+    import os
+
     from idhub.backup.dump import write_backup
     from idhub.events import BackupTaken
 
@@ -975,7 +977,8 @@ def backup(context: click.Context, output: str | None, slug: str | None, as_json
     async def step() -> dict[str, Any]:
         engine = _backup_engine(settings)
         try:
-            with partial.open("wb") as out:
+            # Owner-only from the first byte: the file is sealed, but who may copy it is still worth limiting.
+            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
                 summary = await write_backup(engine, out, master_key=master, tenant=slug)
         finally:
             await engine.dispose()

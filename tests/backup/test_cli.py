@@ -58,6 +58,7 @@ def test_cli_backup_verify_restore_round_trip(source: dict[str, str], tmp_path: 
     taken = _ok(_invoke(source, "backup", "--output", str(file), "--json"))
     assert taken["scope"] == "all" and taken["tenants"] == ["acme"] and taken["tables"]["user"] == 1
     assert taken["bytes"] == file.stat().st_size and not file.with_name(file.name + ".partial").exists()
+    assert file.stat().st_mode & 0o777 == 0o600
     checked = _ok(_invoke(source, "backup", "verify", "--input", str(file), "--json"))
     assert checked["valid"] is True and checked["tables"] == taken["tables"] and checked["file_id"] == taken["file_id"]
 
