@@ -12,7 +12,7 @@ import getpass
 import json
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.clients.redirects import validate_client_uris
 from idhub.clients.service import create_client
@@ -1152,3 +1153,238 @@ def audit_retention(slug: str, days: int | None, forever: bool, inherit: bool, a
         }
 
     _emit(_run(work), as_json)
+
+
+# --- backup, restore and archived records ---
+
+
+def _backup_engine(settings: Settings) -> Any:
+    """Return an engine for a backup or restore: one long transaction, so statements get minutes, not seconds."""
+    from idhub.storage.engine import Timeouts, create_engine
+
+    timeouts = Timeouts(
+        connect=settings.database_connect_timeout,
+        command=max(settings.database_command_timeout, 600.0),
+        pool=settings.database_pool_timeout,
+    )
+    return create_engine(settings.database_url, pool_size=2, timeouts=timeouts)
+
+
+async def _audit_backup_events(settings: Settings, events: list[Any]) -> None:
+    """Record backup events in the audit log, acting as the operator (a separate, short unit of work).
+
+    The backup or restore itself is done by then: an entry that cannot be written (a source database at an
+    older schema, without the chain's columns) is a warning, not a failure of the command.
+    """
+    ctx = build_context(settings)
+    try:
+        async with ctx.uow(actor=_operator(), surface="cli") as uow:
+            uow.raise_events(events)
+    except Exception as exc:
+        click.echo(f"warning: the audit entry could not be written: {str(exc).splitlines()[0]}", err=True)
+    finally:
+        await ctx.close()
+
+
+def _run_backup_step(step: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a backup step; a domain error (a damaged file, a busy target) is a one-line error."""
+    try:
+        return asyncio.run(step())
+    except DomainError as exc:
+        _fail(exc.detail or exc.__class__.__name__)
+        raise  # unreachable
+    except OSError as exc:
+        _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        raise  # unreachable
+    except SQLAlchemyError as exc:
+        _fail(f"database error: {str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}")
+        raise  # unreachable
+
+
+@main.group(invoke_without_command=True)
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="the backup file to write")
+@click.option("--tenant", "slug", default=None, help="one tenant (default: every tenant)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def backup(context: click.Context, output: str | None, slug: str | None, as_json: bool) -> None:
+    """Write a consistent, encrypted backup (--output FILE); "idhub backup verify" checks one."""
+    if context.invoked_subcommand is not None:
+        if output or slug:
+            _fail("--output and --tenant belong to idhub backup itself, not to its subcommands")
+        return
+    if output is None:
+        _fail("give --output FILE (or a subcommand: idhub backup verify --input FILE)")
+        return
+    import os
+
+    from idhub.backup.dump import write_backup
+    from idhub.events import BackupTaken
+
+    settings = _settings()
+    master = settings.master_key_bytes()
+    _require_sqlite_file(settings)
+    target = Path(output)
+    partial = target.with_name(target.name + ".partial")
+
+    async def step() -> dict[str, Any]:
+        engine = _backup_engine(settings)
+        try:
+            # Owner-only from the first byte: the file is sealed, but who may copy it is still worth limiting.
+            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+                summary = await write_backup(engine, out, master_key=master, tenant=slug)
+        finally:
+            await engine.dispose()
+        partial.replace(target)  # a file under the final name is always a whole backup
+        scope = slug or "all"
+        events = [BackupTaken(tenant_id=tid, file_id=summary.file_id, scope=scope) for tid, _s in summary.tenants]
+        await _audit_backup_events(settings, events)
+        return {"output": str(target), **summary.describe()}
+
+    try:
+        result = _run_backup_step(step)
+    finally:
+        partial.unlink(missing_ok=True)
+    _emit_backup(result, as_json)
+
+
+def _require_sqlite_file(settings: Settings) -> None:
+    """Refuse to back up a SQLite database that does not exist (opening it would create an empty one)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(settings.database_url).database
+    if settings.is_sqlite and database and database != ":memory:" and not Path(database).exists():
+        _fail(f"no database at {database}")
+
+
+def _emit_backup(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    tables = result.pop("tables", {})
+    _emit(result, False)
+    for name, count in tables.items():
+        click.echo(f"  {name}: {count}")
+
+
+@backup.command("verify")
+@click.option("--input", "source", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def backup_verify(source: str, as_json: bool) -> None:
+    """Decrypt and check a backup file completely (any changed, missing or added byte fails); writes nothing."""
+    from idhub.backup.restore import verify_backup
+
+    settings = _settings()
+    master = settings.master_key_bytes()
+
+    async def step() -> dict[str, Any]:
+        verified = await asyncio.to_thread(verify_backup, Path(source), master_key=master)
+        return {"input": source, "valid": True, **verified.describe()}
+
+    _emit_backup(_run_backup_step(step), as_json)
+
+
+@main.command()
+@click.option("--input", "source", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def restore(source: str, as_json: bool) -> None:
+    """Rebuild the (empty) database of IDHUB_DATABASE_URL from a backup; needs the same IDHUB_MASTER_KEY."""
+    from idhub.backup.restore import restore_backup, restored_tenants
+    from idhub.events import BackupRestored
+
+    settings = _settings()
+    master = settings.master_key_bytes()
+
+    async def step() -> dict[str, Any]:
+        engine = _backup_engine(settings)
+        try:
+            restored = await restore_backup(engine, Path(source), master_key=master)
+            tenants = await restored_tenants(engine, restored.manifest)
+        finally:
+            await engine.dispose()
+        fields = restored.header.fields
+        events = [
+            BackupRestored(
+                tenant_id=uuid.UUID(tid), file_id=str(fields.get("file_id")), taken_at=str(fields.get("created_at"))
+            )
+            for tid, _slug in tenants
+        ]
+        await _audit_backup_events(settings, events)
+        return {"input": source, "restored": True, **restored.describe()}
+
+    _emit_backup(_run_backup_step(step), as_json)
+
+
+@main.group()
+def archive() -> None:
+    """Archived records of deleted users: retention and purge."""
+
+
+@archive.command("purge")
+@click.option("--tenant", "slug", default=None, help="one tenant (default: every tenant)")
+@click.option("--dry-run", is_flag=True, help="only count what the purge would remove")
+@click.option("--json", "as_json", is_flag=True)
+def archive_purge(slug: str | None, dry_run: bool, as_json: bool) -> None:
+    """Remove archived records of deleted users whose retention period has ended (audited per person)."""
+    from idhub.backup.archive import purge_archived
+
+    settings = _settings()
+    if settings.is_sqlite:
+        upgrade(settings.database_url)
+
+    async def runner() -> dict[str, Any]:
+        ctx = build_context(settings)
+        try:
+            counts = await purge_archived(
+                lambda: ctx.uow(actor=_operator(), surface="cli"),
+                default_days=settings.archive.retention_days,
+                tenant=slug,
+                dry_run=dry_run,
+            )
+        finally:
+            await ctx.close()
+        return {
+            "dry_run": dry_run,
+            "purged": sum(count.purged for count in counts),
+            "tenants": {
+                count.tenant: {
+                    "purged": count.purged,
+                    "retention_days": count.retention_days,
+                    "deleted_before": count.cutoff.isoformat(),
+                }
+                for count in counts
+            },
+        }
+
+    result = _run_backup_step(runner)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        verb = "would purge" if dry_run else "purged"
+        for tenant_slug, count in result["tenants"].items():
+            click.echo(f"{tenant_slug}: {verb} {count['purged']} (deleted before {count['deleted_before']})")
+
+
+@user.command("export")
+@click.option("--tenant", "slug", required=True)
+@click.option("--username", default=None, help="the user's username (a deleted user's too)")
+@click.option("--id", "user_id", default=None, help="the user's id")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True), default="-", help="file (default: stdout)")
+def user_export(slug: str, username: str | None, user_id: str | None, output: str) -> None:
+    """Write everything held about one person as one JSON document (GDPR Art. 15 and 20); audited."""
+    from idhub.backup.archive import export_person, find_person
+
+    if (username is None) == (user_id is None):
+        _fail("give exactly one of --username and --id")
+
+    async def work(_ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        person = await find_person(
+            uow, tenant_id=tenant.id, username=username, user_id=_uuid(user_id, "--id") if user_id else None
+        )
+        return await export_person(uow, tenant=tenant, user=person)
+
+    document = _run(work)
+    with click.open_file(output, "w", encoding="utf-8") as out:
+        out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    if output != "-":
+        click.echo(f"exported user {document['user']['id']} to {output}", err=True)

@@ -586,3 +586,63 @@ class AuditArchived(DomainEvent):
             "last_seq": self.last_seq,
             "last_hash": self.last_hash,
         }
+
+
+# --- backups and archived records -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupTaken(DomainEvent):
+    """A backup holding the tenant's data was written (``file_id`` names the file; ``scope`` ``all`` or the tenant)."""
+
+    action: ClassVar[str] = "backup.create"
+    target_type: ClassVar[str] = "Tenant"
+    file_id: str
+    scope: str
+
+    @property
+    def target_id(self) -> str:
+        """Return the tenant's id."""
+        return str(self.tenant_id)
+
+    def details(self) -> dict[str, Any]:
+        """Return the file's id and the backup's scope."""
+        return {"file_id": self.file_id, "scope": self.scope}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupRestored(DomainEvent):
+    """The tenant was restored from a backup (its file id and when the backup was taken)."""
+
+    action: ClassVar[str] = "backup.restore"
+    target_type: ClassVar[str] = "Tenant"
+    file_id: str
+    taken_at: str
+
+    @property
+    def target_id(self) -> str:
+        """Return the tenant's id."""
+        return str(self.tenant_id)
+
+    def details(self) -> dict[str, Any]:
+        """Return the file's id and when the backup was taken."""
+        return {"file_id": self.file_id, "taken_at": self.taken_at}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArchivedUserPurged(UserEvent):
+    """The archived record of a deleted user was removed for good once its retention period ended."""
+
+    action: ClassVar[str] = "user.purge"
+    deleted_at: str
+
+    def details(self) -> dict[str, Any]:
+        """Return when the user had been deleted."""
+        return {"deleted": self.deleted_at}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserDataExported(UserEvent):
+    """A person's data was exported (GDPR Art. 15 access, Art. 20 portability)."""
+
+    action: ClassVar[str] = "user.export"

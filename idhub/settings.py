@@ -101,6 +101,15 @@ class AuditSettings(BaseModel):
         return value
 
 
+class ArchiveSettings(BaseModel):
+    """How long archived records of deleted users are kept (days) before ``idhub archive purge`` removes them.
+
+    A tenant may set its own period in its settings (``archive_retention_days``).
+    """
+
+    retention_days: int = Field(default=365, ge=1, le=36500)
+
+
 class Settings(BaseSettings):
     """All settings of one idhub process. Build with ``Settings()``; nothing reads them at import time."""
 
@@ -135,6 +144,7 @@ class Settings(BaseSettings):
     throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
     passwords: PasswordSettings = Field(default_factory=PasswordSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
 
     @field_validator("public_url")
     @classmethod

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 _VERSION = b"\x01"
 
 
-def derive_key(master_key: bytes, purpose: str) -> bytes:
-    """Derive an independent 32-byte key for ``purpose`` from the master key."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"idhub:" + purpose.encode()).derive(master_key)
+def derive_key(master_key: bytes, purpose: str, *, salt: bytes | None = None) -> bytes:
+    """Derive an independent 32-byte key for ``purpose`` (and ``salt``, e.g. one backup file's) from the master key."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"idhub:" + purpose.encode()).derive(master_key)
 
 
 class DecryptionError(Exception):

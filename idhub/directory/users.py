@@ -31,11 +31,22 @@ from idhub.directory.tables import USER_VALUES, USERS
 from idhub.errors import Conflict, DomainError, Invalid, NotFound, PreconditionFailed
 from idhub.events import UserCreated, UserDeleted, UserDisabled, UserEnabled, UserUpdated
 from idhub.storage.base import new_uuid, utcnow
-from idhub.storage.models import Grant, Group, GroupMember, RefreshToken, User, UserSession, UserValue
+from idhub.storage.models import (
+    FederatedIdentity,
+    Grant,
+    Group,
+    GroupMember,
+    IdentityProvider,
+    RefreshToken,
+    User,
+    UserSession,
+    UserValue,
+)
 from idhub.storage.uow import UnitOfWork
 from idhub.tokens.revocation import record_revocation
 
 USERNAME_TAKEN = "userName is already taken"
+ARCHIVED_SIGN_INS = 10  # the last sign-ins an archived record keeps
 
 
 class _Keep:
@@ -316,11 +327,14 @@ class Users:
         """Delete a person: cut off everywhere at once, kept as an archived record, username freed.
 
         The archive says who deleted the account (``deleted_by``, the acting client, token or operator),
-        when, and what the account held last (attributes, multi-valued elements, direct groups).
+        when, and what the account held last (attributes, multi-valued elements, direct groups, linked
+        upstream accounts and the last sign-ins). It is kept for the archive's retention period
+        (``IDHUB_ARCHIVE__RETENTION_DAYS``), then purged (``idhub archive purge``).
         """
         check_version(user.version, expected_versions)
-        archive = await self._archive(user)
         now = utcnow()
+        archive = await self._archive(user)
+        archive.update(deleted=now.isoformat(), deletedBy=self.uow.actor.label())
         user.deleted_at = now
         user.deleted_by = self.uow.actor.label()
         user.archive = archive
@@ -348,8 +362,52 @@ class Users:
             {name: getattr(row, name) for name in VALUE_FIELDS if getattr(row, name) is not None} for row in values
         ]
         archive["groups"] = [{"id": str(gid), "displayName": name} for gid, name in groups]
+        archive["links"] = await self._archived_links(user)
+        archive["lastSignIns"] = await self._archived_sign_ins(user)
         archive["created"] = user.created_at.isoformat()
         return archive
+
+    async def _archived_links(self, user: User) -> list[dict[str, Any]]:
+        """Return the person's linked upstream accounts (upstream alias and type, subject, when used last)."""
+        rows = await self.uow.session.execute(
+            select(FederatedIdentity, IdentityProvider.alias, IdentityProvider.type)
+            .join(IdentityProvider, IdentityProvider.id == FederatedIdentity.provider_id)
+            .where(FederatedIdentity.tenant_id == user.tenant_id, FederatedIdentity.user_id == user.id)
+            .order_by(FederatedIdentity.created_at)
+        )
+        return [
+            {
+                "id": str(link.id),
+                "provider": alias,
+                "providerType": kind,
+                "subject": link.subject,
+                "email": link.email,
+                "created": link.created_at.isoformat(),
+                "lastLogin": link.last_login_at.isoformat() if link.last_login_at else None,
+            }
+            for link, alias, kind in rows
+        ]
+
+    async def _archived_sign_ins(self, user: User) -> list[dict[str, Any]]:
+        """Return the person's last sign-ins (their SSO sessions, newest first; never a cookie or its hash)."""
+        rows = await self.uow.session.execute(
+            select(
+                UserSession.auth_time, UserSession.amr, UserSession.acr, UserSession.link_id, UserSession.last_seen_at
+            )
+            .where(UserSession.tenant_id == user.tenant_id, UserSession.user_id == user.id)
+            .order_by(UserSession.auth_time.desc())
+            .limit(ARCHIVED_SIGN_INS)
+        )
+        return [
+            {
+                "at": row.auth_time.isoformat(),
+                "amr": list(row.amr or []),
+                "acr": row.acr,
+                "link": str(row.link_id) if row.link_id else None,
+                "lastSeen": row.last_seen_at.isoformat(),
+            }
+            for row in rows
+        ]
 
     # --- cut-off -------------------------------------------------------------------------------
     async def revoke_access(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:

@@ -29,3 +29,21 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Upgrade the database at ``database_url`` to ``revision``."""
     command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Downgrade the database at ``database_url`` to ``revision`` (an empty database a restore takes back)."""
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def lineage(revision: str) -> list[str]:
+    """Return ``revision`` and every revision below it, newest first; ``[]`` when this code does not know it."""
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import ResolutionError
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    try:
+        return [found.revision for found in script.iterate_revisions(revision, "base")]
+    except (CommandError, ResolutionError):
+        return []
