@@ -23,6 +23,7 @@ from idhub.admin.auth import Permission, Principal, authenticate
 from idhub.admin.pagination import DEFAULT_LIMIT, MAX_LIMIT, page_body
 from idhub.admin.problems import PROBLEM_MEDIA_TYPE, AdminRoute, NotPermitted, Problem
 from idhub.audit.archive import set_retention
+from idhub.backup.archive import export_person, find_person
 from idhub.broker.linking import list_links, remove_link
 from idhub.broker.providers import NewProvider
 from idhub.broker.sync import preview_claims
@@ -40,7 +41,7 @@ from idhub.errors import Conflict, NotFound
 from idhub.routing import context_of, etag, parse_etag
 from idhub.sessions.service import revoke_session
 from idhub.storage.uow import UnitOfWork
-from idhub.tenants.service import TenantInfo, get_or_create_tenant, issuer_for, update_tenant
+from idhub.tenants.service import TenantInfo, get_or_create_tenant, issuer_for, require_tenant, update_tenant
 
 P = Permission
 JSON = "application/json"
@@ -201,6 +202,25 @@ async def users_delete(user_id: str, call: UsersWrite, if_match: IfMatch = None)
     user = await call.directory.users.get(call.tenant.id, service.parse_id(user_id, "user"))
     await call.directory.users.delete(user, expected_versions=expected(if_match))
     return Response(status_code=204)
+
+
+@router.get(T + "/users/{user_id}/export", summary="Export a person's data (GDPR Art. 15/20)")
+async def users_export(user_id: str, call: UsersRead) -> Response:
+    """Return everything held about a person, deleted (archived) ones included, as one JSON document; audited."""
+    tenant = await require_tenant(call.uow.session, call.tenant.slug)
+    person = await find_person(call.uow, tenant_id=call.tenant.id, user_id=service.parse_id(user_id, "user"))
+    document = await export_person(call.uow, tenant=tenant, user=person)
+    disposition = f'attachment; filename="user-{person.id}.json"'
+    return json_response(document, headers={"cache-control": "no-store", "content-disposition": disposition})
+
+
+@router.get(T + "/archived-users", summary="List archived (deleted) people", response_model=schemas.Page)
+async def archived_users_list(
+    request: Request, call: UsersRead, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> Response:
+    """List deleted people's archived records, most recently deleted first (kept until the retention ends)."""
+    items, next_key = await service.list_archived_users(call.uow, tenant_id=call.tenant.id, cursor=cursor, limit=limit)
+    return page_response(request, items, next_key)
 
 
 # --- groups ------------------------------------------------------------------------------------------

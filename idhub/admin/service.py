@@ -90,6 +90,38 @@ async def list_users(
     return [user_out(user) for user in rows], ((rows[-1].username,) if more else None)
 
 
+async def list_archived_users(
+    uow: UnitOfWork, *, tenant_id: uuid.UUID, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """Return a page of deleted people's archived records, most recently deleted first."""
+    after = decode_cursor(cursor, parts=2)
+    query = select(User).where(User.tenant_id == tenant_id, User.deleted_at.is_not(None))
+    if after is not None:
+        moment, last_id = _time_key(after)
+        query = query.where(or_(User.deleted_at < moment, and_(User.deleted_at == moment, User.id < last_id)))
+    query = query.order_by(User.deleted_at.desc(), User.id.desc()).limit(limit + 1)
+    rows = (await uow.session.scalars(query)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        {
+            "id": str(user.id),
+            "username": user.user_name or user.username,
+            "deleted_at": user.deleted_at,
+            "deleted_by": user.deleted_by,
+            "archive": user.archive,
+        }
+        for user in rows
+    ]
+    last = rows[-1] if more else None
+    return items, ((_iso(last.deleted_at), str(last.id)) if last is not None else None)
+
+
+def _iso(moment: datetime | None) -> str:
+    assert moment is not None
+    return moment.isoformat()
+
+
 def profile_from(body: UserCreate) -> UserProfile:
     """Build the profile of a new person from the request."""
     values: tuple[ValueRecord, ...] = ()
@@ -335,7 +367,7 @@ async def list_audit(
     if until is not None:
         query = query.where(AuditEvent.occurred_at < until)
     if after is not None:
-        moment, last_id = _audit_key(after)
+        moment, last_id = _time_key(after)
         query = query.where(
             or_(AuditEvent.occurred_at < moment, and_(AuditEvent.occurred_at == moment, AuditEvent.id < last_id))
         )
@@ -347,7 +379,7 @@ async def list_audit(
     return [audit_out(row) for row in rows], ((last.occurred_at.isoformat(), str(last.id)) if last else None)
 
 
-def _audit_key(after: list[str]) -> tuple[datetime, uuid.UUID]:
+def _time_key(after: list[str]) -> tuple[datetime, uuid.UUID]:
     try:
         return datetime.fromisoformat(after[0]), uuid.UUID(after[1])
     except ValueError as exc:

@@ -21,6 +21,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", f"/users/{ID}", None, "auditor"),
     ("PATCH", f"/users/{ID}", {"active": False}, "auditor"),
     ("DELETE", f"/users/{ID}", None, "auditor"),
+    ("GET", f"/users/{ID}/export", None, "auditor"),
+    ("GET", "/archived-users", None, "auditor"),
     ("GET", "/groups", None, "auditor"),
     ("POST", "/groups", {"name": "g"}, "helpdesk"),
     ("GET", f"/groups/{ID}", None, "auditor"),

@@ -113,3 +113,28 @@ def test_helpdesk_manages_people_but_only_reads_groups(admin: Admin) -> None:
     assert created.status_code == 201
     assert admin.call("GET", "groups", role="helpdesk").status_code == 200
     assert_problem(admin.call("POST", "groups", role="helpdesk", json={"name": "x"}), 403)
+
+
+def test_users_export_and_archived_records(admin: Admin) -> None:
+    user = admin.call("POST", "users", json={"username": "leaver", "email": "leaver@example.com"}).json()
+    group = admin.call("POST", "groups", json={"name": "Finance"}).json()
+    admin.call("POST", f"groups/{group['id']}/members", json={"users": [user["id"]]})
+    exported = admin.call("GET", f"users/{user['id']}/export", role="helpdesk")
+    assert exported.status_code == 200 and exported.headers["cache-control"] == "no-store"
+    assert "leaver@example.com" in exported.text and "password_hash" not in exported.text
+    assert admin.call("DELETE", f"users/{user['id']}").status_code == 204
+    others = []
+    for name in ("gone1", "gone2"):
+        other = admin.call("POST", "users", json={"username": name}).json()
+        admin.call("DELETE", f"users/{other['id']}")
+        others.append(other["id"])
+    first = admin.call("GET", "archived-users?limit=2").json()
+    assert [item["id"] for item in first["items"]] == others[::-1] and first["next_cursor"]
+    rest = admin.call("GET", f"archived-users?limit=2&cursor={first['next_cursor']}").json()
+    assert [item["id"] for item in rest["items"]] == [user["id"]] and rest["next_cursor"] is None
+    record = rest["items"][0]
+    assert record["deleted_by"] and record["archive"]["groups"][0]["displayName"] == "Finance"
+    # A deleted person's data can still be exported on request (GDPR Art. 15), until the record is purged.
+    assert admin.call("GET", f"users/{user['id']}/export").status_code == 200
+    assert_problem(admin.call("GET", "users/00000000-0000-0000-0000-000000000000/export"), 404)
+    assert admin.call("GET", "audit?action=user.export").json()["items"]
