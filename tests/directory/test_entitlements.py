@@ -399,7 +399,7 @@ def test_member_removed_from_large_group_bounded_statements(env: Env) -> None:
                         "amr": [],
                         "created_at": now,
                         "expires_at": now + timedelta(days=1),
-                    }  # fmt: skip
+                    }
                     for g, u in zip(grants, user_ids, strict=True)
                 ],
             )

@@ -123,7 +123,7 @@ def test_consent_page_lists_only_grantable_scopes_and_records_them(env: Env) -> 
 
 
 def test_authorize_nothing_entitled_access_denied_openid_alone_fine(env: Env) -> None:
-    tenant, client_id, secret, alice = _setup(env, first_party=True)
+    tenant, client_id, secret, _alice = _setup(env, first_party=True)
     make_policy(env, tenant, client_id, make_group(env, tenant, "A"), "x")  # alice is not in A
     result, _ = _login(env, tenant, client_id, "x y")
     assert result["error"] == "access_denied" and result["state"] == "xyz"
