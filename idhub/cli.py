@@ -160,6 +160,10 @@ def init(slug: str) -> None:
             grant_types=["client_credentials"],
             scope=scope,
         )
+        # Its machine policy: the admin API's client_credentials tokens carry idhub:admin, governed like any client.
+        await ctx.directory(uow).entitlements.create(
+            tenant.id, client_id=client.client_id, group_id=None, scopes=["idhub:admin"]
+        )
         return {
             "tenant": tenant.slug,
             "issuer": issuer_for(ctx.settings.public_url, tenant.slug),
@@ -1152,6 +1156,40 @@ def audit_retention(slug: str, days: int | None, forever: bool, inherit: bool, a
             "inherited": RETENTION_SETTING not in settings,
         }
 
+
+# --- access policies and the entitlement report ---
+
+
+@main.group()
+def policy() -> None:
+    """Manage access policies: which groups (or the client itself) get which scopes at a client."""
+
+
+def _policy_line(found: dict[str, Any]) -> str:
+    subject = "machine" if found["subject"] == "machine" else f"group {found['group_name']} ({found['group_id']})"
+    return f"{found['id']}  {found['client_id']}  {subject}  {found['scope']}"
+
+
+@policy.command("create")
+@click.option("--tenant", "slug", required=True)
+@click.option("--client", "client_id", required=True, help="the client's client_id")
+@click.option("--group", "group_ref", default=None, help="the group's name or id: its members get the scopes")
+@click.option("--machine", is_flag=True, help="the client's own policy: what its client_credentials tokens may carry")
+@click.option("--scope", required=True, help='space-separated scopes, e.g. "orders:read orders:write"')
+@click.option("--json", "as_json", is_flag=True)
+def policy_create(slug: str, client_id: str, group_ref: str | None, machine: bool, scope: str, as_json: bool) -> None:
+    """Give a group's members (or the client itself) scopes at a client; print the policy's id."""
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        if (group_ref is None) == (not machine):
+            raise click.UsageError("give exactly one of --group and --machine")
+        tenant = await require_tenant(uow.session, slug)
+        group_id = None if group_ref is None else (await _find_group(ctx, uow, tenant.id, group_ref)).id
+        created = await ctx.directory(uow).entitlements.create(
+            tenant.id, client_id=client_id, group_id=group_id, scopes=scope
+        )
+        return created.to_dict()
+
     _emit(_run(work), as_json)
 
 
@@ -1388,3 +1426,97 @@ def user_export(slug: str, username: str | None, user_id: str | None, output: st
         out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     if output != "-":
         click.echo(f"exported user {document['user']['id']} to {output}", err=True)
+
+
+@policy.command("list")
+@click.option("--tenant", "slug", required=True)
+@click.option("--client", "client_id", default=None, help="only this client's policies")
+@click.option("--group", "group_ref", default=None, help="only this group's policies (name or id)")
+@click.option("--json", "as_json", is_flag=True)
+def policy_list(slug: str, client_id: str | None, group_ref: str | None, as_json: bool) -> None:
+    """List the tenant's access policies."""
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> list[dict[str, Any]]:
+        tenant = await require_tenant(uow.session, slug)
+        group_id = None if group_ref is None else (await _find_group(ctx, uow, tenant.id, group_ref)).id
+        found = await ctx.directory(uow).entitlements.list(tenant.id, client_id=client_id, group_id=group_id)
+        return [view.to_dict() for view in found]
+
+    policies = _run(work)
+    if as_json:
+        click.echo(json.dumps({"policies": policies}))
+    else:
+        for found in policies:
+            click.echo(_policy_line(found))
+
+
+@policy.command("update")
+@click.option("--tenant", "slug", required=True)
+@click.option("--id", "policy_id", required=True)
+@click.option("--scope", required=True, help="the policy's new scopes (replace the old ones)")
+@click.option("--json", "as_json", is_flag=True)
+def policy_update(slug: str, policy_id: str, scope: str, as_json: bool) -> None:
+    """Replace a policy's scopes; refresh tokens carrying a scope it no longer grants are revoked."""
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        updated = await ctx.directory(uow).entitlements.update(tenant.id, _uuid(policy_id, "--id"), scopes=scope)
+        return updated.to_dict()
+
+    _emit(_run(work), as_json)
+
+
+@policy.command("delete")
+@click.option("--tenant", "slug", required=True)
+@click.option("--id", "policy_id", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def policy_delete(slug: str, policy_id: str, as_json: bool) -> None:
+    """Delete a policy (a client's last one makes it open to everyone again)."""
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        found = _uuid(policy_id, "--id")
+        await ctx.directory(uow).entitlements.delete(tenant.id, found)
+        return {"id": str(found), "deleted": True}
+
+    _emit(_run(work), as_json)
+
+
+@main.group()
+def report() -> None:
+    """Reports about a tenant."""
+
+
+@report.command("entitlements")
+@click.option("--tenant", "slug", required=True)
+@click.option("--client", "client_id", default=None, help="only this client")
+@click.option(
+    "--people", is_flag=True, help="also list, person by person, what they can obtain and through which group"
+)
+@click.option("--json", "as_json", is_flag=True)
+def report_entitlements(slug: str, client_id: str | None, people: bool, as_json: bool) -> None:
+    """Show who can obtain which scopes at which client, and through which group."""
+
+    async def work(ctx: AppContext, uow: UnitOfWork) -> dict[str, Any]:
+        tenant = await require_tenant(uow.session, slug)
+        found = await ctx.directory(uow).entitlements.report(tenant.id, client_id=client_id, people=people)
+        return {"tenant": tenant.slug, **found.to_dict()}
+
+    result = _run(work)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for client in result["clients"]:
+        state = "governed" if client["governed"] else "ungoverned (open to every user)"
+        click.echo(f"{client['client_id']} ({client['name']}): {state}")
+        if client["open_to_all_users"]:
+            click.echo(f"  every user: {' '.join(client['open_to_all_users'])}")
+        for grant in client["scopes"]:
+            click.echo(f"  {grant['scope']}: {', '.join(g['name'] for g in grant['groups'])}")
+        if client["machine_scopes"] is not None:
+            click.echo(f"  machine (client_credentials): {' '.join(client['machine_scopes']) or '-'}")
+        for person in client.get("people") or ():
+            held = ", ".join(
+                f"{s['scope']} (via {', '.join(g['name'] for g in s['groups'])})" for s in person["scopes"]
+            )
+            click.echo(f"    {person['username']}: {held}")

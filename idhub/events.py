@@ -377,6 +377,41 @@ class SessionRevoked(DomainEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyChanged(ClientChanged):
+    """An access policy of a client changed (``group_id`` ``None``: its machine policy); caches drop the client."""
+
+    action: ClassVar[str] = "policy.update"
+    target_type: ClassVar[str] = "AccessPolicy"
+    policy_id: uuid.UUID
+    group_id: uuid.UUID | None
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def target_id(self) -> str:
+        """Return the policy's id."""
+        return str(self.policy_id)
+
+    def details(self) -> dict[str, Any]:
+        """Return the client, the subject (a group, or the client's machine policy) and the scopes."""
+        subject = {"machine": True} if self.group_id is None else {"group_id": str(self.group_id)}
+        return {"client_id": self.client_id, **subject, "scope": " ".join(self.scopes)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyCreated(PolicyChanged):
+    """An access policy was created (its client is governed from now on)."""
+
+    action: ClassVar[str] = "policy.create"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyDeleted(PolicyChanged):
+    """An access policy was deleted (``scopes``: what it granted)."""
+
+    action: ClassVar[str] = "policy.delete"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class KeysRotated(DomainEvent):
     """The tenant's signing keys moved on: next -> active -> retired."""
 

@@ -18,6 +18,7 @@ from idhub.cache import RefreshingCache
 from idhub.clients.redirects import check_jwks_uri, validate_client_uris
 from idhub.crypto.jwt import SIGNING_ALGS
 from idhub.crypto.secrets import SecretHasher, random_token
+from idhub.directory.entitlements import Entitlement, load_machine_policy, machine_entitlement
 from idhub.errors import Conflict, Invalid, NotFound
 from idhub.events import ClientChanged, ClientCreated, ClientDeleted, ClientSecretRotated
 from idhub.storage.base import utcnow
@@ -58,15 +59,25 @@ class ClientInfo:
     first_party: bool
     backchannel_logout_uri: str | None
     enabled: bool
+    # Access policies (idhub.directory.entitlements): whether it has any, and what its own tokens may carry.
+    governed: bool = False
+    machine_scopes: frozenset[str] = frozenset()
 
     @property
     def is_public(self) -> bool:
         """Public clients cannot keep a secret (RFC 6749 §2.1)."""
         return self.token_endpoint_auth_method == "none"
 
+    @property
+    def machine_entitlement(self) -> Entitlement:
+        """Return what the client's own (client_credentials) tokens may carry."""
+        return machine_entitlement(governed=self.governed, machine_scopes=self.machine_scopes)
+
     @classmethod
-    def from_row(cls, row: Client) -> ClientInfo:
-        """Snapshot a database row."""
+    def from_row(
+        cls, row: Client, *, governed: bool = False, machine_scopes: frozenset[str] = frozenset()
+    ) -> ClientInfo:
+        """Snapshot a database row (with the summary of its access policies)."""
         return cls(
             id=row.id,
             tenant_id=row.tenant_id,
@@ -87,6 +98,8 @@ class ClientInfo:
             first_party=row.first_party,
             backchannel_logout_uri=row.backchannel_logout_uri,
             enabled=row.enabled,
+            governed=governed,
+            machine_scopes=machine_scopes,
         )
 
 
@@ -416,6 +429,11 @@ class ClientCache:
         try:
             async with self._sessionmaker() as session:
                 row = await session.scalar(select(Client).where(Client.tenant_id == key[0], Client.client_id == key[1]))
+                # Policy changes raise ClientChanged (this process drops the snapshot at once; others
+                # within ``ttl``, as for any change to the registration).
+                governed, machine_scopes = (
+                    await load_machine_policy(session, row.id) if row is not None else (False, frozenset[str]())
+                )
         except Exception as exc:
             if not is_fault(exc):
                 raise
@@ -428,7 +446,11 @@ class ClientCache:
         finally:
             self._probing = probing
         self._outage.recovered()
-        info = ClientInfo.from_row(row) if row is not None and row.enabled else None
+        info = (
+            ClientInfo.from_row(row, governed=governed, machine_scopes=machine_scopes)
+            if row is not None and row.enabled
+            else None
+        )
         if info is None:
             self._known.pop(key, None)
         else:

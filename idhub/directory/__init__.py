@@ -1,4 +1,4 @@
-"""The directory: users, groups, memberships and their closure, password hashing.
+"""The directory: users, groups, memberships and their closure, entitlements, password hashing.
 
 Every surface (SCIM, the CLI, the admin API, the broker) reads and changes people and groups through
 :class:`Directory`, so each rule exists once.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from idhub.directory.entitlements import Entitlements
 from idhub.directory.groups import Groups
 from idhub.directory.passwords import PasswordHasher
 from idhub.directory.users import Users
@@ -20,8 +21,9 @@ class Directory:
 
     users: Users
     groups: Groups
+    entitlements: Entitlements
 
     @classmethod
     def open(cls, uow: UnitOfWork, *, passwords: PasswordHasher, token_lifetime: int) -> Directory:
         """Return the directory acting in ``uow``; ``token_lifetime`` bounds how long a revocation must last."""
-        return cls(users=Users(uow, passwords, token_lifetime), groups=Groups(uow))
+        return cls(users=Users(uow, passwords, token_lifetime), groups=Groups(uow), entitlements=Entitlements(uow))

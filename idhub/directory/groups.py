@@ -15,6 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from idhub.directory.entitlements import people_under, revoke_unentitled
 from idhub.directory.users import check_version, flush_checked
 from idhub.errors import Invalid, NotFound, PreconditionFailed
 from idhub.events import GroupCreated, GroupDeleted, GroupUpdated, MembershipChanged
@@ -189,6 +190,8 @@ class Groups:
         """Delete a group and its memberships (its members stay)."""
         check_version(group.version, expected_versions)
         session = self.uow.session
+        # Its members (nested ones too) lose what its policies gave them: found before they are gone.
+        members = await people_under(session, [group.id])
         await session.delete(group)
         try:
             async with session.begin_nested():
@@ -196,6 +199,7 @@ class Groups:
         except StaleDataError as exc:
             raise PreconditionFailed("the resource was changed by a concurrent request") from exc
         self.uow.raise_event(GroupDeleted(tenant_id=group.tenant_id, group_id=group.id, name=group.display_name))
+        await revoke_unentitled(self.uow, tenant_id=group.tenant_id, user_ids=members)
 
     async def add_members(self, group: Group, members: MemberIds) -> None:
         """Add direct members (already present ones are left as they are).
@@ -361,6 +365,11 @@ class Groups:
         rows += [{"group_id": group.id, "member_group_id": gid, "source": source} for gid in add.groups]
         if rows:
             await session.execute(insert(GroupMember), rows)
+        if remove.users or remove.groups:
+            # Whoever left (a person, or everyone in a nested group that left) loses what this group's
+            # policies, and those of the groups above it, gave them: revoked in this unit of work.
+            leaving = set(remove.users) | await people_under(session, remove.groups)
+            await revoke_unentitled(self.uow, tenant_id=group.tenant_id, user_ids=leaving)
         if rows or remove.users or remove.groups:
             self.uow.raise_event(
                 MembershipChanged(

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -24,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
 from idhub.crypto.secrets import constant_time_equals, random_token
+from idhub.directory.entitlements import person_scopes
 from idhub.oidc.codes import create_authorization_code
-from idhub.oidc.errors import LoginRequired, OAuthError
+from idhub.oidc.errors import AccessDenied, LoginRequired, OAuthError
 from idhub.sessions.service import SsoSession, create_session
 from idhub.storage.base import utcnow
 from idhub.storage.models import Consent
@@ -256,6 +257,27 @@ async def consented_scopes(session: AsyncSession, *, client: ClientInfo, user_id
     return set((scope or "").split())
 
 
+async def entitled_request(
+    session: AsyncSession, *, client: ClientInfo, request: AuthorizationRequest, user_id: uuid.UUID
+) -> AuthorizationRequest:
+    """Return ``request`` keeping only the scopes the person may be granted at the client (one statement).
+
+    design.md: requested ∩ allowed for the client ∩ entitled by the person's groups
+    (:func:`idhub.directory.entitlements.granted_scopes`). The consent page shows these, and the code
+    carries these; none at all left is :func:`not_entitled_url`.
+    """
+    scopes = await person_scopes(
+        session, client_pk=client.id, allowed=client.scopes, user_id=user_id, requested=request.scope
+    )
+    return request if scopes == request.scope else replace(request, scope=scopes)
+
+
+def not_entitled_url(tenant: TenantInfo, request: AuthorizationRequest) -> str:
+    """Return the error redirect for a person entitled to none of the requested scopes (RFC 6749 §4.1.2.1)."""
+    error = AccessDenied("the user may not obtain any of the requested scopes for this application")
+    return error_redirect_url(redirect_uri=request.redirect_uri, issuer=tenant.issuer, error=error, state=request.state)
+
+
 async def consent_needed(
     session: AsyncSession, *, client: ClientInfo, request: AuthorizationRequest, user_id: uuid.UUID
 ) -> bool:
@@ -300,7 +322,10 @@ async def finish_authorization(
     request: AuthorizationRequest,
     sso: SsoSession,
 ) -> str:
-    """Issue the authorization code and return the success redirect (RFC 6749 §4.1.2, RFC 9207 §2)."""
+    """Issue the authorization code and return the success redirect (RFC 6749 §4.1.2, RFC 9207 §2).
+
+    ``request`` comes from :func:`entitled_request`: its scopes are what the person may be granted.
+    """
     code = await create_authorization_code(
         session,
         hasher=ctx.secret_hasher,
@@ -342,8 +367,14 @@ async def consent_or_finish(
     (:func:`idhub.oidc.authorize.process_authorization`) and a fresh sign-in (:func:`resume_after_login`).
     When finishing a parked request, ``interaction_id`` is completed first with the single-use primitive,
     so of two parallel finishes exactly one issues a code (:class:`InteractionError` for the other);
-    ``also`` are columns of the interaction that statement sets too.
+    ``also`` are columns of the interaction that statement sets too. Only the scopes the person is
+    entitled to are asked for and granted; none at all is ``access_denied`` back to the client.
     """
+    request = await entitled_request(session, client=client, request=request, user_id=sso.user_id)
+    if not request.scope:
+        if interaction_id is not None:
+            await complete_interaction(session, interaction_id=interaction_id, also=also)
+        return not_entitled_url(tenant, request)
     if await consent_needed(session, client=client, request=request, user_id=sso.user_id):
         return None
     if interaction_id is not None:

@@ -13,6 +13,7 @@ from typing import cast
 from sqlalchemy import Table
 
 from idhub.storage.models import (
+    AccessPolicy,
     AuditChainHead,
     AuditEvent,
     AuthorizationCode,
@@ -22,12 +23,14 @@ from idhub.storage.models import (
     GroupMember,
     Interaction,
     RefreshToken,
+    Revocation,
     UsedValue,
     User,
     UserSession,
     UserValue,
 )
 
+ACCESS_POLICIES = cast(Table, AccessPolicy.__table__)
 AUDIT_CHAIN_HEADS = cast(Table, AuditChainHead.__table__)
 AUDIT_EVENTS = cast(Table, AuditEvent.__table__)
 AUTHORIZATION_CODES = cast(Table, AuthorizationCode.__table__)
@@ -37,6 +40,7 @@ GROUPS = cast(Table, Group.__table__)
 GROUP_MEMBERS = cast(Table, GroupMember.__table__)
 INTERACTIONS = cast(Table, Interaction.__table__)
 REFRESH_TOKENS = cast(Table, RefreshToken.__table__)
+REVOCATIONS = cast(Table, Revocation.__table__)
 USED_VALUES = cast(Table, UsedValue.__table__)
 USERS = cast(Table, User.__table__)
 USER_SESSIONS = cast(Table, UserSession.__table__)

@@ -15,7 +15,7 @@ rotated token, then the grant; a later reuse locks the grant, then the tokens).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,16 +25,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.crypto.secrets import SecretHasher, random_token
 from idhub.errors import Invalid
-from idhub.events import GrantRevoked
+from idhub.events import GrantRevoked, RevocationRecorded
 from idhub.storage.base import utcnow
 from idhub.storage.models import Grant, RefreshToken
 from idhub.storage.single_use import consume, consuming
-from idhub.storage.tables import AUTHORIZATION_CODES, GRANT_AND_USER_COLUMNS, GRANTS, REFRESH_TOKENS, USERS
+from idhub.storage.tables import (
+    AUTHORIZATION_CODES,
+    GRANT_AND_USER_COLUMNS,
+    GRANTS,
+    REFRESH_TOKENS,
+    REVOCATIONS,
+    USERS,
+)
 from idhub.storage.uow import UnitOfWork
 from idhub.tokens.revocation import record_revocation
 
 # Covers the longest access token lifetime the settings allow (TokenSettings.access_token_ttl <= 1 day).
 GRANT_REVOCATION_TTL = 86400 + 60
+# Grants per statement of a bulk revocation: far below every driver's limit on bound parameters.
+REVOKE_CHUNK = 1000
 
 
 class RefreshTokenRejected(Invalid):
@@ -286,3 +295,79 @@ async def revoke_grant(
     )
     await record_revocation(uow, tenant_id=tenant_id, kind="grant", value=grant_id, expires_in=expires_in)
     uow.raise_event(GrantRevoked(tenant_id=tenant_id, grant_id=grant_id, reason=reason))
+
+
+_REVOKE_GRANTS = (
+    update(GRANTS)
+    .where(
+        _GRANT.tenant_id == bindparam("p_tenant_id"),
+        _GRANT.id.in_(bindparam("p_grant_ids", expanding=True)),
+        _GRANT.revoked_at.is_(None),
+    )
+    .values(revoked_at=bindparam("p_now"))
+    .returning(_GRANT.id)
+)
+_REVOKE_FAMILIES = (
+    update(REFRESH_TOKENS)
+    .where(
+        _TOKEN.tenant_id == bindparam("p_tenant_id"),
+        _TOKEN.grant_id.in_(bindparam("p_grant_ids", expanding=True)),
+        _TOKEN.revoked_at.is_(None),
+    )
+    .values(revoked_at=bindparam("p_now"))
+)
+_NEW_REVOCATIONS = insert(REVOCATIONS)
+
+
+async def revoke_grants(
+    uow: UnitOfWork,
+    tenant_id: uuid.UUID,
+    grant_ids: Collection[str],
+    *,
+    reason: str,
+    expires_in: int = GRANT_REVOCATION_TTL,
+) -> list[str]:
+    """Revoke many grants as :func:`revoke_grant` does one, with a few statements per thousand grants.
+
+    Grants are locked in id order (every bulk revocation takes them in the same order), their refresh
+    tokens revoked, and one ``grant`` revocation entry per grant makes every process refuse their access
+    tokens once this commits. Returns the grants that were still live (already revoked ones are skipped).
+    """
+    session = uow.session
+    now = utcnow()
+    expires_at = now + timedelta(seconds=expires_in)
+    ordered = sorted(set(grant_ids))
+    revoked: list[str] = []
+    for start in range(0, len(ordered), REVOKE_CHUNK):
+        chunk = ordered[start : start + REVOKE_CHUNK]
+        parameters = {"p_tenant_id": tenant_id, "p_grant_ids": chunk, "p_now": now}
+        live = [str(grant_id) for grant_id in (await session.execute(_REVOKE_GRANTS, parameters)).scalars()]
+        if not live:
+            continue
+        await session.execute(_REVOKE_FAMILIES, parameters | {"p_grant_ids": live})
+        await session.execute(
+            _NEW_REVOCATIONS,
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "kind": "grant",
+                    "value": grant_id,
+                    "created_at": now,
+                    "expires_at": expires_at,
+                }
+                for grant_id in live
+            ],
+        )
+        for grant_id in live:
+            uow.raise_event(
+                RevocationRecorded(
+                    tenant_id=tenant_id,
+                    kind="grant",
+                    value=grant_id,
+                    created_at=now.timestamp(),
+                    expires_at=expires_at.timestamp(),
+                )
+            )
+            uow.raise_event(GrantRevoked(tenant_id=tenant_id, grant_id=grant_id, reason=reason))
+        revoked.extend(live)
+    return revoked

@@ -29,9 +29,11 @@ from idhub.oidc.interaction import (
     complete_interaction,
     csrf_token,
     csrf_valid,
+    entitled_request,
     error_redirect_url,
     finish_authorization,
     load_interaction,
+    not_entitled_url,
     record_consent,
     resume_after_login,
     usable_browser_secret,
@@ -195,7 +197,9 @@ async def interaction_page(
             tenant, row.id, client, token, providers,
             username=auth_request.login_hint or "", error=LOGIN_FAILED if failed else None,
         )  # fmt: skip
-    scopes = [(scope, SCOPE_DESCRIPTIONS.get(scope, scope)) for scope in auth_request.scope]
+    # Only what will be granted: the scopes this person is entitled to at the client.
+    entitled = await entitled_request(session, client=client, request=auth_request, user_id=row.user_id)
+    scopes = [(scope, SCOPE_DESCRIPTIONS.get(scope, scope)) for scope in entitled.scope]
     return render_page(
         "consent.html",
         tenant=tenant,
@@ -360,9 +364,12 @@ async def consent_submit(
                 redirect_uri=auth_request.redirect_uri, issuer=tenant.issuer, error=error, state=auth_request.state
             )
         )
-    await record_consent(session, tenant=tenant, client=client, user_id=sso.user_id, scope=auth_request.scope)
+    entitled = await entitled_request(session, client=client, request=auth_request, user_id=sso.user_id)
+    if not entitled.scope:
+        return _see_other(not_entitled_url(tenant, entitled))
+    await record_consent(session, tenant=tenant, client=client, user_id=sso.user_id, scope=entitled.scope)
     return _see_other(
-        await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=auth_request, sso=sso)
+        await finish_authorization(session, ctx=ctx, tenant=tenant, client=client, request=entitled, sso=sso)
     )
 
 

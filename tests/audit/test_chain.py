@@ -215,11 +215,12 @@ def test_cli_audit_verify_and_export(tmp_path: Any, tampered: bool) -> None:
         text = runner.invoke(main, ["audit", "verify", "--tenant", "acme"], env=environ)
         assert text.exit_code == 1 and "acme: BROKEN at entry 2" in text.output
     else:
-        assert result.exit_code == 0 and report["intact"] and report["tenants"][0]["entries"] == 3
+        # init: tenant.create, client.create, policy.create (the admin client's machine policy); then user.create
+        assert result.exit_code == 0 and report["intact"] and report["tenants"][0]["entries"] == 4
         exported = runner.invoke(main, ["audit", "export", "--tenant", "acme"], env=environ)
         lines = [json.loads(line) for line in exported.output.splitlines()]
-        assert [line["seq"] for line in lines] == [1, 2, 3]
-        assert lines[0]["action"] == "tenant.create" and lines[2]["action"] == "user.create"
+        assert [line["seq"] for line in lines] == [1, 2, 3, 4]
+        assert [line["action"] for line in lines] == ["tenant.create", "client.create", "policy.create", "user.create"]
         assert all(len(line["hash"]) == 64 for line in lines)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, select
 from idhub.crypto.secrets import constant_time_equals
 from idhub.oidc.claims import user_claims
 from idhub.oidc.errors import InvalidGrant, InvalidRequest
-from idhub.oidc.grants.base import TokenRequest, check_live_grant, grant_audience
+from idhub.oidc.grants.base import TokenRequest, check_live_grant, entitled_scopes, grant_audience
 from idhub.oidc.interaction import CODE_ACR
 from idhub.storage.base import utcnow
 from idhub.storage.models import AuthorizationCode
@@ -139,11 +139,15 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
     except InvalidGrant:
         treq.uow.keep_on_error()  # the code stays consumed (single use, RFC 6749 §4.1.2)
         raise
+    # The person's entitlements may have changed since the code was issued: grant what they hold now.
+    scopes = list(await entitled_scopes(treq, user_id=user.id, requested=row.scope.split()))
+    if not scopes:
+        treq.uow.keep_on_error()  # the code stays consumed (single use, RFC 6749 §4.1.2)
+        raise InvalidGrant(INVALID_CODE, internal=f"user {user.id} is no longer entitled to any scope of the code")
+    scope = " ".join(scopes)
     audience = grant_audience(treq.params, client, row.resources or [])
     treq.subject = str(user.id)
 
-    scope: str = row.scope
-    scopes = scope.split()
     auth_time = int(row.auth_time.timestamp())
     access_token, ttl = await ctx.tokens.issue_access_token(
         tenant=tenant,

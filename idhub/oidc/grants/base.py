@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from idhub.clients.service import ClientInfo
 from idhub.context import AppContext
+from idhub.directory.entitlements import PERSON_ONLY_SCOPES, person_scopes
 from idhub.directory.rules import is_live
 from idhub.oidc.errors import InvalidGrant, InvalidScope, InvalidTarget
 from idhub.oidc.params import Params
@@ -23,7 +24,7 @@ from idhub.tenants.service import TenantInfo
 # RFC 6749 §3.3: scope = scope-token *( SP scope-token ), scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 # Scopes that only make sense with a user (OIDC Core §3.1.2.1, §11).
-USER_ONLY_SCOPES = frozenset({"openid", "offline_access"})
+USER_ONLY_SCOPES = PERSON_ONLY_SCOPES
 
 
 @dataclass(slots=True)
@@ -125,4 +126,16 @@ def grant_audience(params: Params, client: ClientInfo, resources: list[str] | tu
         params,
         allowed=resources or client.resources,
         default=one_or_list(list(resources)) if resources else default_audience(client),
+    )
+
+
+async def entitled_scopes(treq: TokenRequest, *, user_id: uuid.UUID, requested: list[str]) -> tuple[str, ...]:
+    """Return the scopes of ``requested`` the person may be granted at this client now (one statement).
+
+    design.md: requested ∩ allowed for the client ∩ entitled by the person's groups
+    (:func:`idhub.directory.entitlements.granted_scopes`).
+    """
+    client = treq.client
+    return await person_scopes(
+        treq.uow.session, client_pk=client.id, allowed=client.scopes, user_id=user_id, requested=requested
     )

@@ -1,12 +1,14 @@
 """The client credentials grant (RFC 6749 §4.4): a confidential client gets a token for itself.
 
-This is the token endpoint's hot path: no database access, one signature, nothing else.
+This is the token endpoint's hot path: no database access, one signature, nothing else. The client's
+access policies come with its cached snapshot (``ClientInfo.machine_entitlement``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from idhub.directory.entitlements import granted_scopes
 from idhub.oidc.errors import InvalidScope, UnauthorizedClient
 from idhub.oidc.grants.base import USER_ONLY_SCOPES, TokenRequest, choose_audience, default_audience, requested_scopes
 
@@ -14,17 +16,20 @@ GRANT_TYPE = "client_credentials"
 
 
 def granted_scope(treq: TokenRequest) -> str:
-    """Return requested ∩ allowed (RFC 6749 §3.3: the answer's ``scope`` says what was granted).
+    """Return requested ∩ allowed ∩ the machine policy (RFC 6749 §3.3: the answer's ``scope`` says what was granted).
 
-    Without a ``scope`` parameter the client gets its whole allowed set (minus user-only scopes); a
-    request of which nothing is allowed is ``invalid_scope``.
+    Without a ``scope`` parameter the client gets all it may get (minus user-only scopes); a governed
+    client without a machine policy gets nothing. A request of which nothing is granted is ``invalid_scope``.
     """
-    allowed = treq.client.scopes
+    client = treq.client
+    allowed = client.scopes - USER_ONLY_SCOPES
     requested = requested_scopes(treq.params)
-    if requested is None:
-        return " ".join(sorted(allowed - USER_ONLY_SCOPES))
-    granted = [scope for scope in requested if scope in allowed and scope not in USER_ONLY_SCOPES]
+    granted = granted_scopes(
+        sorted(allowed) if requested is None else requested, allowed=allowed, entitlement=client.machine_entitlement
+    )
     if not granted:
+        if requested is None and not client.governed:
+            return ""
         raise InvalidScope("none of the requested scopes is allowed for this client")
     return " ".join(granted)
 

@@ -7,9 +7,10 @@ from typing import Any
 from sqlalchemy import select
 
 from idhub.oidc.claims import user_claims
-from idhub.oidc.errors import InvalidGrant
+from idhub.oidc.errors import InvalidGrant, InvalidScope
 from idhub.oidc.grants.base import (
     TokenRequest,
+    entitled_scopes,
     grant_audience,
     live_grant_user,
     narrow_scope,
@@ -51,6 +52,16 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
     grant_created_at, user = await live_grant_user(
         session, tenant_id=tenant.id, grant_id=info.grant_id, described="the refresh token"
     )
+    # Re-evaluated at each refresh: the tokens carry what the refresh token does ∩ what the person is
+    # entitled to now; a scope lost since is dropped (and the new refresh token no longer carries it).
+    carried = await entitled_scopes(treq, user_id=user.id, requested=info.scope.split())
+    if not carried:
+        raise InvalidGrant(
+            "the refresh token is invalid or expired", internal=f"user {user.id} has no entitled scope left"
+        )
+    scope = " ".join(token for token in scope.split() if token in carried)
+    if not scope:
+        raise InvalidScope("the requested scope is no longer granted")
     treq.subject = str(user.id)
     audience = grant_audience(treq.params, client, info.resources)
     auth_time = int(info.auth_time.timestamp()) if info.auth_time is not None else None
@@ -67,7 +78,8 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
     treq.issued.append("access_token")
     now = utcnow()
     settings = ctx.settings.tokens
-    # The new refresh token keeps the original scope (RFC 6749 §6) and the grant's absolute deadline.
+    # The new refresh token keeps the original scope (RFC 6749 §6) less what the person lost, and the
+    # grant's absolute deadline.
     refresh_token = await issue_refresh_token(
         session,
         hasher=ctx.secret_hasher,
@@ -76,7 +88,7 @@ async def handle(treq: TokenRequest) -> dict[str, Any]:
         grant_id=info.grant_id,
         user_id=user.id,
         session_id=info.session_id,
-        scope=info.scope,
+        scope=" ".join(carried),
         resources=info.resources,
         auth_time=info.auth_time,
         amr=info.amr,

@@ -8,6 +8,7 @@ from idhub.storage.models.grant import AuthorizationCode, Grant, RefreshToken
 from idhub.storage.models.group import Group, GroupMember
 from idhub.storage.models.interaction import Interaction
 from idhub.storage.models.key import SigningKey
+from idhub.storage.models.policy import AccessPolicy
 from idhub.storage.models.provisioning import ProvisioningToken
 from idhub.storage.models.revocation import Revocation, UsedValue
 from idhub.storage.models.session import UserSession
@@ -15,6 +16,7 @@ from idhub.storage.models.tenant import Tenant
 from idhub.storage.models.user import User, UserValue
 
 __all__ = [
+    "AccessPolicy",
     "AuditChainHead",
     "AuditEvent",
     "AuthorizationCode",
