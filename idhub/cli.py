@@ -160,9 +160,9 @@ def init(slug: str) -> None:
             grant_types=["client_credentials"],
             scope=scope,
         )
-        # Its machine policy: the admin API's client_credentials tokens carry idhub:admin, governed like any client.
+        # Its machine policy: the admin API's client_credentials tokens carry its role, governed like any client.
         await ctx.directory(uow).entitlements.create(
-            tenant.id, client_id=client.client_id, group_id=None, scopes=["idhub:admin"]
+            tenant.id, client_id=client.client_id, group_id=None, scopes=scope.split()
         )
         return {
             "tenant": tenant.slug,
@@ -1155,6 +1155,8 @@ def audit_retention(slug: str, days: int | None, forever: bool, inherit: bool, a
             "retention_days": settings.get(RETENTION_SETTING, ctx.settings.audit.retention_days),
             "inherited": RETENTION_SETTING not in settings,
         }
+
+    _emit(_run(work), as_json)
 
 
 # --- access policies and the entitlement report ---

@@ -268,26 +268,27 @@ def test_cli_audit_archive_verify_and_tamper(tmp_path: Path) -> None:
     assert json.loads(kept.output)["tenants"][0]["retention_days"] is None  # the default keeps everything
     result = runner.invoke(main, ["audit", "retention", "--tenant", "acme", "--days", "30", "--json"], env=environ)
     assert result.exit_code == 0 and json.loads(result.output)["retention_days"] == 30
-    archived = runner.invoke(main, ["audit", "archive", "--days", "0", "--batch", "2", "--json"], env=environ)
+    # Five entries: the tenant, its admin client and that client's machine policy (init), alice, the retention.
+    archived = runner.invoke(main, ["audit", "archive", "--days", "0", "--batch", "3", "--json"], env=environ)
     assert archived.exit_code == 0, archived.output
     report = json.loads(archived.output)
     paths = [found["file"] for found in report["files"]]
     assert report["directory"] == str(data / "audit-archive") and len(paths) == 2
-    assert [(found["first_seq"], found["last_seq"]) for found in report["files"]] == [(1, 2), (3, 4)]
+    assert [(found["first_seq"], found["last_seq"]) for found in report["files"]] == [(1, 3), (4, 5)]
     arguments = [argument for path in paths for argument in ("--archive", path)]
     verified = runner.invoke(main, ["audit", "verify", "--json", *arguments], env=environ)
     assert verified.exit_code == 0, verified.output
-    assert json.loads(verified.output)["tenants"][0]["archive_entries"] == 4
+    assert json.loads(verified.output)["tenants"][0]["archive_entries"] == 5
     alone = runner.invoke(main, ["audit", "verify", "--json"], env=environ)
-    assert alone.exit_code == 0 and json.loads(alone.output)["tenants"][0]["archived_seq"] == 4
+    assert alone.exit_code == 0 and json.loads(alone.output)["tenants"][0]["archived_seq"] == 5
     offline = runner.invoke(main, ["audit", "verify-archive", "--input", paths[0], "--input", paths[1]], env=environ)
     assert offline.exit_code == 0, offline.output
     Path(paths[0]).write_bytes(Path(paths[0]).read_bytes().replace(b'"cli"', b'"clj"', 1))
     broken = runner.invoke(main, ["audit", "verify", "--tenant", "acme", *arguments], env=environ)
     assert broken.exit_code == 1 and "BROKEN" in broken.output and paths[0] in broken.output
-    # Only the newer file: a check from entry 3 on (said so), as the database alone checks from its anchor.
+    # Only the newer file: a check from entry 4 on (said so), as the database alone checks from its anchor.
     partial = runner.invoke(main, ["audit", "verify", "--json", "--archive", paths[1]], env=environ)
-    assert partial.exit_code == 0 and json.loads(partial.output)["tenants"][0]["starts_at"] == 3
+    assert partial.exit_code == 0 and json.loads(partial.output)["tenants"][0]["starts_at"] == 4
     garbage = tmp_path / "garbage.jsonl"
     garbage.write_text("hello\n")
     refused = runner.invoke(main, ["audit", "verify-archive", "--input", str(garbage)], env=environ)
