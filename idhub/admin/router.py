@@ -139,6 +139,8 @@ Provisioning = Annotated[Call, Depends(allow(P.PROVISIONING))]
 AuditRead = Annotated[Call, Depends(allow(P.AUDIT_READ))]
 TenantRead = Annotated[Call, Depends(allow(P.TENANT))]
 IdentityProviders = Annotated[Call, Depends(allow(P.IDENTITY_PROVIDERS))]
+Policies = Annotated[Call, Depends(allow(P.POLICIES))]
+Reports = Annotated[Call, Depends(allow(P.REPORTS))]
 
 T = "/tenants/{tenant}"
 
@@ -479,6 +481,65 @@ async def links_delete(link_id: str, call: Links) -> Response:
     """Remove a link; the sessions it started end."""
     await remove_link(call.uow, tenant_id=call.tenant.id, link_id=service.parse_id(link_id, "link"), how="admin")
     return Response(status_code=204)
+
+
+# --- access policies and the entitlement report ------------------------------------------------------
+@router.get(T + "/policies", summary="List access policies")
+async def policies_list(
+    call: Policies,
+    client_id: Annotated[str | None, Query(max_length=64)] = None,
+    group_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """List which groups (or clients themselves) get which scopes at which client."""
+    gid = service.parse_id(group_id, "group") if group_id is not None else None
+    listed = await call.directory.entitlements.list(call.tenant.id, client_id=client_id, group_id=gid)
+    return json_response({"items": [p.to_dict() for p in listed], "next_cursor": None})
+
+
+@router.post(T + "/policies", summary="Create an access policy", status_code=201)
+async def policies_create(body: schemas.PolicyCreate, call: Policies) -> Response:
+    """Entitle a group (or the client itself, ``machine``) to scopes at a client; governs the client from now on."""
+    if body.machine == (body.group_id is not None):
+        raise Problem(422, "name a group_id, or set machine for the client's own policy (not both)", kind="invalid")
+    gid = service.parse_id(body.group_id, "group") if body.group_id is not None else None
+    created = await call.directory.entitlements.create(
+        call.tenant.id, client_id=body.client_id, group_id=gid, scopes=body.scope
+    )
+    return json_response(created.to_dict(), status=201)
+
+
+@router.get(T + "/policies/{policy_id}", summary="Read an access policy")
+async def policies_get(policy_id: str, call: Policies) -> Response:
+    """Return one access policy."""
+    found = await call.directory.entitlements.get(call.tenant.id, service.parse_id(policy_id, "policy"))
+    return json_response(found.to_dict())
+
+
+@router.patch(T + "/policies/{policy_id}", summary="Change an access policy's scopes")
+async def policies_patch(policy_id: str, body: schemas.PolicyPatch, call: Policies) -> Response:
+    """Replace a policy's scopes; refresh tokens carrying a scope someone loses are revoked at once."""
+    changed = await call.directory.entitlements.update(
+        call.tenant.id, service.parse_id(policy_id, "policy"), scopes=body.scope
+    )
+    return json_response(changed.to_dict())
+
+
+@router.delete(T + "/policies/{policy_id}", summary="Delete an access policy", status_code=204)
+async def policies_delete(policy_id: str, call: Policies) -> Response:
+    """Delete a policy; what it entitled is revoked from those who held it through it alone."""
+    await call.directory.entitlements.delete(call.tenant.id, service.parse_id(policy_id, "policy"))
+    return Response(status_code=204)
+
+
+@router.get(T + "/reports/entitlements", summary="Who can obtain which scopes, and through which group")
+async def report_entitlements(
+    call: Reports,
+    client_id: Annotated[str | None, Query(max_length=64)] = None,
+    people: bool = False,
+) -> Response:
+    """Report, per client, the scopes each group entitles and (``people``) every person's scopes and groups."""
+    report = await call.directory.entitlements.report(call.tenant.id, client_id=client_id, people=people)
+    return json_response(report.to_dict())
 
 
 # --- keys and audit ----------------------------------------------------------------------------------

@@ -304,3 +304,21 @@ class TenantPatch(Body):
         description="keep audit entries this long in the database, then archive them (null: forever; "
         '"default": the server\'s IDHUB_AUDIT__RETENTION_DAYS)',
     )
+
+
+# --- access policies ---------------------------------------------------------------------------------
+class PolicyCreate(Body):
+    """A new access policy: a group (or, with ``machine``, the client itself) gets scopes at a client."""
+
+    server_owned: ClassVar[frozenset[str]] = SERVER_OWNED - {"client_id"}
+
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    group_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    machine: bool = Field(default=False, description="the client's own policy for client_credentials")
+    scope: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+
+
+class PolicyPatch(Body):
+    """New scopes for a policy (they replace the old ones)."""
+
+    scope: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
