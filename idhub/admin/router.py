@@ -24,7 +24,7 @@ from idhub.admin.pagination import DEFAULT_LIMIT, MAX_LIMIT, page_body
 from idhub.admin.problems import PROBLEM_MEDIA_TYPE, AdminRoute, NotPermitted, Problem
 from idhub.audit.archive import set_retention
 from idhub.backup.archive import export_person, find_person
-from idhub.broker.linking import list_links, remove_link
+from idhub.broker.linking import remove_link
 from idhub.broker.providers import NewProvider
 from idhub.broker.sync import preview_claims
 from idhub.clients.service import create_client, delete_client, get_client, rotate_client_secret, update_client
@@ -367,7 +367,7 @@ async def clients_get(client_id: str, call: Clients) -> Response:
 async def clients_patch(client_id: str, body: schemas.ClientPatch, call: Clients, if_match: IfMatch = None) -> Response:
     """Change a client's registration (checked as a whole, as at registration); disabling cuts it off."""
     client = await get_client(call.uow, tenant_id=call.tenant.id, client_id=client_id)
-    service.check_client_etag(client, if_match)
+    await service.check_unchanged(call.uow, client, if_match)
     changes = {name: getattr(body, name) for name in body.model_fields_set}
     for name in ("name", "redirect_uris", "post_logout_redirect_uris", "grant_types", "resources", "first_party"):
         if name in changes and changes[name] is None:
@@ -385,7 +385,7 @@ async def clients_patch(client_id: str, body: schemas.ClientPatch, call: Clients
 async def clients_delete(client_id: str, call: Clients, if_match: IfMatch = None) -> Response:
     """Remove a client; its grants and tokens stop working at once."""
     client = await get_client(call.uow, tenant_id=call.tenant.id, client_id=client_id)
-    service.check_client_etag(client, if_match)
+    await service.check_unchanged(call.uow, client, if_match)
     await delete_client(call.uow, client, token_lifetime=call.ctx.settings.tokens.access_token_ttl)
     return Response(status_code=204)
 
@@ -468,12 +468,20 @@ async def sessions_revoke(session_id: str, call: Sessions) -> Response:
     return Response(status_code=204)
 
 
-@router.get(T + "/links", summary="List linked accounts")
-async def links_list(call: Links, user_id: Annotated[str | None, Query(max_length=64)] = None) -> Response:
-    """List links between people and their upstream (corporate or social) accounts."""
+@router.get(T + "/links", summary="List linked accounts", response_model=schemas.Page)
+async def links_list(
+    request: Request,
+    call: Links,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+    user_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """List links between people and their upstream (corporate or social) accounts, newest first."""
     uid = service.parse_id(user_id, "user") if user_id is not None else None
-    links = await list_links(call.uow, tenant_id=call.tenant.id, user_id=uid)
-    return json_response({"items": [link.describe() for link in links], "next_cursor": None})
+    items, next_key = await service.list_links(
+        call.uow, tenant_id=call.tenant.id, cursor=cursor, limit=limit, user_id=uid
+    )
+    return page_response(request, items, next_key)
 
 
 @router.delete(T + "/links/{link_id}", summary="Unlink an upstream account", status_code=204)
@@ -511,23 +519,33 @@ async def policies_create(body: schemas.PolicyCreate, call: Policies) -> Respons
 @router.get(T + "/policies/{policy_id}", summary="Read an access policy")
 async def policies_get(policy_id: str, call: Policies) -> Response:
     """Return one access policy."""
-    found = await call.directory.entitlements.get(call.tenant.id, service.parse_id(policy_id, "policy"))
-    return json_response(found.to_dict())
+    pid = service.parse_id(policy_id, "policy")
+    found = await call.directory.entitlements.get(call.tenant.id, pid)
+    row = await service.policy_row(call.uow, tenant_id=call.tenant.id, policy_id=pid)
+    return json_response(found.to_dict(), headers={"etag": service.change_etag(row)})
 
 
 @router.patch(T + "/policies/{policy_id}", summary="Change an access policy's scopes")
-async def policies_patch(policy_id: str, body: schemas.PolicyPatch, call: Policies) -> Response:
+async def policies_patch(
+    policy_id: str, body: schemas.PolicyPatch, call: Policies, if_match: IfMatch = None
+) -> Response:
     """Replace a policy's scopes; refresh tokens carrying a scope someone loses are revoked at once."""
-    changed = await call.directory.entitlements.update(
-        call.tenant.id, service.parse_id(policy_id, "policy"), scopes=body.scope
-    )
+    pid = service.parse_id(policy_id, "policy")
+    if if_match is not None:
+        row = await service.policy_row(call.uow, tenant_id=call.tenant.id, policy_id=pid)
+        await service.check_unchanged(call.uow, row, if_match)
+    changed = await call.directory.entitlements.update(call.tenant.id, pid, scopes=body.scope)
     return json_response(changed.to_dict())
 
 
 @router.delete(T + "/policies/{policy_id}", summary="Delete an access policy", status_code=204)
-async def policies_delete(policy_id: str, call: Policies) -> Response:
+async def policies_delete(policy_id: str, call: Policies, if_match: IfMatch = None) -> Response:
     """Delete a policy; what it entitled is revoked from those who held it through it alone."""
-    await call.directory.entitlements.delete(call.tenant.id, service.parse_id(policy_id, "policy"))
+    pid = service.parse_id(policy_id, "policy")
+    if if_match is not None:
+        row = await service.policy_row(call.uow, tenant_id=call.tenant.id, policy_id=pid)
+        await service.check_unchanged(call.uow, row, if_match)
+    await call.directory.entitlements.delete(call.tenant.id, pid)
     return Response(status_code=204)
 
 
@@ -628,12 +646,18 @@ async def idps_create(body: schemas.IdentityProviderCreate, call: IdentityProvid
 async def idps_get(alias: str, call: IdentityProviders) -> Response:
     """Return one upstream's settings and URLs (never its secret)."""
     found = await call.ctx.broker.providers(call.uow).get(call.tenant.id, alias)
-    return json_response(found.describe(call.tenant.issuer))
+    row = await service.provider_row(call.uow, tenant_id=call.tenant.id, alias=alias)
+    return json_response(found.describe(call.tenant.issuer), headers={"etag": service.change_etag(row)})
 
 
 @router.patch(T + "/identity-providers/{alias}", summary="Change an upstream identity provider")
-async def idps_patch(alias: str, body: schemas.IdentityProviderPatch, call: IdentityProviders) -> Response:
+async def idps_patch(
+    alias: str, body: schemas.IdentityProviderPatch, call: IdentityProviders, if_match: IfMatch = None
+) -> Response:
     """Change an upstream's settings (a new SAML metadata document is a certificate rollover)."""
+    if if_match is not None:
+        row = await service.provider_row(call.uow, tenant_id=call.tenant.id, alias=alias)
+        await service.check_unchanged(call.uow, row, if_match)
     sent = body.model_fields_set
     changed = await call.ctx.broker.providers(call.uow).update(
         call.tenant.id,
@@ -655,8 +679,11 @@ async def idps_patch(alias: str, body: schemas.IdentityProviderPatch, call: Iden
 
 
 @router.delete(T + "/identity-providers/{alias}", summary="Remove an upstream identity provider", status_code=204)
-async def idps_delete(alias: str, call: IdentityProviders) -> Response:
+async def idps_delete(alias: str, call: IdentityProviders, if_match: IfMatch = None) -> Response:
     """Remove an upstream with its links; the sessions that came through it end now."""
+    if if_match is not None:
+        row = await service.provider_row(call.uow, tenant_id=call.tenant.id, alias=alias)
+        await service.check_unchanged(call.uow, row, if_match)
     await call.ctx.broker.providers(call.uow).delete(call.tenant.id, alias)
     return Response(status_code=204)
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, update
 
 from idhub.admin.auth import ADMIN_SCOPES, SYSTEM_SCOPE, Principal
 from idhub.admin.pagination import decode_cursor
@@ -23,7 +23,19 @@ from idhub.directory import Directory
 from idhub.directory.profile import PROFILE_COLUMNS, UserProfile, ValueRecord
 from idhub.directory.users import KEEP_PASSWORD
 from idhub.errors import NotFound, PreconditionFailed
-from idhub.storage.models import AuditEvent, Client, Group, SigningKey, Tenant, User, UserSession
+from idhub.storage.base import utcnow
+from idhub.storage.models import (
+    AccessPolicy,
+    AuditEvent,
+    Client,
+    FederatedIdentity,
+    Group,
+    IdentityProvider,
+    SigningKey,
+    Tenant,
+    User,
+    UserSession,
+)
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo, issuer_for
 
@@ -214,13 +226,53 @@ def client_out(client: Client) -> dict[str, Any]:
 
 def client_etag(client: Client) -> str:
     """Return a client's entity tag: its last change, to the microsecond (RFC 9110 §8.8.3)."""
-    return f'"{int(_aware(client.updated_at).timestamp() * 1_000_000)}"'
+    return change_etag(client)
 
 
-def check_client_etag(client: Client, if_match: str | None) -> None:
-    """Refuse a change made against an older read of the client (``If-Match``, RFC 9110 §13.1.1)."""
-    if if_match is not None and if_match.strip() not in (client_etag(client), "*"):
-        raise PreconditionFailed("the client changed since you read it")
+def change_etag(row: Client | IdentityProvider | AccessPolicy) -> str:
+    """Return the entity tag of an object without a version number: its last change, to the microsecond."""
+    return f'"{int(_aware(row.updated_at).timestamp() * 1_000_000)}"'
+
+
+async def check_unchanged(uow: UnitOfWork, row: Client | IdentityProvider | AccessPolicy, if_match: str | None) -> None:
+    """Refuse a change made against an older read (``If-Match``, RFC 9110 §13.1.1), atomically.
+
+    The tag must name the object's last change; then a conditional UPDATE on that same moment is the
+    transaction's first write to the row, so of two writers holding the same tag exactly one goes on.
+    """
+    if if_match is None:
+        return
+    if if_match.strip() != "*" and if_match.strip() != change_etag(row):
+        raise PreconditionFailed("the object changed since you read it")
+    model = type(row)
+    result = await uow.session.execute(
+        update(model)
+        .where(model.id == row.id, model.updated_at == row.updated_at)
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        raise PreconditionFailed("the object changed since you read it")
+
+
+async def provider_row(uow: UnitOfWork, *, tenant_id: uuid.UUID, alias: str) -> IdentityProvider:
+    """Return the tenant's upstream row ``alias`` (for its entity tag), or raise :class:`NotFound`."""
+    row = await uow.session.scalar(
+        select(IdentityProvider).where(IdentityProvider.tenant_id == tenant_id, IdentityProvider.alias == alias)
+    )
+    if row is None:
+        raise NotFound("no identity provider with this alias")
+    return row
+
+
+async def policy_row(uow: UnitOfWork, *, tenant_id: uuid.UUID, policy_id: uuid.UUID) -> AccessPolicy:
+    """Return the tenant's access policy row (for its entity tag), or raise :class:`NotFound`."""
+    row = await uow.session.scalar(
+        select(AccessPolicy).where(AccessPolicy.tenant_id == tenant_id, AccessPolicy.id == policy_id)
+    )
+    if row is None:
+        raise NotFound("access policy not found")
+    return row
 
 
 def check_grantable_scopes(principal: Principal, scope: str | None, *, in_system_tenant: bool) -> None:
@@ -312,6 +364,46 @@ async def list_keys(uow: UnitOfWork, *, tenant_id: uuid.UUID) -> list[dict[str, 
         }
         for row in rows
     ]
+
+
+async def list_links(
+    uow: UnitOfWork, *, tenant_id: uuid.UUID, cursor: str | None, limit: int, user_id: uuid.UUID | None = None
+) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """Return a page of linked upstream accounts, newest first (keyset on creation time and id)."""
+    after = decode_cursor(cursor, parts=2)
+    query = (
+        select(FederatedIdentity, IdentityProvider.alias)
+        .join(IdentityProvider, IdentityProvider.id == FederatedIdentity.provider_id)
+        .where(FederatedIdentity.tenant_id == tenant_id)
+    )
+    if user_id is not None:
+        query = query.where(FederatedIdentity.user_id == user_id)
+    if after is not None:
+        moment, last_id = _time_key(after)
+        query = query.where(
+            or_(
+                FederatedIdentity.created_at < moment,
+                and_(FederatedIdentity.created_at == moment, FederatedIdentity.id < last_id),
+            )
+        )
+    query = query.order_by(FederatedIdentity.created_at.desc(), FederatedIdentity.id.desc()).limit(limit + 1)
+    rows = (await uow.session.execute(query)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        {
+            "id": str(link.id),
+            "user_id": str(link.user_id),
+            "alias": alias,
+            "subject": link.subject,
+            "email": link.email,
+            "created_at": link.created_at,
+            "last_login_at": link.last_login_at,
+        }
+        for link, alias in rows
+    ]
+    last = rows[-1][0] if more else None
+    return items, ((last.created_at.isoformat(), str(last.id)) if last is not None else None)
 
 
 def rotation_of(tenant: TenantInfo, keys: list[dict[str, Any]]) -> dict[str, Any]:

@@ -102,3 +102,53 @@ def test_audit_retention_through_the_tenant(admin: Admin) -> None:
     assert_problem(admin.call("PATCH", "", json={"audit_retention_days": 0}), 422)
     assert_problem(admin.call("PATCH", "", json={"audit_retention_days": "forever"}), 422)
     assert admin.call("GET", "audit?action=tenant.update", role="auditor").json()["items"]
+
+
+def test_links_pages_and_unlink(env: Env, admin: Admin) -> None:
+    import uuid as _uuid
+
+    from idhub.storage.models import FederatedIdentity
+
+    provider = admin.call(
+        "POST", "identity-providers", json={"alias": "gh", "type": "github", "client_id": "c", "client_secret": "s"}
+    )
+    provider_id = _uuid.UUID(provider.json()["id"])
+    people = [_uuid.UUID(env.user(admin.tenant, f"linked{i}", password=None)) for i in range(3)]
+
+    async def link() -> None:
+        async with env.uow() as uow:
+            for index, person in enumerate(people):
+                uow.session.add(
+                    FederatedIdentity(
+                        tenant_id=admin.tenant.id, provider_id=provider_id, user_id=person, subject=f"gh-{index}"
+                    )
+                )
+
+    env.run(link)
+    first = admin.call("GET", "links?limit=2", role="helpdesk").json()
+    assert len(first["items"]) == 2 and first["next_cursor"]
+    rest = admin.call("GET", f"links?limit=2&cursor={first['next_cursor']}", role="helpdesk").json()
+    seen = [item["subject"] for item in first["items"] + rest["items"]]
+    assert sorted(seen) == ["gh-0", "gh-1", "gh-2"] and rest["next_cursor"] is None
+    mine = admin.call("GET", f"links?user_id={people[1]}").json()["items"]
+    assert [item["subject"] for item in mine] == ["gh-1"]
+    assert admin.call("DELETE", f"links/{mine[0]['id']}", role="helpdesk").status_code == 204
+    assert admin.call("GET", f"links?user_id={people[1]}").json()["items"] == []
+
+
+def test_if_match_on_upstreams_and_policies(admin: Admin) -> None:
+    admin.call(
+        "POST", "identity-providers", json={"alias": "gh", "type": "github", "client_id": "c", "client_secret": "s"}
+    )
+    tag = admin.call("GET", "identity-providers/gh").headers["etag"]
+    assert admin.call("PATCH", "identity-providers/gh", json={"jit": False}, headers={"if-match": tag}).is_success
+    stale = admin.call("PATCH", "identity-providers/gh", json={"jit": True}, headers={"if-match": tag})
+    assert_problem(stale, 412)
+    assert_problem(admin.call("DELETE", "identity-providers/gh", headers={"if-match": tag}), 412)
+    client = admin.call("POST", "clients", json={"name": "m", "grant_types": ["client_credentials"], "scope": "a b"})
+    body = {"client_id": client.json()["client_id"], "machine": True, "scope": "a"}
+    policy = admin.call("POST", "policies", json=body).json()
+    tag = admin.call("GET", f"policies/{policy['id']}").headers["etag"]
+    assert admin.call("PATCH", f"policies/{policy['id']}", json={"scope": "b"}, headers={"if-match": tag}).is_success
+    assert_problem(admin.call("PATCH", f"policies/{policy['id']}", json={"scope": "a"}, headers={"if-match": tag}), 412)
+    assert admin.call("GET", f"policies/{policy['id']}").json()["scope"] == "b"
