@@ -635,3 +635,21 @@ def test_cli_provisioning_token_revoke_broadcast_to_serving_processes_via_redis(
                 break
             time.sleep(0.02)
         assert status == 401
+
+
+def test_cli_every_command_that_defines_its_work_runs_it() -> None:
+    """A command whose ``work`` is never run prints nothing and exits 0 (as a merge once left one)."""
+    import ast
+    import inspect
+
+    import idhub.cli
+
+    tree = ast.parse(inspect.getsource(idhub.cli))
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        defines = any(isinstance(n, ast.AsyncFunctionDef) and n.name == "work" for n in node.body)
+        runs = any(
+            isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "_run" for n in ast.walk(node)
+        )
+        assert runs or not defines, f"{node.name} defines work() but never runs it"
