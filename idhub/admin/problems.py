@@ -9,17 +9,20 @@ request id, which every problem carries so a caller can quote it to an operator.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 import orjson
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.types import Message
 
 from idhub.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, PreconditionFailed, Unavailable
 from idhub.request_context import RequestInfo
-from idhub.routing import SurfaceRoute, log_refusal, log_unexpected
+from idhub.routing import SurfaceRoute, log_refusal, log_unexpected, run_in_boundary
 
 SURFACE = "admin"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -117,6 +120,8 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 def render_problem(request: Request, exc: Exception) -> Response:
     """Render any exception raised behind an admin route as a problem."""
+    if isinstance(exc, HTTPException) and isinstance(exc.__cause__, Problem):
+        exc = exc.__cause__  # FastAPI wraps what reading the body raised (the body limit) in a 400
     if isinstance(exc, Problem):
         return problem_response(request, exc.status, exc.detail, kind=exc.kind, headers=exc.headers, extra=exc.extra)
     if isinstance(exc, DomainError):
@@ -136,8 +141,58 @@ def render_problem(request: Request, exc: Exception) -> Response:
     return problem_response(request, 500, "something went wrong on our side; quote the request id")
 
 
+MAX_BODY = 2 * 1024 * 1024  # the largest body the admin API reads (SAML metadata is the biggest input)
+
+
+class PayloadTooLarge(Problem):
+    """The body is over :data:`MAX_BODY` (RFC 9110 §15.5.14)."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"the body exceeds {MAX_BODY} bytes", kind="payload-too-large")
+
+
+def limit_body(request: Request, limit: int = MAX_BODY) -> None:
+    """Refuse a body over ``limit``: a declared length at once, a chunked one as soon as it grows past it.
+
+    FastAPI reads and parses a JSON body before the endpoint runs, so the limit sits in front of it, on
+    the request's ``receive`` (Starlette keeps it as ``_receive``; it is the documented way in, as for
+    ``BaseHTTPMiddleware``).
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise PayloadTooLarge()
+    receive = request._receive
+    seen = 0
+
+    async def counting() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge()
+        return message
+
+    request._receive = counting
+
+
 class AdminRoute(SurfaceRoute):
-    """A route of the admin API."""
+    """A route of the admin API: bodies capped at :data:`MAX_BODY`, errors as problems."""
 
     surface = SURFACE
     render_error = staticmethod(render_problem)
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        """Run FastAPI's handler behind the body limit, inside the surface's boundary."""
+        handler = APIRoute.get_route_handler(self)
+        render = type(self).render_error
+
+        async def limited(request: Request) -> Response:
+            limit_body(request)
+            response: Response = await handler(request)
+            return response
+
+        async def bounded(request: Request) -> Response:
+            return await run_in_boundary(request.scope, request.receive, limited, surface=SURFACE, render=render)
+
+        return bounded

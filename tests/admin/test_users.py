@@ -138,3 +138,19 @@ def test_users_export_and_archived_records(admin: Admin) -> None:
     assert admin.call("GET", f"users/{user['id']}/export").status_code == 200
     assert_problem(admin.call("GET", "users/00000000-0000-0000-0000-000000000000/export"), 404)
     assert admin.call("GET", "audit?action=user.export").json()["items"]
+
+
+def test_users_oversized_body_is_413_problem_declared_or_streamed(admin: Admin) -> None:
+    from idhub.admin.problems import MAX_BODY
+
+    big = b'{"username": "' + b"x" * (MAX_BODY + 10) + b'"}'
+    declared = admin.call("POST", "users", content=big, headers={"content-type": "application/json"})
+    assert_problem(declared, 413)
+
+    def chunks() -> object:
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    streamed = admin.call("POST", "users", content=chunks(), headers={"content-type": "application/json"})
+    assert_problem(streamed, 413)
+    assert admin.call("GET", "users?username_prefix=xxx").json()["items"] == []
