@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from idhub import __version__
 from idhub.clients.redirects import validate_client_uris
 from idhub.clients.service import create_client
 from idhub.context import AppContext, build_context
@@ -103,9 +104,15 @@ def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]]) -> T:
         raise  # unreachable
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="idhub", message="%(prog)s %(version)s")
 def main() -> None:
-    """Idhub: federated identity and access management."""
+    """Idhub: federated identity and access management.
+
+    Settings come from IDHUB_* environment variables (see the README's configuration table); every
+    command that changes something prints one JSON object with --json and exits non-zero with a
+    one-line error on bad input.
+    """
 
 
 @main.command()
@@ -197,7 +204,7 @@ def client() -> None:
 @click.option("--access-token-alg", type=click.Choice(["ES256", "RS256"]), default=None)
 @click.option(
     "--auth-method",
-    type=click.Choice(["client_secret_basic", "client_secret_post", "private_key_jwt"]),
+    type=click.Choice(["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]),
     default=None,
 )
 @click.option("--jwks-uri", default=None, help="private_key_jwt: where the client publishes its public keys")
@@ -255,7 +262,7 @@ def client_create(
             redirect_uris=list(redirect_uris),
             grant_types=list(grant_types) or None,
             scope=scope,
-            public=public,
+            public=public or auth_method == "none",
             token_endpoint_auth_method=auth_method,
             post_logout_redirect_uris=list(post_logout_redirect_uris),
             backchannel_logout_uri=backchannel_logout_uri,
@@ -1522,3 +1529,47 @@ def report_entitlements(slug: str, client_id: str | None, people: bool, as_json:
                 f"{s['scope']} (via {', '.join(g['name'] for g in s['groups'])})" for s in person["scopes"]
             )
             click.echo(f"    {person['username']}: {held}")
+
+
+# --- help for the options many commands share (an option's own help, where given, wins) -------------------
+OPTION_HELP = {
+    "as_json": "print one JSON object instead of text",
+    "slug": "the tenant's slug (as in its issuer URL)",
+    "name": "a display name",
+    "alias": "the upstream identity provider's alias (as in its URLs and idp_hint)",
+    "display_name": "the name shown on the login page",
+    "policy_id": "the access policy's id",
+    "source": "the backup file to read",
+    "host": "the address to listen on",
+    "port": "the port to listen on (without IDHUB_PUBLIC_URL the issuer still says port 8000)",
+    "workers": "worker processes (each with its own connection pool; see the README on several instances)",
+    "redirect_uris": "a redirect URI (repeatable; exact match, https or loopback for native apps)",
+    "grant_types": "authorization_code, refresh_token or client_credentials (repeatable)",
+    "post_logout_redirect_uris": "where RP-initiated logout may return (repeatable)",
+    "backchannel_logout_uri": "where idhub POSTs logout tokens (OIDC Back-Channel Logout 1.0; https, public host)",
+    "access_token_alg": "the algorithm that signs this client's access tokens (default: the tenant's)",
+    "auth_method": "how the client authenticates at the token endpoint (default: client_secret_basic)",
+    "username": "the person's username (case-insensitive)",
+    "email": "the person's email address",
+    "token_id": "the provisioning token's id",
+    "kind": "the upstream's protocol or social network",
+    "client_id": "the client's client_id",
+    "metadata_file": "SAML: the IdP's metadata document",
+    "metadata_url": "SAML: where to fetch the IdP's metadata",
+    "enabled": "let people sign in through this upstream, or not",
+    "jit": "create a directory user at an unknown person's first sign-in, or not",
+    "clear_email_domains": "remove every authoritative email domain",
+}
+
+
+def _fill_option_help(command: click.Command) -> None:
+    """Give every option of ``command`` and its subcommands a help text (``-h`` shows one for each)."""
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.help and param.name in OPTION_HELP:
+            param.help = OPTION_HELP[param.name]
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _fill_option_help(sub)
+
+
+_fill_option_help(main)

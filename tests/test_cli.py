@@ -653,3 +653,41 @@ def test_cli_every_command_that_defines_its_work_runs_it() -> None:
             isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "_run" for n in ast.walk(node)
         )
         assert runs or not defines, f"{node.name} defines work() but never runs it"
+
+
+def test_cli_version_and_short_help() -> None:
+    from idhub import __version__
+    from idhub.cli import main
+
+    runner = CliRunner()
+    for flag in ("--version", "-V"):
+        answer = runner.invoke(main, [flag])
+        assert answer.exit_code == 0 and answer.output.strip() == f"idhub {__version__}"
+    for args in (["-h"], ["client", "create", "-h"], ["backup", "-h"]):
+        answer = runner.invoke(main, args)
+        assert answer.exit_code == 0 and "Usage:" in answer.output
+
+
+def test_cli_every_option_has_help() -> None:
+    import click
+
+    from idhub.cli import main
+
+    missing: list[str] = []
+
+    def walk(command: click.Command, path: str) -> None:
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.help and param.name not in ("help", "version"):
+                missing.append(f"{path} --{param.name}")
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}")
+
+    walk(main, "idhub")
+    assert not missing, missing
+
+
+def test_cli_client_create_auth_method_none_is_a_public_client(cli_env: dict[str, str], tenant: dict[str, Any]) -> None:
+    args = ["client", "create", "--tenant", tenant["tenant"], "--name", "spa", "--auth-method", "none", "--json"]
+    result = _ok_json(_invoke(cli_env, *args, "--redirect-uri", "https://spa.example/cb"))
+    assert result["client_secret"] is None
