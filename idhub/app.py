@@ -27,7 +27,7 @@ from idhub.request_context import install_log_record_factory
 from idhub.routing import FrontDoor, log_unexpected
 from idhub.scim.router import router as scim_router
 from idhub.scim.router import versions as scim_versions
-from idhub.settings import Settings
+from idhub.settings import Settings, unknown_setting_warnings
 from idhub.storage.faults import as_unavailable
 from idhub.storage.migrate import upgrade
 from idhub.web.account import router as account_router
@@ -194,6 +194,8 @@ def framework_options() -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build an idhub application for ``settings`` (read from the environment when omitted)."""
     settings = settings or Settings()
+    for line in unknown_setting_warnings():
+        log.warning("%s", line.removeprefix("warning: "))
     metrics = Metrics()
 
     @asynccontextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -30,7 +31,7 @@ from idhub.directory.groups import MemberIds
 from idhub.directory.profile import UserProfile, ValueRecord
 from idhub.errors import DomainError, Invalid
 from idhub.events import Actor
-from idhub.settings import Settings
+from idhub.settings import Settings, unknown_setting_warnings
 from idhub.storage.migrate import upgrade
 from idhub.storage.models import Group, User
 from idhub.storage.uow import UnitOfWork
@@ -53,6 +54,8 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 
 
 def _settings() -> Settings:
+    for line in unknown_setting_warnings():
+        click.echo(line, err=True)
     try:
         return Settings()
     except ValidationError as exc:
@@ -123,6 +126,16 @@ def serve(host: str, port: int, workers: int) -> None:
     """Start the HTTP server (SQLite databases are migrated on start)."""
     import uvicorn
 
+    if not os.environ.get("IDHUB_PUBLIC_URL"):
+        # The issuer follows the port asked for; the workers read it from the environment.
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 (a comparison, not a bind)
+        shown = f"[{shown}]" if ":" in shown else shown
+        os.environ["IDHUB_PUBLIC_URL"] = f"http://{shown}:{port}"
+        click.echo(
+            f"warning: IDHUB_PUBLIC_URL is not set; the issuer is {os.environ['IDHUB_PUBLIC_URL']}/tenants/<slug>."
+            " In production set IDHUB_PUBLIC_URL to the https address people and apps use.",
+            err=True,
+        )
     settings = _settings()
     if settings.is_sqlite:
         upgrade(settings.database_url)

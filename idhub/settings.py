@@ -204,3 +204,46 @@ def decode_master_key(value: str) -> bytes:
     if len(set(raw)) < 16:
         raise ValueError("IDHUB_MASTER_KEY is too weak (not random)")
     return raw
+
+
+# Environment variables with the IDHUB_ prefix that are not settings: the test suite's and the benchmarks'.
+NOT_SETTINGS_PREFIXES = ("IDHUB_TEST_", "IDHUB_BENCH_", "IDHUB_FUZZ_")
+
+
+def setting_names() -> list[str]:
+    """Return every environment variable a setting is read from (``IDHUB_X``, ``IDHUB_GROUP__X``)."""
+    names = []
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names += [f"IDHUB_{name}__{sub}".upper() for sub in annotation.model_fields]
+        else:
+            names.append(f"IDHUB_{name}".upper())
+    return names
+
+
+def unknown_settings(environ: dict[str, str] | os._Environ[str]) -> list[tuple[str, str | None]]:
+    """Return the ``IDHUB_*`` variables no setting reads, each with the closest valid name (or ``None``).
+
+    A misspelt setting (``IDHUB_DATABSE_URL``) is otherwise silently ignored and the default used.
+    """
+    import difflib
+
+    known = setting_names()
+    found = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("IDHUB_") or upper in known or upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+        found.append((name, close[0] if close else None))
+    return found
+
+
+def unknown_setting_warnings(environ: dict[str, str] | os._Environ[str] | None = None) -> list[str]:
+    """Return one warning line per unknown ``IDHUB_*`` variable (the CLI prints them, the app logs them)."""
+    lines = []
+    for name, close in unknown_settings(os.environ if environ is None else environ):
+        hint = f"; did you mean {close}?" if close else ""
+        lines.append(f"warning: {name} is not an idhub setting and is ignored{hint}")
+    return lines
