@@ -29,7 +29,7 @@ from idhub.scim.router import router as scim_router
 from idhub.scim.router import versions as scim_versions
 from idhub.settings import Settings, unknown_setting_warnings
 from idhub.storage.faults import as_unavailable
-from idhub.storage.migrate import upgrade
+from idhub.storage.migrate import check_schema, upgrade
 from idhub.web.account import router as account_router
 from idhub.web.authorize import router as authorize_router
 from idhub.web.broker import router as broker_router
@@ -200,10 +200,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        migrate = settings.auto_migrate if settings.auto_migrate is not None else settings.is_sqlite
-        if migrate:
-            # Alembic's env runs its own event loop, so it gets a thread of its own.
-            await asyncio.to_thread(upgrade, settings.database_url)
+        # Alembic's env runs its own event loop, so it gets a thread of its own.
+        if settings.auto_migrate is False:
+            await asyncio.to_thread(check_schema, settings.database_url)  # refuse to serve an old schema
+        else:
+            await asyncio.to_thread(upgrade, settings.database_url)  # serialised by an advisory lock on PostgreSQL
         ctx = build_context(settings, metrics=metrics)
         app.state.ctx = ctx
         await ctx.start()

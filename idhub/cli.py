@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import logging
 import os
 import sys
 import uuid
@@ -32,7 +33,7 @@ from idhub.directory.profile import UserProfile, ValueRecord
 from idhub.errors import DomainError, Invalid
 from idhub.events import Actor
 from idhub.settings import Settings, unknown_setting_warnings
-from idhub.storage.migrate import upgrade
+from idhub.storage.migrate import SchemaBehind, check_schema, upgrade
 from idhub.storage.models import Group, User
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import get_or_create_tenant, issuer_for, require_tenant, update_tenant
@@ -137,8 +138,18 @@ def serve(host: str, port: int, workers: int) -> None:
             err=True,
         )
     settings = _settings()
-    if settings.is_sqlite:
-        upgrade(settings.database_url)
+    try:
+        # Here, before the workers start, so a problem is one line and the workers find the schema ready.
+        if settings.auto_migrate is False:
+            check_schema(settings.database_url)
+        else:
+            upgrade(settings.database_url)
+    except SchemaBehind as exc:
+        _fail(str(exc))
+    except Exception as exc:  # an unreachable or refusing database: one line, the detail at debug level
+        logging.getLogger(__name__).debug("start-up migration failed", exc_info=exc)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        _fail(f"cannot migrate the database at IDHUB_DATABASE_URL ({type(exc).__name__}: {first})")
     uvicorn.run(
         "idhub.app:create_app",
         factory=True,

@@ -12,6 +12,7 @@ from idhub.storage.base import Base, include_for_dialect
 from idhub.storage.engine import create_engine
 
 config = context.config
+MIGRATION_LOCK = 0x1D4B_0001  # idhub's advisory lock key for schema migrations
 target_metadata = Base.metadata
 
 
@@ -29,6 +30,10 @@ def _run(connection: Connection) -> None:
         include_object=include_for_dialect(connection.dialect.name),
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # One migrating process at a time (held to this transaction's end): processes that start
+            # together wait here, then find the schema at head.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         context.run_migrations()
     if sqlite:
         dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()

@@ -80,3 +80,98 @@ def test_serve_issuer_follows_the_port_without_public_url(tmp_path: Path) -> Non
         server.terminate()
         _out, err = server.communicate(timeout=15)
     assert b"IDHUB_PUBLIC_URL is not set" in err
+
+
+def _pg_database(name: str) -> str:
+    """Return a URL of an empty PostgreSQL database ``name`` on the test server, or skip."""
+    import asyncio
+
+    import pytest
+
+    from tests.conftest import postgres_url
+
+    base = postgres_url()
+    if not base:
+        pytest.skip("needs PostgreSQL: set IDHUB_TEST_DATABASE_URL")
+    import asyncpg
+
+    dsn = base.replace("postgresql+asyncpg://", "postgresql://")
+    server = dsn.rsplit("/", 1)[0]
+
+    async def reset() -> None:
+        admin = await asyncpg.connect(f"{server}/postgres", timeout=5)
+        try:
+            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(f"{server}/{name}", timeout=5)
+        try:
+            await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        finally:
+            await conn.close()
+
+    asyncio.run(reset())
+    return base.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _serve(environ: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-c", "import sys; from idhub.cli import main; sys.exit(main())"]
+    return subprocess.Popen(
+        [*command, "serve", "--port", str(port)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_serve_two_processes_migrate_an_empty_postgresql_once(tmp_path: Path) -> None:
+    url = _pg_database("idhub_test_serve_twice")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("IDHUB_")}
+    environ.update(
+        IDHUB_DATA_DIR=str(tmp_path),
+        IDHUB_DATABASE_URL=url,
+        IDHUB_MASTER_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        IDHUB_PUBLIC_URL="http://127.0.0.1:1",
+        IDHUB_PURGE_INTERVAL_SECONDS="0",
+    )
+    ports = [_free_port(), _free_port()]
+    servers = [_serve(environ, port) for port in ports]  # started together against an empty database
+    try:
+        for port, server in zip(ports, servers, strict=True):
+            deadline, ready = time.monotonic() + 60, False
+            while time.monotonic() < deadline and not ready and server.poll() is None:
+                try:
+                    ready = httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            assert ready, f"server on {port} did not come up: {server.poll()}"
+    finally:
+        errors = []
+        for server in servers:
+            server.terminate()
+            errors.append(server.communicate(timeout=15)[1])
+    assert all(b"Traceback" not in err for err in errors), errors
+    from idhub.storage.migrate import current_revision, head_revision
+
+    assert current_revision(url) == head_revision()
+
+
+def test_serve_without_auto_migrate_refuses_an_old_schema_in_one_line(tmp_path: Path) -> None:
+    url = _pg_database("idhub_test_serve_behind")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("IDHUB_")}
+    environ.update(
+        IDHUB_DATA_DIR=str(tmp_path),
+        IDHUB_DATABASE_URL=url,
+        IDHUB_MASTER_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        IDHUB_AUTO_MIGRATE="false",
+        IDHUB_PUBLIC_URL="http://127.0.0.1:1",
+    )
+    server = _serve(environ, _free_port())
+    _out, err = server.communicate(timeout=60)
+    assert server.returncode != 0
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert len(lines) == 1 and "idhub migrate" in lines[0], lines

@@ -1,4 +1,9 @@
-"""Run Alembic migrations programmatically (``idhub migrate``, ``idhub serve`` on SQLite)."""
+"""Run Alembic migrations programmatically (``idhub migrate``, and ``idhub serve`` at start-up).
+
+On PostgreSQL the migrations run under a transaction-level advisory lock (``migrations/env.py``), so
+several processes starting at once against one database migrate it once: the others wait for the lock,
+then find the schema at head and have nothing to do.
+"""
 
 from __future__ import annotations
 
@@ -47,3 +52,45 @@ def lineage(revision: str) -> list[str]:
         return [found.revision for found in script.iterate_revisions(revision, "base")]
     except (CommandError, ResolutionError):
         return []
+
+
+def head_revision() -> str:
+    """Return the schema revision this code needs (the newest migration)."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(database_url: str) -> str | None:
+    """Return the database's schema revision (``None`` for an empty database)."""
+    import asyncio
+
+    from alembic.runtime.migration import MigrationContext
+
+    from idhub.storage.engine import create_engine
+
+    async def read() -> str | None:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+class SchemaBehind(RuntimeError):
+    """The database's schema is older than this code (and start-up may not migrate it)."""
+
+
+def check_schema(database_url: str) -> None:
+    """Raise :class:`SchemaBehind` unless the database is at the revision this code needs."""
+    current, head = current_revision(database_url), head_revision()
+    if current != head:
+        raise SchemaBehind(
+            f"the database schema is at revision {current or 'none (empty database)'} and this idhub needs {head}: "
+            "run `idhub migrate` (IDHUB_AUTO_MIGRATE=false keeps start-up from doing it)"
+        )
