@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from idhub.context import AppContext
 from idhub.deps import ContextDep
+from idhub.storage.migrate import head_revision, known_revisions
 
 router = APIRouter(tags=["operations"])
 
@@ -34,32 +35,45 @@ async def healthz() -> dict[str, str]:
     summary="Readiness",
     responses={
         200: {"description": "ready: `status` is `ok`, or `degraded` while a configured Redis is unreachable"},
-        503: {"description": "database unreachable (`status` is `unavailable`)"},
+        503: {"description": "database unreachable, or its schema behind this code (`status` is `unavailable`)"},
     },
 )
 async def readyz(ctx: ContextDep) -> Response:
-    """Answer 200 only while the database answers (within a second); the body names each dependency's state.
+    """Answer 200 only while the database answers (within a second) with the schema this code needs.
 
     ``{"status": "ok" | "degraded" | "unavailable", "database": "ok" | "unavailable",
-    "redis": "ok" | "unavailable" | "disabled"}``: losing Redis degrades idhub but stops nothing, so it
-    stays ready.
+    "schema": "ok" | "behind" | "ahead" | "unknown", "redis": "ok" | "unavailable" | "disabled"}``: losing
+    Redis degrades idhub but stops nothing, so it stays ready. A schema behind the code (a migration not
+    run) is not ready; one ahead of it (a newer release migrated during a rolling upgrade) still serves.
     """
-    database, redis = await asyncio.gather(_probe(_database(ctx)), _probe(_redis(ctx)))
+    revision: list[str | None] = []
+    database, redis = await asyncio.gather(_probe(_database(ctx, revision)), _probe(_redis(ctx)))
     redis_state = "disabled" if ctx.redis is None else ("ok" if redis else "unavailable")
-    if not database:
+    schema = schema_state(revision[0]) if database and revision else "unknown"
+    if not database or schema == "behind":
         status = "unavailable"
     elif redis_state == "unavailable":
         status = "degraded"
     else:
         status = "ok"
-    body = {"status": status, "database": "ok" if database else "unavailable", "redis": redis_state}
+    body = {"status": status, "database": "ok" if database else "unavailable", "schema": schema, "redis": redis_state}
     code = 503 if status == "unavailable" else 200
     return JSONResponse(body, status_code=code, headers={"cache-control": "no-store"})
 
 
-async def _database(ctx: AppContext) -> None:
+def schema_state(revision: str | None) -> str:
+    """Tell how the database's schema revision compares with this code's: ok, behind or ahead."""
+    head = head_revision()
+    if revision == head:
+        return "ok"
+    return "behind" if revision is None or revision in known_revisions() else "ahead"
+
+
+async def _database(ctx: AppContext, revision: list[str | None]) -> None:
     async with ctx.engine.connect() as connection:
-        await connection.execute(text("SELECT 1"))
+        found = await connection.execute(text("SELECT version_num FROM alembic_version"))
+        row = found.first()
+        revision.append(row[0] if row is not None else None)
 
 
 async def _redis(ctx: AppContext) -> None:

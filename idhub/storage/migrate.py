@@ -7,6 +7,7 @@ then find the schema at head and have nothing to do.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -54,13 +55,20 @@ def lineage(revision: str) -> list[str]:
         return []
 
 
+@functools.cache
 def head_revision() -> str:
-    """Return the schema revision this code needs (the newest migration)."""
+    """Return the schema revision this code needs (the newest migration; read once per process)."""
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     assert head is not None
     return head
+
+
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Return every revision this code knows (a database at another one was migrated by a newer release)."""
+    return frozenset(lineage(head_revision()))
 
 
 def current_revision(database_url: str) -> str | None:

@@ -98,7 +98,7 @@ def locked_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env, 
 def test_readyz_body_names_database_and_redis_states(env: Env) -> None:
     response = env.client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok", "redis": "disabled"}
+    assert response.json() == {"status": "ok", "database": "ok", "schema": "ok", "redis": "disabled"}
 
 
 def test_fault_outside_any_surface_503_with_retry_after(locked_app: tuple[Env, Path]) -> None:
@@ -143,6 +143,6 @@ def test_redis_unreachable_startup_works_readyz_degraded(tmp_path: Path) -> None
     with TestClient(app, base_url=PUBLIC_URL) as client:
         response = client.get("/readyz")
         assert response.status_code == 200
-        assert response.json() == {"status": "degraded", "database": "ok", "redis": "unavailable"}
+        assert response.json() == {"status": "degraded", "database": "ok", "schema": "ok", "redis": "unavailable"}
         assert app.state.ctx.revocations.broadcast_state == "unavailable"
         assert app.state.ctx.metrics.faults("redis", "revocation_poll_fallback") >= 1

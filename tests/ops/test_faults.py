@@ -151,13 +151,14 @@ def _healthy(env: Env, c: Callers) -> bool:
 
 def test_readyz_database_frozen_503_within_a_second(outage: Outage) -> None:
     env = outage.env
-    assert env.client.get("/readyz").json() == {"status": "ok", "database": "ok", "redis": "disabled"}
+    assert env.client.get("/readyz").json() == {"status": "ok", "database": "ok", "schema": "ok", "redis": "disabled"}
     outage.proxy.freeze()
     try:
         for _ in range(3):
             response, took = _timed(lambda: env.client.get("/readyz"))
             assert response.status_code == 503
-            assert response.json() == {"status": "unavailable", "database": "unavailable", "redis": "disabled"}
+            expected = {"status": "unavailable", "database": "unavailable", "schema": "unknown", "redis": "disabled"}
+            assert response.json() == expected
             assert took < 1.0, took
     finally:
         outage.proxy.resume()

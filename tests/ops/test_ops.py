@@ -39,3 +39,27 @@ def test_started_app_heap_frozen(env: Env) -> None:
     import gc
 
     assert gc.get_freeze_count() > 10_000
+
+
+def test_readyz_schema_behind_is_not_ready_and_ahead_still_serves(env: Env) -> None:
+    from sqlalchemy import text
+
+    from idhub.storage.migrate import head_revision, lineage
+
+    head = head_revision()
+    older = lineage(head)[1]
+
+    async def set_revision(revision: str) -> None:
+        async with env.ctx.engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+
+    try:
+        env.run(set_revision, older)
+        behind = env.client.get("/readyz")
+        assert behind.status_code == 503 and behind.json()["schema"] == "behind"
+        env.run(set_revision, "f00dface")  # a revision a newer release wrote
+        ahead = env.client.get("/readyz")
+        assert ahead.status_code == 200 and ahead.json()["schema"] == "ahead"
+    finally:
+        env.run(set_revision, head)
+    assert env.client.get("/readyz").json()["schema"] == "ok"
