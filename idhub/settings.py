@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     public_url: str = "http://127.0.0.1:8000"
     master_key: SecretStr | None = None
+    # A file holding the master key (a container secret such as /run/secrets/idhub_master_key).
+    master_key_file: Path | None = None
     redis_url: str | None = None
     # The tenant whose tokens with scope ``idhub:system`` administer every tenant (admin API).
     system_tenant: str = "system"
@@ -158,6 +160,13 @@ class Settings(BaseSettings):
     def _defaults_and_checks(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'idhub.db'}"
+        if self.master_key_file is not None:
+            if self.master_key is not None:
+                raise ValueError("give IDHUB_MASTER_KEY or IDHUB_MASTER_KEY_FILE, not both")
+            try:
+                self.master_key = SecretStr(self.master_key_file.read_text().strip())
+            except OSError as exc:
+                raise ValueError(f"IDHUB_MASTER_KEY_FILE cannot be read ({exc.strerror or exc})") from None
         if self.master_key is not None:
             decode_master_key(self.master_key.get_secret_value())
         if self.environment == "production":

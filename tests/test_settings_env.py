@@ -175,3 +175,22 @@ def test_serve_without_auto_migrate_refuses_an_old_schema_in_one_line(tmp_path: 
     assert server.returncode != 0
     lines = [line for line in err.decode().splitlines() if line.strip()]
     assert len(lines) == 1 and "idhub migrate" in lines[0], lines
+
+
+def test_master_key_from_a_file_as_container_secrets_give_it(tmp_path: Path) -> None:
+    import pytest
+
+    from idhub.settings import Settings
+
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    secret = tmp_path / "idhub_master_key"
+    secret.write_text(key + "\n")
+    settings = Settings(data_dir=tmp_path, master_key_file=secret)
+    assert settings.master_key_bytes() == base64.urlsafe_b64decode(key)
+    with pytest.raises(ValueError, match="not both"):
+        Settings(data_dir=tmp_path, master_key_file=secret, master_key=key)
+    with pytest.raises(ValueError, match="cannot be read"):
+        Settings(data_dir=tmp_path, master_key_file=tmp_path / "missing")
+    secret.write_text(base64.urlsafe_b64encode(os.urandom(16)).decode())
+    with pytest.raises(ValueError, match="32"):
+        Settings(data_dir=tmp_path, master_key_file=secret)
