@@ -30,7 +30,7 @@ from idhub.clients.service import create_client
 from idhub.context import AppContext, build_context
 from idhub.directory.groups import MemberIds
 from idhub.directory.profile import UserProfile, ValueRecord
-from idhub.errors import DomainError, Invalid
+from idhub.errors import DomainError, Invalid, Unavailable
 from idhub.events import Actor
 from idhub.settings import Settings, unknown_setting_warnings
 from idhub.storage.migrate import SchemaBehind, check_schema, upgrade
@@ -70,6 +70,43 @@ def _settings() -> Settings:
         raise  # unreachable
 
 
+def database_trouble(exc: BaseException) -> str | None:
+    """Return one line that says what is wrong with the configured database, or ``None`` for anything else.
+
+    A database that is down, unreachable, missing, refusing the credentials, or a driver that is not
+    installed: each is the operator's to fix, so it is one line naming the setting, not a traceback (which
+    ``IDHUB_LOG_LEVEL=debug`` still logs).
+    """
+    from sqlalchemy import exc as sa_exc
+
+    from idhub.storage.faults import is_fault
+
+    if isinstance(exc, ModuleNotFoundError) and exc.name in ("asyncpg", "aiosqlite"):
+        extra = "postgres" if exc.name == "asyncpg" else ""
+        hint = f"pip install 'idhub[{extra}]'" if extra else f"pip install {exc.name}"
+        return f"IDHUB_DATABASE_URL needs the {exc.name} driver, which is not installed: {hint}"
+    if is_fault(exc):
+        return f"cannot reach the database at IDHUB_DATABASE_URL ({_first_line(exc)})"
+    if isinstance(exc, sa_exc.DBAPIError | sa_exc.ArgumentError | OSError):
+        return f"the database at IDHUB_DATABASE_URL refused ({_first_line(exc)})"
+    cause = exc.__cause__ or exc.__context__
+    return database_trouble(cause) if cause is not None and cause is not exc else None
+
+
+def _first_line(exc: BaseException) -> str:
+    origin = getattr(exc, "orig", None) or exc
+    text = (str(origin).strip().splitlines() or [type(origin).__name__])[0]
+    return f"{type(origin).__name__}: {text[:240]}"
+
+
+def _fail_on_database_trouble(exc: BaseException) -> None:
+    """Exit with one line when ``exc`` is the database's trouble; otherwise return (the caller re-raises)."""
+    line = database_trouble(exc)
+    if line is not None:
+        logging.getLogger(__name__).debug("database trouble", exc_info=exc)
+        _fail(line)
+
+
 def _operator() -> Actor:
     """Return the acting operator: the login name of whoever runs the command."""
     try:
@@ -83,7 +120,11 @@ def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]]) -> T:
     """Run ``work`` in one unit of work against the configured database (migrating SQLite first)."""
     settings = _settings()
     if settings.is_sqlite:
-        upgrade(settings.database_url)
+        try:
+            upgrade(settings.database_url)
+        except Exception as exc:
+            _fail_on_database_trouble(exc)
+            raise
 
     async def runner() -> T:
         ctx = build_context(settings)
@@ -101,11 +142,16 @@ def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]]) -> T:
     try:
         return asyncio.run(runner())
     except DomainError as exc:
+        if isinstance(exc, Unavailable):
+            _fail_on_database_trouble(exc.__cause__ or exc)
         _fail(exc.detail or exc.__class__.__name__)
         raise  # unreachable
     except click.UsageError as exc:  # bad --id / --username choice found while working: one line too
         _fail(exc.format_message())
         raise  # unreachable
+    except Exception as exc:
+        _fail_on_database_trouble(exc)
+        raise
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -147,9 +193,8 @@ def serve(host: str, port: int, workers: int) -> None:
     except SchemaBehind as exc:
         _fail(str(exc))
     except Exception as exc:  # an unreachable or refusing database: one line, the detail at debug level
-        logging.getLogger(__name__).debug("start-up migration failed", exc_info=exc)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        _fail(f"cannot migrate the database at IDHUB_DATABASE_URL ({type(exc).__name__}: {first})")
+        _fail_on_database_trouble(exc)
+        raise
     uvicorn.run(
         "idhub.app:create_app",
         factory=True,
@@ -167,7 +212,11 @@ def serve(host: str, port: int, workers: int) -> None:
 def migrate() -> None:
     """Upgrade the database schema to the newest revision."""
     settings = _settings()
-    upgrade(settings.database_url)
+    try:
+        upgrade(settings.database_url)
+    except Exception as exc:
+        _fail_on_database_trouble(exc)
+        raise
     click.echo(json.dumps({"migrated": True}))
 
 

@@ -160,6 +160,10 @@ class Settings(BaseSettings):
     def _defaults_and_checks(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'idhub.db'}"
+        if not self.database_url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError(
+                "IDHUB_DATABASE_URL must be postgresql+asyncpg://USER@HOST:PORT/DB or sqlite+aiosqlite:///PATH"
+            )
         if self.master_key_file is not None:
             if self.master_key is not None:
                 raise ValueError("give IDHUB_MASTER_KEY or IDHUB_MASTER_KEY_FILE, not both")

@@ -194,3 +194,27 @@ def test_master_key_from_a_file_as_container_secrets_give_it(tmp_path: Path) -> 
     secret.write_text(base64.urlsafe_b64encode(os.urandom(16)).decode())
     with pytest.raises(ValueError, match="32"):
         Settings(data_dir=tmp_path, master_key_file=secret)
+
+
+def test_cli_database_trouble_is_one_line(tmp_path: Path) -> None:
+    cases = {
+        "postgresql+asyncpg://postgres@127.0.0.1:1/x": "cannot reach the database at IDHUB_DATABASE_URL",
+        "postgresql+asyncpg://postgres@no-such-host.invalid:5432/x": "cannot reach the database",
+        "mysql+aiomysql://x@h/d": "IDHUB_DATABASE_URL must be postgresql+asyncpg://",
+    }
+    from tests.conftest import postgres_url
+
+    if postgres_url():
+        server = postgres_url().rsplit("/", 1)[0]  # type: ignore[union-attr]
+        cases[f"{server}/idhub_no_such_database"] = "refused"
+    for url, expected in cases.items():
+        environ = {
+            "IDHUB_DATA_DIR": str(tmp_path),
+            "IDHUB_DATABASE_URL": url,
+            "IDHUB_MASTER_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        }
+        for args in (["migrate"], ["user", "create", "--tenant", "acme", "--username", "ann"]):
+            answer = CliRunner().invoke(main, args, env=environ)
+            lines = [line for line in answer.output.splitlines() if line.strip()]
+            assert answer.exit_code != 0 and len(lines) == 1, (url, args, answer.output)
+            assert expected in lines[0] and "Traceback" not in answer.output, (url, lines)
