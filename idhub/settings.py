@@ -197,7 +197,7 @@ class Settings(BaseSettings):
         path = self.data_dir / "master.key"
         if path.exists():
             return decode_master_key(path.read_text().strip())
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # secrets live here: owner only
         encoded = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

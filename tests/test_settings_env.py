@@ -218,3 +218,12 @@ def test_cli_database_trouble_is_one_line(tmp_path: Path) -> None:
             lines = [line for line in answer.output.splitlines() if line.strip()]
             assert answer.exit_code != 0 and len(lines) == 1, (url, args, answer.output)
             assert expected in lines[0] and "Traceback" not in answer.output, (url, lines)
+
+
+def test_data_folder_created_owner_only_with_its_key(tmp_path: Path) -> None:
+    from idhub.settings import Settings
+
+    data = tmp_path / "fresh"
+    Settings(data_dir=data).master_key_bytes()
+    assert (data.stat().st_mode & 0o777) == 0o700
+    assert ((data / "master.key").stat().st_mode & 0o777) == 0o600

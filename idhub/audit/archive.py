@@ -116,7 +116,7 @@ def _safe(slug: str) -> str:
 
 def _write_sealed(path: Path, key: bytes, lines: Iterable[str]) -> None:
     """Write lines and their seal to ``path`` durably: a temporary file, fsynced, renamed, directory fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     mac = hmac.new(key, digestmod=hashlib.sha256)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

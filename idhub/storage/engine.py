@@ -35,7 +35,7 @@ def create_engine(database_url: str, *, pool_size: int = 10, timeouts: Timeouts 
     kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_timeout": timeouts.pool}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner only
         kwargs["connect_args"] = {"timeout": timeouts.command}
     else:
         kwargs.update(pool_size=pool_size, max_overflow=pool_size)
