@@ -13,7 +13,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY idhub ./idhub
 COPY migrations ./migrations
 # uvicorn[standard] (a core dependency) brings uvloop and httptools; the extras bring asyncpg and redis.
