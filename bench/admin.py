@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import random
-import secrets
 import sys
 import tempfile
 import time
@@ -140,16 +138,7 @@ def run_bench(args: argparse.Namespace, work: Path, pinning: base.Pinning) -> tu
     """Set up the server and the directory, then measure."""
     port = base.free_port()
     base_url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "IDHUB_DATABASE_URL": args.database_url,
-        "IDHUB_PUBLIC_URL": base_url,
-        "IDHUB_MASTER_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
-        "IDHUB_DATA_DIR": str(work / "data"),
-        "IDHUB_LOG_LEVEL": "WARNING",
-    }
-    for name in [k for k in env if k.startswith("IDHUB_REDIS")]:
-        env.pop(name)
+    env = base.server_env(args.database_url, base_url, work)
     notes: list[str] = []
     print("  resetting database, migrating, seeding ...", flush=True)
     base.reset_database(args.database_url)

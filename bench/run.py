@@ -341,6 +341,21 @@ def running(server: Server, health_url: str) -> Iterator[Server]:
         server.stop()
 
 
+def server_env(database_url: str, base_url: str, work: Path) -> dict[str, str]:
+    """Return the environment of a benchmarked idhub: its database, address, a fresh master key, no Redis."""
+    env = {
+        **os.environ,
+        "IDHUB_DATABASE_URL": database_url,
+        "IDHUB_PUBLIC_URL": base_url,
+        "IDHUB_MASTER_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        "IDHUB_DATA_DIR": str(work / "data"),
+        "IDHUB_LOG_LEVEL": "WARNING",
+    }
+    for name in [k for k in env if k.startswith("IDHUB_REDIS")]:
+        env.pop(name)
+    return env
+
+
 def idhub_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> dict[str, Any]:
     """Run an ``idhub`` subcommand and return its JSON output."""
     completed = subprocess.run(
@@ -672,16 +687,7 @@ def bench_idhub(args: argparse.Namespace, work: Path, report: Report, pinning: P
     """Set up and measure one idhub server process on PostgreSQL."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "IDHUB_DATABASE_URL": args.database_url,
-        "IDHUB_PUBLIC_URL": base_url,
-        "IDHUB_MASTER_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
-        "IDHUB_DATA_DIR": str(work / "data"),
-        "IDHUB_LOG_LEVEL": "WARNING",
-    }
-    for name in [k for k in env if k.startswith("IDHUB_REDIS")]:
-        env.pop(name)
+    env = server_env(args.database_url, base_url, work)
     print("  resetting database and migrating ...", flush=True)
     reset_database(args.database_url)
     idhub_cli(env, "migrate")

@@ -498,16 +498,7 @@ def bench_scim(args: argparse.Namespace, work: Path, report: Report, pinning: ba
     """Set up one idhub server process on PostgreSQL and run the four scenarios against it."""
     port = base.free_port()
     base_url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "IDHUB_DATABASE_URL": args.database_url,
-        "IDHUB_PUBLIC_URL": base_url,
-        "IDHUB_MASTER_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
-        "IDHUB_DATA_DIR": str(work / "data"),
-        "IDHUB_LOG_LEVEL": "WARNING",
-    }
-    for name in [k for k in env if k.startswith("IDHUB_REDIS")]:
-        env.pop(name)
+    env = base.server_env(args.database_url, base_url, work)
     print("  resetting database and migrating ...", flush=True)
     base.reset_database(args.database_url)
     report.settings.update(postgres_info(args.database_url))

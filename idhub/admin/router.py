@@ -25,7 +25,7 @@ from idhub.admin.problems import PROBLEM_MEDIA_TYPE, AdminRoute, NotPermitted, P
 from idhub.audit.archive import set_retention
 from idhub.backup.archive import export_person, find_person
 from idhub.broker.linking import remove_link
-from idhub.broker.providers import NewProvider
+from idhub.broker.providers import NewProvider, info_of
 from idhub.broker.sync import preview_claims
 from idhub.clients.service import create_client, delete_client, get_client, rotate_client_secret, update_client
 from idhub.context import AppContext
@@ -521,8 +521,7 @@ async def policies_get(policy_id: str, call: Policies) -> Response:
     """Return one access policy."""
     pid = service.parse_id(policy_id, "policy")
     found = await call.directory.entitlements.get(call.tenant.id, pid)
-    row = await service.policy_row(call.uow, tenant_id=call.tenant.id, policy_id=pid)
-    return json_response(found.to_dict(), headers={"etag": service.change_etag(row)})
+    return json_response(found.to_dict(), headers={"etag": service.change_etag(found)})
 
 
 @router.patch(T + "/policies/{policy_id}", summary="Change an access policy's scopes")
@@ -645,9 +644,8 @@ async def idps_create(body: schemas.IdentityProviderCreate, call: IdentityProvid
 @router.get(T + "/identity-providers/{alias}", summary="Read an upstream identity provider")
 async def idps_get(alias: str, call: IdentityProviders) -> Response:
     """Return one upstream's settings and URLs (never its secret)."""
-    found = await call.ctx.broker.providers(call.uow).get(call.tenant.id, alias)
     row = await service.provider_row(call.uow, tenant_id=call.tenant.id, alias=alias)
-    return json_response(found.describe(call.tenant.issuer), headers={"etag": service.change_etag(row)})
+    return json_response(info_of(row).describe(call.tenant.issuer), headers={"etag": service.change_etag(row)})
 
 
 @router.patch(T + "/identity-providers/{alias}", summary="Change an upstream identity provider")

@@ -8,9 +8,10 @@ queries (keyset pagination on indexed columns, so a page costs the same at any d
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, func, or_, select, update
 
@@ -20,6 +21,7 @@ from idhub.admin.problems import NotPermitted, Problem
 from idhub.admin.schemas import UserCreate, UserPatch
 from idhub.crypto.rotation import rotation_days
 from idhub.directory import Directory
+from idhub.directory.entitlements import PolicyView
 from idhub.directory.profile import PROFILE_COLUMNS, UserProfile, ValueRecord
 from idhub.directory.users import KEEP_PASSWORD
 from idhub.errors import NotFound, PreconditionFailed
@@ -39,7 +41,13 @@ from idhub.storage.models import (
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import TenantInfo, issuer_for
 
+T = TypeVar("T")
 PROFILE_FIELDS = tuple(name for name in PROFILE_COLUMNS if name in UserPatch.model_fields)
+
+
+def _page(rows: Sequence[T], limit: int) -> tuple[Sequence[T], T | None]:
+    """Cut a keyset query's ``limit + 1`` rows to the page; return it and its last row when more follow."""
+    return rows[:limit], (rows[limit - 1] if len(rows) > limit else None)
 
 
 def parse_id(value: str, what: str) -> uuid.UUID:
@@ -97,9 +105,8 @@ async def list_users(
     elif active is False:
         query = query.where(or_(User.enabled.is_(False), User.enabled.is_(None)))
     rows = (await uow.session.scalars(query.order_by(User.username).limit(limit + 1))).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return [user_out(user) for user in rows], ((rows[-1].username,) if more else None)
+    rows, last = _page(rows, limit)
+    return [user_out(user) for user in rows], ((last.username,) if last else None)
 
 
 async def list_archived_users(
@@ -112,9 +119,7 @@ async def list_archived_users(
         moment, last_id = _time_key(after)
         query = query.where(or_(User.deleted_at < moment, and_(User.deleted_at == moment, User.id < last_id)))
     query = query.order_by(User.deleted_at.desc(), User.id.desc()).limit(limit + 1)
-    rows = (await uow.session.scalars(query)).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, last = _page((await uow.session.scalars(query)).all(), limit)
     items = [
         {
             "id": str(user.id),
@@ -125,7 +130,6 @@ async def list_archived_users(
         }
         for user in rows
     ]
-    last = rows[-1] if more else None
     return items, ((_iso(last.deleted_at), str(last.id)) if last is not None else None)
 
 
@@ -195,9 +199,8 @@ async def list_groups(
     if prefix:
         query = query.where(Group.display_name_key.like(_like_prefix(prefix.casefold()), escape="\\"))
     rows = (await uow.session.scalars(query.order_by(Group.display_name_key).limit(limit + 1))).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return [group_out(group) for group in rows], ((rows[-1].display_name_key,) if more else None)
+    rows, last = _page(rows, limit)
+    return [group_out(group) for group in rows], ((last.display_name_key,) if last else None)
 
 
 # --- clients -----------------------------------------------------------------------------------------
@@ -229,7 +232,7 @@ def client_etag(client: Client) -> str:
     return change_etag(client)
 
 
-def change_etag(row: Client | IdentityProvider | AccessPolicy) -> str:
+def change_etag(row: Client | IdentityProvider | AccessPolicy | PolicyView) -> str:
     """Return the entity tag of an object without a version number: its last change, to the microsecond."""
     return f'"{int(_aware(row.updated_at).timestamp() * 1_000_000)}"'
 
@@ -300,9 +303,8 @@ async def list_clients(
     if after is not None:
         query = query.where(Client.client_id > after[0])
     rows = (await uow.session.scalars(query.order_by(Client.client_id).limit(limit + 1))).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return [client_out(client) for client in rows], ((rows[-1].client_id,) if more else None)
+    rows, last = _page(rows, limit)
+    return [client_out(client) for client in rows], ((last.client_id,) if last else None)
 
 
 # --- sessions, keys, audit ---------------------------------------------------------------------------
@@ -341,9 +343,8 @@ async def list_sessions(
     if after is not None:
         query = query.where(UserSession.id > after[0])
     rows = (await uow.session.scalars(query.order_by(UserSession.id).limit(limit + 1))).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return [session_out(row) for row in rows], ((rows[-1].id,) if more else None)
+    rows, last = _page(rows, limit)
+    return [session_out(row) for row in rows], ((last.id,) if last else None)
 
 
 async def list_keys(uow: UnitOfWork, *, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -387,9 +388,7 @@ async def list_links(
             )
         )
     query = query.order_by(FederatedIdentity.created_at.desc(), FederatedIdentity.id.desc()).limit(limit + 1)
-    rows = (await uow.session.execute(query)).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, last_row = _page((await uow.session.execute(query)).all(), limit)
     items = [
         {
             "id": str(link.id),
@@ -402,7 +401,7 @@ async def list_links(
         }
         for link, alias in rows
     ]
-    last = rows[-1][0] if more else None
+    last = last_row[0] if last_row is not None else None
     return items, ((last.created_at.isoformat(), str(last.id)) if last is not None else None)
 
 
@@ -465,9 +464,7 @@ async def list_audit(
         )
     query = query.order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc()).limit(limit + 1)
     rows = (await uow.session.scalars(query)).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    last = rows[-1] if more else None
+    rows, last = _page(rows, limit)
     return [audit_out(row) for row in rows], ((last.occurred_at.isoformat(), str(last.id)) if last else None)
 
 
@@ -488,7 +485,6 @@ async def list_tenants(
     if after is not None:
         query = query.where(Tenant.slug > after[0])
     rows = (await uow.session.scalars(query.order_by(Tenant.slug).limit(limit + 1))).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, last = _page(rows, limit)
     items = [{"id": str(t.id), "slug": t.slug, "name": t.name, "issuer": issuer_for(public_url, t.slug)} for t in rows]
-    return items, ((rows[-1].slug,) if more else None)
+    return items, ((last.slug,) if last else None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -19,7 +18,7 @@ from idhub.crypto.encryption import Sealer
 from idhub.crypto.keys import rotate_if_due
 from idhub.events import Actor
 from idhub.storage.models import Tenant
-from idhub.storage.tasks import cancel
+from idhub.storage.tasks import cancel, repeat
 from idhub.storage.uow import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -78,12 +77,10 @@ class KeyRotationSchedule:
         await cancel(task)
 
     async def _loop(self) -> None:
-        await asyncio.sleep(self._interval * random.uniform(0.1, 1.0))  # noqa: S311 (jitter, not a secret)
-        while True:
-            try:
-                rotated = await self.run_once()
-                if rotated:
-                    log.info("signing keys rotated on schedule: %s", rotated)
-            except Exception:
-                log.exception("scheduled key rotation failed; retrying at the next interval")
-            await asyncio.sleep(self._interval * random.uniform(0.9, 1.1))  # noqa: S311
+        await repeat(
+            self._interval,
+            self.run_once,
+            log=log,
+            done="signing keys rotated on schedule: %s",
+            failed="scheduled key rotation failed; retrying at the next interval",
+        )

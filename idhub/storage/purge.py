@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +22,7 @@ from sqlalchemy import delete, select, tuple_
 
 from idhub.storage.base import utcnow
 from idhub.storage.models import AuthorizationCode, Interaction, RefreshToken, Revocation, UsedValue
-from idhub.storage.tasks import cancel
+from idhub.storage.tasks import cancel, repeat
 from idhub.storage.uow import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -87,12 +86,14 @@ class Purger:
         await cancel(task)
 
     async def _loop(self) -> None:
-        await asyncio.sleep(self._interval * random.uniform(0.1, 1.0))  # noqa: S311 (jitter, not a secret)
-        while True:
-            try:
-                counts = await self.run_once()
-                if any(counts.values()):
-                    log.info("purged expired rows: %s", counts)
-            except Exception:
-                log.exception("purge failed; retrying at the next interval")
-            await asyncio.sleep(self._interval * random.uniform(0.9, 1.1))  # noqa: S311
+        await repeat(
+            self._interval,
+            self._purged,
+            log=log,
+            done="purged expired rows: %s",
+            failed="purge failed; retrying at the next interval",
+        )
+
+    async def _purged(self) -> dict[str, int]:
+        counts = await self.run_once()
+        return counts if any(counts.values()) else {}
