@@ -14,9 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from idhub import __version__
+from idhub import __version__, tracing
 from idhub.admin.problems import problem_response
 from idhub.admin.router import router as admin_router
 from idhub.context import AppContext, build_context
@@ -149,7 +149,7 @@ class AppState(State):
 class IdhubApp(FastAPI):
     """The FastAPI application behind idhub's front door (:class:`~idhub.routing.FrontDoor`)."""
 
-    front_door: FrontDoor | None = None
+    front_door: ASGIApp | None = None  # the FrontDoor, or tracing's middleware around it
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -248,6 +248,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         trusted_proxies=settings.trusted_proxies,
         fast_routes=token.back_channel_routes(),
     )
+    tracing.install(app)  # only when OTEL_* variables ask for it: see idhub.tracing
     install_log_record_factory()
     build_document = app.openapi
 
