@@ -71,6 +71,7 @@ _SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie
 # or OTEL_PYTHON_EXCLUDED_URLS replaces this list.
 _PROBES = r"^[a-z]+://[^/]+/(healthz|readyz|metrics)$"
 _TRACED_TRANSPORT = "_idhub_traced"
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "QUERY"))
 
 
 def requested(environ: Mapping[str, str]) -> list[str]:
@@ -158,7 +159,7 @@ def _name(span: Span, scope: Scope) -> None:
     template = _route_template(scope)
     if not template:
         return
-    span.update_name(f"{scope['method']} {template}")
+    span.update_name(f"{_method(scope)} {template}")
     span.set_attribute("http.route", template)
     tenant = _tenant_of(scope, template)
     if tenant:
@@ -211,7 +212,11 @@ def _load_exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None
     if not found:
         log.warning("OTEL_TRACES_EXPORTER names %r, which is not installed; spans are not exported there", name)
         return None
-    exporter: SpanExporter = next(iter(found)).load()()
+    try:
+        exporter: SpanExporter = next(iter(found)).load()()
+    except Exception as exc:  # a broken exporter package: no export there, never a failed start
+        log.warning("the %r span exporter could not be loaded (%s); spans are not exported there", name, exc)
+        return None
     return exporter
 
 
@@ -276,7 +281,13 @@ class Tracing:
 
 def _method_only(scope: Scope) -> tuple[str, dict[str, Any]]:
     """Name a server span by its method until the route is known (:class:`_NameByRoute`)."""
-    return str(scope.get("method") or "HTTP"), {}
+    return _method(scope), {}
+
+
+def _method(scope: Scope) -> str:
+    """Return the request's method, or ``HTTP`` for one HTTP does not define (names stay a closed set)."""
+    method = str(scope.get("method", ""))
+    return method if method in _METHODS else "HTTP"
 
 
 def _server_request_hook(span: Span, scope: Scope) -> None:
