@@ -32,6 +32,7 @@ from idhub.directory.groups import MemberIds
 from idhub.directory.profile import UserProfile, ValueRecord
 from idhub.errors import DomainError, Invalid, Unavailable
 from idhub.events import Actor
+from idhub.logs import configure_logging, logging_config
 from idhub.settings import Settings, unknown_setting_warnings
 from idhub.storage.migrate import SchemaBehind, check_schema, upgrade
 from idhub.storage.models import Group, User
@@ -54,11 +55,17 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
             click.echo(f"{key}: {value if not isinstance(value, list) else ' '.join(map(str, value))}")
 
 
-def _settings() -> Settings:
+def _settings(*, creates: bool = False, serving: bool = False) -> Settings:
+    """Read the settings (one line and exit 2 when one is wrong) and configure logging.
+
+    Only commands that set a deployment up (``creates``: serve, init, migrate) may create a data folder
+    that was looked for and not found; any other command run in the wrong directory would otherwise
+    start a second, empty database with a second master key.
+    """
     for line in unknown_setting_warnings():
         click.echo(line, err=True)
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
         where = "__".join(str(part) for part in first.get("loc", ()))
@@ -68,6 +75,17 @@ def _settings() -> Settings:
     except ValueError as exc:
         _fail(str(exc).splitlines()[0])
         raise  # unreachable
+    # IDHUB_LOG_LEVEL=debug shows the tracebacks the one-line errors leave out. Commands other than
+    # serve print their result; their log lines are warnings unless a level is asked for.
+    quiet = not serving and "log_level" not in settings.model_fields_set
+    configure_logging(settings, level="WARNING" if quiet else None)
+    if not creates and not settings.data_dir_chosen and settings.data_dir_needed and not settings.data_dir.is_dir():
+        _fail(
+            f"no idhub data folder ({settings.data_dir.name}) in {settings.data_dir.parent} or its parents: run"
+            " this where `idhub serve` runs, or set IDHUB_DATA_DIR (and IDHUB_DATABASE_URL, IDHUB_MASTER_KEY)"
+            " to the server's; `idhub migrate` creates a new one here"
+        )
+    return settings
 
 
 def database_trouble(exc: BaseException) -> str | None:
@@ -116,9 +134,9 @@ def _operator() -> Actor:
     return Actor("cli", name[:64] or "operator")
 
 
-def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]]) -> T:
+def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]], *, creates: bool = False) -> T:
     """Run ``work`` in one unit of work against the configured database (migrating SQLite first)."""
-    settings = _settings()
+    settings = _settings(creates=creates)
     if settings.is_sqlite:
         try:
             upgrade(settings.database_url)
@@ -173,17 +191,21 @@ def serve(host: str, port: int, workers: int) -> None:
     """Start the HTTP server (SQLite databases are migrated on start)."""
     import uvicorn
 
-    if not os.environ.get("IDHUB_PUBLIC_URL"):
+    guessed = not os.environ.get("IDHUB_PUBLIC_URL")
+    if guessed:
         # The issuer follows the port asked for; the workers read it from the environment.
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 (a comparison, not a bind)
         shown = f"[{shown}]" if ":" in shown else shown
         os.environ["IDHUB_PUBLIC_URL"] = f"http://{shown}:{port}"
-        click.echo(
-            f"warning: IDHUB_PUBLIC_URL is not set; the issuer is {os.environ['IDHUB_PUBLIC_URL']}/tenants/<slug>."
-            " In production set IDHUB_PUBLIC_URL to the https address people and apps use.",
-            err=True,
+    settings = _settings(creates=True, serving=True)
+    if settings.data_dir_needed:
+        logging.getLogger("idhub.cli").info("data folder: %s", settings.data_dir.absolute())
+    if guessed:  # a log line (JSON when IDHUB_LOG_FORMAT=json), now that logging is configured
+        logging.getLogger("idhub.cli").warning(
+            "IDHUB_PUBLIC_URL is not set; the issuer is %s/tenants/<slug>. In production set IDHUB_PUBLIC_URL"
+            " to the https address people and apps use.",
+            settings.public_url,
         )
-    settings = _settings()
     try:
         # Here, before the workers start, so a problem is one line and the workers find the schema ready.
         if settings.auto_migrate is False:
@@ -205,13 +227,14 @@ def serve(host: str, port: int, workers: int) -> None:
         access_log=False,
         server_header=False,
         log_level=settings.log_level.lower(),
+        log_config=logging_config(settings),
     )
 
 
 @main.command()
 def migrate() -> None:
     """Upgrade the database schema to the newest revision."""
-    settings = _settings()
+    settings = _settings(creates=True)
     try:
         upgrade(settings.database_url)
     except Exception as exc:
@@ -251,7 +274,7 @@ def init(slug: str) -> None:
             "admin_client_secret": secret,
         }
 
-    click.echo(json.dumps(_run(work)))
+    click.echo(json.dumps(_run(work, creates=True)))
 
 
 @main.group()

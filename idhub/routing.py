@@ -12,6 +12,7 @@ that something went wrong.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import re
@@ -34,6 +35,7 @@ from idhub.storage.retry import DEFAULT_POLICY, exhausted, is_conflict, sqlstate
 from idhub.storage.uow import UnitOfWork
 
 log = logging.getLogger("idhub.errors")
+access_log = logging.getLogger("idhub.access")
 
 UOW_KEY = "idhub.uow"
 REQUEST_ID_HEADER = b"x-request-id"
@@ -175,7 +177,42 @@ class SurfaceRoute(APIRoute):
 
 
 # --- the front door: request id and caller address, and the hot back-channel routes -----------------
-def client_address(scope: Scope, trusted_proxies: frozenset[str]) -> str:
+class TrustedProxies:
+    """The proxies whose forwarding headers idhub believes: addresses or networks (``10.0.0.0/8``, ``fd00::/8``).
+
+    Proxies in containers and Kubernetes get addresses from a range, so networks are allowed. A peer's
+    answer is remembered (bounded), so the check costs one dictionary look-up per request.
+    """
+
+    __slots__ = ("_known", "_networks")
+
+    LIMIT = 4096
+
+    def __init__(self, entries: list[str] | None = None) -> None:
+        self._networks = tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries or ())
+        self._known: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def __contains__(self, peer: object) -> bool:
+        if not self._networks or not isinstance(peer, str):
+            return False
+        known = self._known.get(peer)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(peer)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in network for network in self._networks)
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            self._known[peer] = known
+        return known
+
+
+def client_address(scope: Scope, trusted_proxies: TrustedProxies | frozenset[str]) -> str:
     """Return the caller's address; ``X-Forwarded-For`` is believed only from a trusted proxy."""
     client = scope.get("client")
     peer = str(client[0]) if client else "unknown"
@@ -222,7 +259,8 @@ class _MatchedRoute:
 class FrontDoor:
     """The outermost ASGI layer: every HTTP request gets its id and caller address here, first.
 
-    The id comes from a well-formed ``X-Request-ID`` or is made here; it is set as the request's
+    The id comes from a well-formed ``X-Request-ID`` sent by a trusted proxy (one the operator named in
+    ``IDHUB_TRUSTED_PROXIES``: anyone else could plant ids in the logs) or is made here; it is set as the request's
     context (:mod:`idhub.request_context`) and echoed on the answer. Then the hot back-channel POSTs
     (``{issuer}/token``, ``{issuer}/introspect``: thousands a second) go straight to their endpoint
     functions in the same boundary their documented routes use (:func:`run_in_boundary`: one unit of
@@ -238,11 +276,13 @@ class FrontDoor:
         metrics: Metrics,
         trusted_proxies: list[str] | None = None,
         fast_routes: dict[str, FastRoute] | None = None,
+        access_log: bool = False,
     ) -> None:
         self.app = app
         self.owner = owner  # the application object routes find in ``scope["app"]``
         self.metrics = metrics
-        self.trusted_proxies = frozenset(trusted_proxies or ())
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
+        self.access_log = access_log
         self.fast_routes = {name: (route, _MatchedRoute(route.label)) for name, route in (fast_routes or {}).items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -250,32 +290,72 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         request_id = None
-        for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER:
-                candidate = value.decode("latin-1")
-                if _VALID_ID.fullmatch(candidate):
-                    request_id = candidate
-                break
+        client = scope.get("client")
+        if client and self.trusted_proxies and client[0] in self.trusted_proxies:
+            for name, value in scope["headers"]:
+                if name == REQUEST_ID_HEADER:
+                    candidate = value.decode("latin-1")
+                    if _VALID_ID.fullmatch(candidate):
+                        request_id = candidate
+                    break
         if request_id is None:
             request_id = new_request_id()
         info = RequestInfo(request_id, client_address(scope, self.trusted_proxies))
         scope["idhub.request"] = info
         token = request_context.enter(info)
         try:
-            fast = self._fast_route(scope)
-            if fast is not None:
-                await self._serve_fast(scope, receive, send, fast, request_id)
-                return
-            encoded = request_id.encode("ascii")
-
-            async def send_with_id(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded)]
-                await send(message)
-
-            await self.app(scope, receive, send_with_id)
+            if self.access_log:
+                await self._serve_logged(scope, receive, send, request_id)
+            else:
+                await self._serve(scope, receive, send, request_id)
         finally:
             request_context.leave(token)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        fast = self._fast_route(scope)
+        if fast is not None:
+            await self._serve_fast(scope, receive, send, fast, request_id)
+            return
+        encoded = request_id.encode("ascii")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+    async def _serve_logged(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """Serve, then write the access-log line (``IDHUB_ACCESS_LOG``): no query string, it carries codes."""
+        start = time.perf_counter()
+        status = 500
+
+        async def send_seen(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, send_seen, request_id)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            millis = round((time.perf_counter() - start) * 1000, 2)
+            access_log.info(
+                "%s %s %s %sms",
+                scope["method"],
+                scope["path"],
+                status,
+                millis,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": millis,
+                    "client": scope["idhub.request"].address,
+                },
+            )
 
     def _fast_route(self, scope: Scope) -> tuple[str, FastRoute, _MatchedRoute] | None:
         if scope["method"] != "POST" or not self.fast_routes:
