@@ -56,7 +56,7 @@ def test_json_lines_carry_the_request_id_and_the_extra_fields() -> None:
 
 def test_text_lines_are_readable_and_quote_what_needs_it() -> None:
     line = TextFormatter().format(_record(event="signin.failure", reason="no such user"))
-    assert " WARNING idhub.security [req-0001] sign-in failed event=signin.failure reason=\"no such user\"" in line
+    assert ' WARNING idhub.security [req-0001] sign-in failed event=signin.failure reason="no such user"' in line
 
 
 def test_settings_choose_the_format_and_uvicorn_follows(tmp_path: Path) -> None:
