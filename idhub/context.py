@@ -133,7 +133,7 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         command=settings.database_command_timeout,
         pool=settings.database_pool_timeout,
     )
-    engine = create_engine(settings.database_url, timeouts=timeouts)
+    engine = create_engine(settings.database_url, pool_size=settings.database_pool_size, timeouts=timeouts)
     sessionmaker = create_sessionmaker(engine)
     sealer = Sealer(master)
     cookie_key = derive_key(master, "cookies")

@@ -161,6 +161,8 @@ class Settings(BaseSettings):
     database_connect_timeout: float = Field(default=3.0, gt=0, le=60)
     database_command_timeout: float = Field(default=10.0, gt=0, le=3600)
     database_pool_timeout: float = Field(default=3.0, gt=0, le=60)
+    # Connections each process keeps open to PostgreSQL; as many again are opened in bursts.
+    database_pool_size: int = Field(default=10, ge=1, le=500)
     redis_timeout: float = Field(default=0.5, gt=0, le=30)
     # How long cached clients, tenants and signing keys are still served after their reload failed.
     stale_if_error_seconds: float = Field(default=60.0, ge=0, le=3600)

@@ -227,3 +227,13 @@ def test_data_folder_created_owner_only_with_its_key(tmp_path: Path) -> None:
     Settings(data_dir=data).master_key_bytes()
     assert (data.stat().st_mode & 0o777) == 0o700
     assert ((data / "master.key").stat().st_mode & 0o777) == 0o600
+
+
+def test_the_readme_configuration_table_names_every_setting() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Configuration") :]
+    section = section[: section.index("\n## ", 5)]
+    documented = set(re.findall(r"^\| `(IDHUB_[A-Z0-9_]+)`", section, flags=re.MULTILINE))
+    assert documented == set(setting_names()), (set(setting_names()) - documented, documented - set(setting_names()))
