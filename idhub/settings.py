@@ -214,6 +214,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "IDHUB_DATABASE_URL must be postgresql+asyncpg://USER@HOST:PORT/DB or sqlite+aiosqlite:///PATH"
             )
+        if self.redis_url:
+            if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("IDHUB_REDIS_URL must be redis://HOST:PORT/DB, rediss://... or unix://PATH")
+            _require_driver("redis", "IDHUB_REDIS_URL", "redis")
+        if self.database_url.startswith("postgresql+asyncpg://"):
+            _require_driver("asyncpg", "IDHUB_DATABASE_URL", "postgres")
         if self.master_key_file is not None:
             if self.master_key is not None:
                 raise ValueError("give IDHUB_MASTER_KEY or IDHUB_MASTER_KEY_FILE, not both")
@@ -264,6 +270,16 @@ class Settings(BaseSettings):
             handle.write(encoded + "\n")
         log.warning("IDHUB_MASTER_KEY is not set: generated one into %s; back it up", path)
         return decode_master_key(encoded)
+
+
+def _require_driver(module: str, setting: str, extra: str) -> None:
+    """Refuse a setting whose client library is not installed, in one line naming the fix."""
+    try:
+        __import__(module)
+    except ImportError:
+        raise ValueError(
+            f"{setting} needs the {module} package, which is not installed: pip install 'idhub[{extra}]'"
+        ) from None
 
 
 def decode_master_key(value: str) -> bytes:

@@ -237,3 +237,26 @@ def test_the_readme_configuration_table_names_every_setting() -> None:
     section = section[: section.index("\n## ", 5)]
     documented = set(re.findall(r"^\| `(IDHUB_[A-Z0-9_]+)`", section, flags=re.MULTILINE))
     assert documented == set(setting_names()), (set(setting_names()) - documented, documented - set(setting_names()))
+
+
+def test_a_missing_driver_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    cases = {
+        "redis": ("IDHUB_REDIS_URL", "redis://127.0.0.1:6379/0", "pip install 'idhub[redis]'"),
+        "asyncpg": (
+            "IDHUB_DATABASE_URL",
+            "postgresql+asyncpg://postgres@127.0.0.1:5432/x",
+            "pip install 'idhub[postgres]'",
+        ),
+    }
+    for module, (name, value, fix) in cases.items():
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("IDHUB_")}
+        environ.update(IDHUB_DATA_DIR=str(tmp_path), **{name: value})
+        # The package made unimportable, as on a machine without the extra.
+        script = f"import sys; sys.modules[{module!r}] = None; from idhub.cli import main; sys.exit(main())"
+        done = subprocess.run([sys.executable, "-c", script, "migrate"], env=environ, capture_output=True)
+        lines = done.stderr.decode().strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and name in lines[0] and fix in lines[0], lines
+    answer = CliRunner().invoke(
+        main, ["migrate"], env={"IDHUB_DATA_DIR": str(tmp_path), "IDHUB_REDIS_URL": "127.0.0.1"}
+    )
+    assert answer.exit_code == 2 and "IDHUB_REDIS_URL must be redis://" in answer.output
