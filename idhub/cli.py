@@ -30,6 +30,7 @@ from idhub.clients.service import create_client
 from idhub.context import AppContext, build_context
 from idhub.directory.groups import MemberIds
 from idhub.directory.profile import UserProfile, ValueRecord
+from idhub.doctor import diagnose
 from idhub.errors import DomainError, Invalid, Unavailable
 from idhub.events import Actor
 from idhub.logs import configure_logging, logging_config
@@ -1625,6 +1626,21 @@ def report_entitlements(slug: str, client_id: str | None, people: bool, as_json:
                 f"{s['scope']} (via {', '.join(g['name'] for g in s['groups'])})" for s in person["scopes"]
             )
             click.echo(f"    {person['username']}: {held}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def doctor(as_json: bool) -> None:
+    """Check this installation and list what is wrong, each problem with its fix (read-only).
+
+    Prints the effective settings (secrets hidden) and where each comes from, the data folder, where the
+    master key comes from, whether the database and Redis answer, the schema revision against this
+    code's, and each tenant's signing keys. Exits 1 when an error is found; warnings alone exit 0.
+    """
+    report = diagnose(explain_database=database_trouble)
+    click.echo(report.render_json() if as_json else report.render_text())
+    if not report.ok:
+        sys.exit(1)
 
 
 # --- help for the options many commands share (an option's own help, where given, wins) -------------------
