@@ -189,7 +189,7 @@ def main() -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int)
 def serve(host: str, port: int, workers: int) -> None:
-    """Start the HTTP server (SQLite databases are migrated on start)."""
+    """Start the HTTP server; the schema is migrated first unless IDHUB_AUTO_MIGRATE=false (then it must be at head)."""
     import uvicorn
 
     guessed = not os.environ.get("IDHUB_PUBLIC_URL")
@@ -1653,7 +1653,7 @@ OPTION_HELP = {
     "policy_id": "the access policy's id",
     "source": "the backup file to read",
     "host": "the address to listen on",
-    "port": "the port to listen on (without IDHUB_PUBLIC_URL the issuer still says port 8000)",
+    "port": "the port to listen on (without IDHUB_PUBLIC_URL the issuer follows it, with a warning: set IDHUB_PUBLIC_URL in production)",
     "workers": "worker processes (each with its own connection pool; see the README on several instances)",
     "redirect_uris": "a redirect URI (repeatable; exact match, https or loopback for native apps)",
     "grant_types": "authorization_code, refresh_token or client_credentials (repeatable)",
