@@ -1653,7 +1653,7 @@ OPTION_HELP = {
     "policy_id": "the access policy's id",
     "source": "the backup file to read",
     "host": "the address to listen on",
-    "port": "the port to listen on (without IDHUB_PUBLIC_URL the issuer follows it, with a warning: set IDHUB_PUBLIC_URL in production)",
+    "port": "the port to listen on (without IDHUB_PUBLIC_URL the issuer follows it; set that in production)",
     "workers": "worker processes (each with its own connection pool; see the README on several instances)",
     "redirect_uris": "a redirect URI (repeatable; exact match, https or loopback for native apps)",
     "grant_types": "authorization_code, refresh_token or client_credentials (repeatable)",
