@@ -35,7 +35,7 @@ from idhub.errors import DomainError, Invalid, Unavailable
 from idhub.events import Actor
 from idhub.logs import configure_logging, logging_config
 from idhub.settings import Settings, unknown_setting_warnings
-from idhub.storage.migrate import SchemaBehind, check_schema, upgrade
+from idhub.storage.migrate import SchemaBehind, check_schema, holds_tenants, upgrade
 from idhub.storage.models import Group, User
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import get_or_create_tenant, issuer_for, require_tenant, update_tenant
@@ -126,6 +126,25 @@ def _fail_on_database_trouble(exc: BaseException) -> None:
         _fail(line)
 
 
+def _refuse_a_new_master_key_for_old_data(settings: Settings) -> None:
+    """Exit in one line rather than generate a master key for a database whose tenants another key sealed.
+
+    Their signing keys and upstream secrets would not open, and every client secret would stop matching.
+    """
+    if settings.master_key_would_be_generated:
+        try:
+            old = holds_tenants(settings.database_url)
+        except Exception as exc:
+            _fail_on_database_trouble(exc)
+            raise
+        if old:
+            _fail(
+                f"the database at IDHUB_DATABASE_URL holds tenants but there is no master key ({settings.data_dir}"
+                " has none): give the key they were sealed with as IDHUB_MASTER_KEY or IDHUB_MASTER_KEY_FILE,"
+                " or set IDHUB_DATA_DIR to the data folder that holds it"
+            )
+
+
 def _operator() -> Actor:
     """Return the acting operator: the login name of whoever runs the command."""
     try:
@@ -144,6 +163,7 @@ def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]], *, creates: boo
         except Exception as exc:
             _fail_on_database_trouble(exc)
             raise
+    _refuse_a_new_master_key_for_old_data(settings)
 
     async def runner() -> T:
         ctx = build_context(settings)
@@ -218,6 +238,7 @@ def serve(host: str, port: int, workers: int) -> None:
     except Exception as exc:  # an unreachable or refusing database: one line, the detail at debug level
         _fail_on_database_trouble(exc)
         raise
+    _refuse_a_new_master_key_for_old_data(settings)
     uvicorn.run(
         "idhub.app:create_app",
         factory=True,

@@ -256,6 +256,11 @@ class Settings(BaseSettings):
         """Mark cookies Secure when served over https."""
         return self.public_url.startswith("https://")
 
+    @property
+    def master_key_would_be_generated(self) -> bool:
+        """Tell whether :meth:`master_key_bytes` would make a new key (none given, none in the data folder)."""
+        return self.master_key is None and not (self.data_dir / "master.key").exists()
+
     def master_key_bytes(self) -> bytes:
         """Return the 32-byte master key, generating one into the data folder in development."""
         if self.master_key is not None:

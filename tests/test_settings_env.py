@@ -260,3 +260,30 @@ def test_a_missing_driver_is_one_line_naming_the_extra(tmp_path: Path) -> None:
         main, ["migrate"], env={"IDHUB_DATA_DIR": str(tmp_path), "IDHUB_REDIS_URL": "127.0.0.1"}
     )
     assert answer.exit_code == 2 and "IDHUB_REDIS_URL must be redis://" in answer.output
+
+
+def test_no_new_master_key_is_made_for_a_database_whose_tenants_another_key_sealed(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("IDHUB_")}
+    database = tmp_path / "shared.db"
+    environ["IDHUB_DATABASE_URL"] = f"sqlite+aiosqlite:///{database}"
+    first, second = tmp_path / "first", tmp_path / "second"
+    command = [sys.executable, "-c", "import sys; from idhub.cli import main; sys.exit(main())"]
+    made = subprocess.run(
+        [*command, "init", "--tenant", "acme"],
+        cwd=tmp_path,
+        env={**environ, "IDHUB_DATA_DIR": str(first)},
+        capture_output=True,
+    )
+    assert made.returncode == 0, made.stderr
+    for args in (["init", "--tenant", "other"], ["serve", "--port", str(_free_port())]):
+        # The same database from a data folder without the key: refused in one line, no key generated.
+        done = subprocess.run(
+            [*command, *args],
+            cwd=tmp_path,
+            env={**environ, "IDHUB_DATA_DIR": str(second)},
+            capture_output=True,
+            timeout=60,
+        )
+        lines = [line for line in done.stderr.decode().splitlines() if "error:" in line]
+        assert done.returncode == 2 and len(lines) == 1 and "IDHUB_MASTER_KEY" in lines[0], done.stderr
+        assert not (second / "master.key").exists()
