@@ -231,7 +231,12 @@ class Settings(BaseSettings):
             decode_master_key(self.master_key.get_secret_value())
         if self.environment == "production":
             if self.master_key is None:
-                raise ValueError("IDHUB_MASTER_KEY is required in production")
+                raise ValueError(
+                    "IDHUB_MASTER_KEY (or IDHUB_MASTER_KEY_FILE) is required in production: generate one with"
+                    " python -c 'import base64,secrets;"
+                    "print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())'"
+                    " and keep it safe (IDHUB_ENVIRONMENT=development generates one into the data folder)"
+                )
             if not self.public_url.startswith("https://"):
                 raise ValueError("IDHUB_PUBLIC_URL must be https in production")
         return self

@@ -3,7 +3,7 @@
 No container engine or cluster runs here, so these tests check the files' structure and the facts each
 deployment relies on (the one-shot migration, replicas that never migrate, probes on ``/healthz`` and
 ``/readyz``, the master key from a secret file, only real ``IDHUB_*`` settings). When Helm can be had (a
-``helm`` binary on ``PATH``, or the ``helm-python-sdk`` package that ``.ci/run`` installs best-effort) the
+``helm`` binary on ``PATH``, or the ``helm-python-sdk`` package where installed by hand) the
 chart is also linted and rendered; without it those tests skip, saying so.
 """
 
