@@ -247,6 +247,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         trusted_proxies=settings.trusted_proxies,
         fast_routes=token.back_channel_routes(),
+        management_port=settings.management_port,
     )
     install_log_record_factory()
     build_document = app.openapi

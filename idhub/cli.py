@@ -32,6 +32,7 @@ from idhub.directory.groups import MemberIds
 from idhub.directory.profile import UserProfile, ValueRecord
 from idhub.errors import DomainError, Invalid, Unavailable
 from idhub.events import Actor
+from idhub.server import ServerError, run_server
 from idhub.settings import Settings, unknown_setting_warnings
 from idhub.storage.migrate import SchemaBehind, check_schema, upgrade
 from idhub.storage.models import Group, User
@@ -171,8 +172,6 @@ def main() -> None:
 @click.option("--workers", default=1, show_default=True, type=int)
 def serve(host: str, port: int, workers: int) -> None:
     """Start the HTTP server (SQLite databases are migrated on start)."""
-    import uvicorn
-
     if not os.environ.get("IDHUB_PUBLIC_URL"):
         # The issuer follows the port asked for; the workers read it from the environment.
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 (a comparison, not a bind)
@@ -195,17 +194,10 @@ def serve(host: str, port: int, workers: int) -> None:
     except Exception as exc:  # an unreachable or refusing database: one line, the detail at debug level
         _fail_on_database_trouble(exc)
         raise
-    uvicorn.run(
-        "idhub.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=False,
-        access_log=False,
-        server_header=False,
-        log_level=settings.log_level.lower(),
-    )
+    try:
+        run_server(settings, host=host, port=port, workers=workers)
+    except ServerError as exc:
+        _fail(str(exc))
 
 
 @main.command()

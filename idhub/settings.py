@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     auto_migrate: bool | None = None
     trusted_proxies: list[str] = Field(default_factory=list)
+    # A second port (same host as serve's) answering /metrics, /healthz and /readyz; the public port then
+    # no longer answers /metrics. Unset: everything on the public port.
+    management_port: int | None = Field(default=None, ge=1, le=65535)
     revocation_poll_seconds: float = Field(default=1.0, gt=0)
     client_cache_ttl: float = Field(default=5.0, ge=0)
     # Seconds between purges of expired revocation, single-use and interaction rows (0: never).
