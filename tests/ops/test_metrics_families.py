@@ -19,9 +19,10 @@ from idhub.settings import ThrottleSettings
 from idhub.storage.engine import CountingPool, create_engine, pool_stats
 from idhub.telemetry import GRANT_TYPES, Telemetry
 from idhub.throttle import Throttle
-from idhub.tokens.revocation import RevocationEntry, RevocationState
-from tests.conftest import Env
+from idhub.tokens.revocation import RevocationEntry, RevocationState, record_revocation
+from tests.conftest import Env, uow_publishing_to
 from tests.oidc.grants.helpers import basic, code_setup, exchange_code, post
+from tests.redis_support import redis_url_or_skip
 from tests.scim.conftest import PATCH_URN, Scim, provisioning_token
 
 PASSWORD = "correct horse"
@@ -267,3 +268,34 @@ def test_pool_waiting_counts_checkouts_not_yet_served(tmp_path: Any) -> None:
     assert during.waiting == 1 and during.in_use == during.size == during.limit
     assert after.waiting == 0 and after.in_use == after.size
     assert idle.in_use == 0 and idle.idle == idle.size
+
+
+def test_revocation_propagation_by_broadcast_and_poll_each_counted_once(env: Env) -> None:
+    url = redis_url_or_skip()
+    tenant = env.tenant()
+
+    async def work() -> tuple[Metrics, Metrics, Metrics]:
+        # Three processes: one writes, one hears Redis (and polls too), one only polls.
+        seen = Metrics(), Metrics(), Metrics()
+        writer = RevocationState(env.ctx.sessionmaker, poll_seconds=0.1, redis_url=url, observer=seen[0])
+        listener = RevocationState(env.ctx.sessionmaker, poll_seconds=0.1, redis_url=url, observer=seen[1])
+        poller = RevocationState(env.ctx.sessionmaker, poll_seconds=0.1, observer=seen[2])
+        for state in (writer, listener, poller):
+            await state.start()
+        try:
+            await asyncio.sleep(0.2)  # let the subscriptions settle
+            async with uow_publishing_to(env, writer) as uow:
+                await record_revocation(uow, tenant_id=tenant.id, kind="jti", value=uuid.uuid4().hex, expires_in=60)
+            await asyncio.sleep(0.6)  # several polls: known entries are not counted again
+        finally:
+            for state in (writer, listener, poller):
+                await state.stop()
+        return seen
+
+    writer, listener, poller = env.run(work)
+    assert writer.revocations_applied("local") == 1
+    assert sum(writer.revocations_applied(source) for source in ("broadcast", "poll")) == 0
+    assert listener.revocations_applied("broadcast") + listener.revocations_applied("poll") == 1
+    assert poller.revocations_applied("poll") == 1 and poller.revocations_applied("broadcast") == 0
+    text = poller.render().decode()
+    assert 'idhub_revocation_propagation_seconds_count{source="poll"} 1.0' in text
