@@ -248,6 +248,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         trusted_proxies=settings.trusted_proxies,
         fast_routes=token.back_channel_routes(),
         access_log=settings.access_log,
+        management_port=settings.management_port,
     )
     install_log_record_factory()
     build_document = app.openapi

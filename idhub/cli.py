@@ -34,6 +34,7 @@ from idhub.doctor import diagnose
 from idhub.errors import DomainError, Invalid, Unavailable
 from idhub.events import Actor
 from idhub.logs import configure_logging, logging_config
+from idhub.server import ServerError, run_server
 from idhub.settings import Settings, unknown_setting_warnings
 from idhub.storage.migrate import SchemaBehind, check_schema, holds_tenants, upgrade
 from idhub.storage.models import Group, User
@@ -210,8 +211,6 @@ def main() -> None:
 @click.option("--workers", default=1, show_default=True, type=int)
 def serve(host: str, port: int, workers: int) -> None:
     """Start the HTTP server; the schema is migrated first unless IDHUB_AUTO_MIGRATE=false (then it must be at head)."""
-    import uvicorn
-
     guessed = not os.environ.get("IDHUB_PUBLIC_URL")
     if guessed:
         # The issuer follows the port asked for; the workers read it from the environment.
@@ -239,18 +238,10 @@ def serve(host: str, port: int, workers: int) -> None:
         _fail_on_database_trouble(exc)
         raise
     _refuse_a_new_master_key_for_old_data(settings)
-    uvicorn.run(
-        "idhub.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=False,
-        access_log=False,
-        server_header=False,
-        log_level=settings.log_level.lower(),
-        log_config=logging_config(settings),
-    )
+    try:
+        run_server(settings, host=host, port=port, workers=workers, log_config=logging_config(settings))
+    except ServerError as exc:
+        _fail(str(exc))
 
 
 @main.command()

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from idhub import request_context
 from idhub.context import AppContext
 from idhub.errors import DomainError
-from idhub.metrics import NOSNIFF, Metrics
+from idhub.metrics import METHODS, NOSNIFF, Metrics, route_template
 from idhub.request_context import RequestInfo
 from idhub.storage.faults import translate as translate_fault
 from idhub.storage.retry import DEFAULT_POLICY, exhausted, is_conflict, sqlstate_of
@@ -234,6 +234,8 @@ def new_request_id() -> str:
 
 
 _random_bits = random.getrandbits
+# What the management port answers (IDHUB_MANAGEMENT_PORT); the public port then no longer serves /metrics.
+MANAGEMENT_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 FastHandler = Callable[[str, Request], Awaitable[Response]]
 
 
@@ -261,7 +263,10 @@ class FrontDoor:
 
     The id comes from a well-formed ``X-Request-ID`` sent by a trusted proxy (one the operator named in
     ``IDHUB_TRUSTED_PROXIES``: anyone else could plant ids in the logs) or is made here; it is set as the request's
-    context (:mod:`idhub.request_context`) and echoed on the answer. Then the hot back-channel POSTs
+    context (:mod:`idhub.request_context`) and echoed on the answer. With a management port
+    (``IDHUB_MANAGEMENT_PORT``), requests are told apart by the port they came in on
+    (``scope["server"]``): that port answers only ``/metrics``, ``/healthz`` and ``/readyz``, and the
+    public port everything but ``/metrics``; the rest is a 404. Then the hot back-channel POSTs
     (``{issuer}/token``, ``{issuer}/introspect``: thousands a second) go straight to their endpoint
     functions in the same boundary their documented routes use (:func:`run_in_boundary`: one unit of
     work, the surface's own errors), skipping the framework's middleware, router and dependency
@@ -277,8 +282,10 @@ class FrontDoor:
         trusted_proxies: list[str] | None = None,
         fast_routes: dict[str, FastRoute] | None = None,
         access_log: bool = False,
+        management_port: int | None = None,
     ) -> None:
         self.app = app
+        self.management_port = management_port
         self.owner = owner  # the application object routes find in ``scope["app"]``
         self.metrics = metrics
         self.trusted_proxies = TrustedProxies(trusted_proxies)
@@ -304,6 +311,9 @@ class FrontDoor:
         scope["idhub.request"] = info
         token = request_context.enter(info)
         try:
+            if self.management_port is not None and not self._on_its_port(scope):
+                await self._not_found(scope, send, request_id)
+                return
             if self.access_log:
                 await self._serve_logged(scope, receive, send, request_id)
             else:
@@ -339,7 +349,7 @@ class FrontDoor:
         try:
             await self._serve(scope, receive, send_seen, request_id)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = route_template(scope)
             millis = round((time.perf_counter() - start) * 1000, 2)
             access_log.info(
                 "%s %s %s %sms",
@@ -356,6 +366,29 @@ class FrontDoor:
                     "client": scope["idhub.request"].address,
                 },
             )
+
+    def _on_its_port(self, scope: Scope) -> bool:
+        """Tell whether the request's path is served on the port it came in on (management or public)."""
+        server = scope.get("server")
+        path: str = scope["path"]
+        if server is not None and server[1] == self.management_port:
+            return path in MANAGEMENT_PATHS
+        return path != "/metrics"
+
+    async def _not_found(self, scope: Scope, send: Send, request_id: str) -> None:
+        """Answer 404 for a path not served on this port, as the app answers a path it does not know."""
+        start = time.perf_counter()
+        body = b'{"detail":"Not Found"}'
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            NOSNIFF,
+            (REQUEST_ID_HEADER, request_id.encode("ascii")),
+        ]
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        method = scope["method"]
+        self.metrics.observe("unmatched", method if method in METHODS else "other", 404, time.perf_counter() - start)
 
     def _fast_route(self, scope: Scope) -> tuple[str, FastRoute, _MatchedRoute] | None:
         if scope["method"] != "POST" or not self.fast_routes:

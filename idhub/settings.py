@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     auto_migrate: bool | None = None
     # Proxies whose X-Forwarded-For and X-Request-ID are believed: addresses or networks, comma-separated.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A second port (same host as serve's) answering /metrics, /healthz and /readyz; the public port then
+    # no longer answers /metrics. Unset: everything on the public port.
+    management_port: int | None = Field(default=None, ge=1, le=65535)
     revocation_poll_seconds: float = Field(default=1.0, gt=0)
     client_cache_ttl: float = Field(default=5.0, ge=0)
     # Seconds between purges of expired revocation, single-use and interaction rows (0: never).
