@@ -247,6 +247,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         trusted_proxies=settings.trusted_proxies,
         fast_routes=token.back_channel_routes(),
+        access_log=settings.access_log,
+        management_port=settings.management_port,
     )
     tracing.install(app)  # only when OTEL_* variables ask for it: see idhub.tracing
     install_log_record_factory()

@@ -30,10 +30,13 @@ from idhub.clients.service import create_client
 from idhub.context import AppContext, build_context
 from idhub.directory.groups import MemberIds
 from idhub.directory.profile import UserProfile, ValueRecord
+from idhub.doctor import diagnose
 from idhub.errors import DomainError, Invalid, Unavailable
 from idhub.events import Actor
+from idhub.logs import configure_logging, logging_config
+from idhub.server import ServerError, run_server
 from idhub.settings import Settings, unknown_setting_warnings
-from idhub.storage.migrate import SchemaBehind, check_schema, upgrade
+from idhub.storage.migrate import SchemaBehind, check_schema, holds_tenants, upgrade
 from idhub.storage.models import Group, User
 from idhub.storage.uow import UnitOfWork
 from idhub.tenants.service import get_or_create_tenant, issuer_for, require_tenant, update_tenant
@@ -54,11 +57,17 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
             click.echo(f"{key}: {value if not isinstance(value, list) else ' '.join(map(str, value))}")
 
 
-def _settings() -> Settings:
+def _settings(*, creates: bool = False, serving: bool = False) -> Settings:
+    """Read the settings (one line and exit 2 when one is wrong) and configure logging.
+
+    Only commands that set a deployment up (``creates``: serve, init, migrate) may create a data folder
+    that was looked for and not found; any other command run in the wrong directory would otherwise
+    start a second, empty database with a second master key.
+    """
     for line in unknown_setting_warnings():
         click.echo(line, err=True)
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
         where = "__".join(str(part) for part in first.get("loc", ()))
@@ -68,6 +77,17 @@ def _settings() -> Settings:
     except ValueError as exc:
         _fail(str(exc).splitlines()[0])
         raise  # unreachable
+    # IDHUB_LOG_LEVEL=debug shows the tracebacks the one-line errors leave out. Commands other than
+    # serve print their result; their log lines are warnings unless a level is asked for.
+    quiet = not serving and "log_level" not in settings.model_fields_set
+    configure_logging(settings, level="WARNING" if quiet else None)
+    if not creates and not settings.data_dir_chosen and settings.data_dir_needed and not settings.data_dir.is_dir():
+        _fail(
+            f"no idhub data folder ({settings.data_dir.name}) in {settings.data_dir.parent} or its parents: run"
+            " this where `idhub serve` runs, or set IDHUB_DATA_DIR (and IDHUB_DATABASE_URL, IDHUB_MASTER_KEY)"
+            " to the server's; `idhub migrate` creates a new one here"
+        )
+    return settings
 
 
 def database_trouble(exc: BaseException) -> str | None:
@@ -107,6 +127,25 @@ def _fail_on_database_trouble(exc: BaseException) -> None:
         _fail(line)
 
 
+def _refuse_a_new_master_key_for_old_data(settings: Settings) -> None:
+    """Exit in one line rather than generate a master key for a database whose tenants another key sealed.
+
+    Their signing keys and upstream secrets would not open, and every client secret would stop matching.
+    """
+    if settings.master_key_would_be_generated:
+        try:
+            old = holds_tenants(settings.database_url)
+        except Exception as exc:
+            _fail_on_database_trouble(exc)
+            raise
+        if old:
+            _fail(
+                f"the database at IDHUB_DATABASE_URL holds tenants but there is no master key ({settings.data_dir}"
+                " has none): give the key they were sealed with as IDHUB_MASTER_KEY or IDHUB_MASTER_KEY_FILE,"
+                " or set IDHUB_DATA_DIR to the data folder that holds it"
+            )
+
+
 def _operator() -> Actor:
     """Return the acting operator: the login name of whoever runs the command."""
     try:
@@ -116,15 +155,16 @@ def _operator() -> Actor:
     return Actor("cli", name[:64] or "operator")
 
 
-def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]]) -> T:
+def _run(work: Callable[[AppContext, UnitOfWork], Awaitable[T]], *, creates: bool = False) -> T:
     """Run ``work`` in one unit of work against the configured database (migrating SQLite first)."""
-    settings = _settings()
+    settings = _settings(creates=creates)
     if settings.is_sqlite:
         try:
             upgrade(settings.database_url)
         except Exception as exc:
             _fail_on_database_trouble(exc)
             raise
+    _refuse_a_new_master_key_for_old_data(settings)
 
     async def runner() -> T:
         ctx = build_context(settings)
@@ -170,20 +210,22 @@ def main() -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int)
 def serve(host: str, port: int, workers: int) -> None:
-    """Start the HTTP server (SQLite databases are migrated on start)."""
-    import uvicorn
-
-    if not os.environ.get("IDHUB_PUBLIC_URL"):
+    """Start the HTTP server; the schema is migrated first unless IDHUB_AUTO_MIGRATE=false (then it must be at head)."""
+    guessed = not os.environ.get("IDHUB_PUBLIC_URL")
+    if guessed:
         # The issuer follows the port asked for; the workers read it from the environment.
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 (a comparison, not a bind)
         shown = f"[{shown}]" if ":" in shown else shown
         os.environ["IDHUB_PUBLIC_URL"] = f"http://{shown}:{port}"
-        click.echo(
-            f"warning: IDHUB_PUBLIC_URL is not set; the issuer is {os.environ['IDHUB_PUBLIC_URL']}/tenants/<slug>."
-            " In production set IDHUB_PUBLIC_URL to the https address people and apps use.",
-            err=True,
+    settings = _settings(creates=True, serving=True)
+    if settings.data_dir_needed:
+        logging.getLogger("idhub.cli").info("data folder: %s", settings.data_dir.absolute())
+    if guessed:  # a log line (JSON when IDHUB_LOG_FORMAT=json), now that logging is configured
+        logging.getLogger("idhub.cli").warning(
+            "IDHUB_PUBLIC_URL is not set; the issuer is %s/tenants/<slug>. In production set IDHUB_PUBLIC_URL"
+            " to the https address people and apps use.",
+            settings.public_url,
         )
-    settings = _settings()
     try:
         # Here, before the workers start, so a problem is one line and the workers find the schema ready.
         if settings.auto_migrate is False:
@@ -195,23 +237,17 @@ def serve(host: str, port: int, workers: int) -> None:
     except Exception as exc:  # an unreachable or refusing database: one line, the detail at debug level
         _fail_on_database_trouble(exc)
         raise
-    uvicorn.run(
-        "idhub.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=False,
-        access_log=False,
-        server_header=False,
-        log_level=settings.log_level.lower(),
-    )
+    _refuse_a_new_master_key_for_old_data(settings)
+    try:
+        run_server(settings, host=host, port=port, workers=workers, log_config=logging_config(settings))
+    except ServerError as exc:
+        _fail(str(exc))
 
 
 @main.command()
 def migrate() -> None:
     """Upgrade the database schema to the newest revision."""
-    settings = _settings()
+    settings = _settings(creates=True)
     try:
         upgrade(settings.database_url)
     except Exception as exc:
@@ -251,7 +287,7 @@ def init(slug: str) -> None:
             "admin_client_secret": secret,
         }
 
-    click.echo(json.dumps(_run(work)))
+    click.echo(json.dumps(_run(work, creates=True)))
 
 
 @main.group()
@@ -1604,6 +1640,21 @@ def report_entitlements(slug: str, client_id: str | None, people: bool, as_json:
             click.echo(f"    {person['username']}: {held}")
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def doctor(as_json: bool) -> None:
+    """Check this installation and list what is wrong, each problem with its fix (read-only).
+
+    Prints the effective settings (secrets hidden) and where each comes from, the data folder, where the
+    master key comes from, whether the database and Redis answer, the schema revision against this
+    code's, and each tenant's signing keys. Exits 1 when an error is found; warnings alone exit 0.
+    """
+    report = diagnose(explain_database=database_trouble)
+    click.echo(report.render_json() if as_json else report.render_text())
+    if not report.ok:
+        sys.exit(1)
+
+
 # --- help for the options many commands share (an option's own help, where given, wins) -------------------
 OPTION_HELP = {
     "as_json": "print one JSON object instead of text",
@@ -1614,7 +1665,7 @@ OPTION_HELP = {
     "policy_id": "the access policy's id",
     "source": "the backup file to read",
     "host": "the address to listen on",
-    "port": "the port to listen on (without IDHUB_PUBLIC_URL the issuer still says port 8000)",
+    "port": "the port to listen on (without IDHUB_PUBLIC_URL the issuer follows it; set that in production)",
     "workers": "worker processes (each with its own connection pool; see the README on several instances)",
     "redirect_uris": "a redirect URI (repeatable; exact match, https or loopback for native apps)",
     "grant_types": "authorization_code, refresh_token or client_credentials (repeatable)",

@@ -37,10 +37,11 @@ from idhub.events import (
 )
 from idhub.metrics import Metrics
 from idhub.settings import Settings
-from idhub.storage.engine import Timeouts, create_engine, create_sessionmaker
+from idhub.storage.engine import Timeouts, create_engine, create_sessionmaker, pool_stats
 from idhub.storage.purge import Purger
 from idhub.storage.statistics import StatisticsRefresher
 from idhub.storage.uow import EventBus, UnitOfWork, UnitOfWorkFactory
+from idhub.telemetry import Telemetry
 from idhub.tenants.service import TenantCache
 from idhub.throttle import FallbackCounter, RedisCounter, Throttle
 from idhub.tokens.revocation import RevocationState
@@ -133,7 +134,8 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         command=settings.database_command_timeout,
         pool=settings.database_pool_timeout,
     )
-    engine = create_engine(settings.database_url, timeouts=timeouts)
+    engine = create_engine(settings.database_url, pool_size=settings.database_pool_size, timeouts=timeouts)
+    metrics.watch_pool(lambda: pool_stats(engine))
     sessionmaker = create_sessionmaker(engine)
     sealer = Sealer(master)
     cookie_key = derive_key(master, "cookies")
@@ -146,6 +148,7 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
         redis_url=settings.redis_url,
         redis_timeout=settings.redis_timeout,
         faults=metrics,
+        observer=metrics,
     )
     redis = None
     throttle = Throttle(settings.throttle)
@@ -175,8 +178,13 @@ def build_context(settings: Settings, *, metrics: Metrics | None = None) -> AppC
     broker = Broker(sealer=sealer, cookie_key=cookie_key)
     bus.subscribe(IdentityProviderChanged, broker.provider_cache.on_change)
     bus.subscribe(DomainEvent, audit.committed)
+    telemetry = Telemetry(metrics)  # counts and security log lines: committed events and rolled-back refusals
+    telemetry.subscribe(bus)
     uow_factory = UnitOfWorkFactory(
-        sessionmaker, bus=bus, before_commit=[audit.before_commit], after_rollback=[audit.after_rollback]
+        sessionmaker,
+        bus=bus,
+        before_commit=[audit.before_commit],
+        after_rollback=[audit.after_rollback, telemetry.after_rollback],
     )
     audit.writer.uow_factory = uow_factory
     return AppContext(

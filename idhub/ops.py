@@ -1,4 +1,9 @@
-"""Operational endpoints: liveness, readiness, Prometheus metrics."""
+"""Operational endpoints: liveness, readiness, Prometheus metrics.
+
+With ``IDHUB_MANAGEMENT_PORT`` set, all three are answered on that port and ``/metrics`` is no longer
+answered on the public one (:class:`idhub.routing.FrontDoor` splits them by the port a request came in
+on); the families :mod:`idhub.metrics` exports are per process.
+"""
 
 from __future__ import annotations
 

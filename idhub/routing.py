@@ -12,6 +12,7 @@ that something went wrong.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import re
@@ -27,13 +28,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from idhub import request_context
 from idhub.context import AppContext
 from idhub.errors import DomainError
-from idhub.metrics import NOSNIFF, Metrics
+from idhub.metrics import METHODS, NOSNIFF, Metrics, route_template
 from idhub.request_context import RequestInfo
 from idhub.storage.faults import translate as translate_fault
 from idhub.storage.retry import DEFAULT_POLICY, exhausted, is_conflict, sqlstate_of
 from idhub.storage.uow import UnitOfWork
 
 log = logging.getLogger("idhub.errors")
+access_log = logging.getLogger("idhub.access")
 
 UOW_KEY = "idhub.uow"
 REQUEST_ID_HEADER = b"x-request-id"
@@ -175,7 +177,42 @@ class SurfaceRoute(APIRoute):
 
 
 # --- the front door: request id and caller address, and the hot back-channel routes -----------------
-def client_address(scope: Scope, trusted_proxies: frozenset[str]) -> str:
+class TrustedProxies:
+    """The proxies whose forwarding headers idhub believes: addresses or networks (``10.0.0.0/8``, ``fd00::/8``).
+
+    Proxies in containers and Kubernetes get addresses from a range, so networks are allowed. A peer's
+    answer is remembered (bounded), so the check costs one dictionary look-up per request.
+    """
+
+    __slots__ = ("_known", "_networks")
+
+    LIMIT = 4096
+
+    def __init__(self, entries: list[str] | None = None) -> None:
+        self._networks = tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries or ())
+        self._known: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def __contains__(self, peer: object) -> bool:
+        if not self._networks or not isinstance(peer, str):
+            return False
+        known = self._known.get(peer)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(peer)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in network for network in self._networks)
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            self._known[peer] = known
+        return known
+
+
+def client_address(scope: Scope, trusted_proxies: TrustedProxies | frozenset[str]) -> str:
     """Return the caller's address; ``X-Forwarded-For`` is believed only from a trusted proxy."""
     client = scope.get("client")
     peer = str(client[0]) if client else "unknown"
@@ -197,6 +234,8 @@ def new_request_id() -> str:
 
 
 _random_bits = random.getrandbits
+# What the management port answers (IDHUB_MANAGEMENT_PORT); the public port then no longer serves /metrics.
+MANAGEMENT_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 FastHandler = Callable[[str, Request], Awaitable[Response]]
 
 
@@ -222,8 +261,12 @@ class _MatchedRoute:
 class FrontDoor:
     """The outermost ASGI layer: every HTTP request gets its id and caller address here, first.
 
-    The id comes from a well-formed ``X-Request-ID`` or is made here; it is set as the request's
-    context (:mod:`idhub.request_context`) and echoed on the answer. Then the hot back-channel POSTs
+    The id comes from a well-formed ``X-Request-ID`` sent by a trusted proxy (one the operator named in
+    ``IDHUB_TRUSTED_PROXIES``: anyone else could plant ids in the logs) or is made here; it is set as the request's
+    context (:mod:`idhub.request_context`) and echoed on the answer. With a management port
+    (``IDHUB_MANAGEMENT_PORT``), requests are told apart by the port they came in on
+    (``scope["server"]``): that port answers only ``/metrics``, ``/healthz`` and ``/readyz``, and the
+    public port everything but ``/metrics``; the rest is a 404. Then the hot back-channel POSTs
     (``{issuer}/token``, ``{issuer}/introspect``: thousands a second) go straight to their endpoint
     functions in the same boundary their documented routes use (:func:`run_in_boundary`: one unit of
     work, the surface's own errors), skipping the framework's middleware, router and dependency
@@ -238,11 +281,15 @@ class FrontDoor:
         metrics: Metrics,
         trusted_proxies: list[str] | None = None,
         fast_routes: dict[str, FastRoute] | None = None,
+        access_log: bool = False,
+        management_port: int | None = None,
     ) -> None:
         self.app = app
+        self.management_port = management_port
         self.owner = owner  # the application object routes find in ``scope["app"]``
         self.metrics = metrics
-        self.trusted_proxies = frozenset(trusted_proxies or ())
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
+        self.access_log = access_log
         self.fast_routes = {name: (route, _MatchedRoute(route.label)) for name, route in (fast_routes or {}).items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -250,32 +297,98 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         request_id = None
-        for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER:
-                candidate = value.decode("latin-1")
-                if _VALID_ID.fullmatch(candidate):
-                    request_id = candidate
-                break
+        client = scope.get("client")
+        if client and self.trusted_proxies and client[0] in self.trusted_proxies:
+            for name, value in scope["headers"]:
+                if name == REQUEST_ID_HEADER:
+                    candidate = value.decode("latin-1")
+                    if _VALID_ID.fullmatch(candidate):
+                        request_id = candidate
+                    break
         if request_id is None:
             request_id = new_request_id()
         info = RequestInfo(request_id, client_address(scope, self.trusted_proxies))
         scope["idhub.request"] = info
         token = request_context.enter(info)
         try:
-            fast = self._fast_route(scope)
-            if fast is not None:
-                await self._serve_fast(scope, receive, send, fast, request_id)
+            if self.management_port is not None and not self._on_its_port(scope):
+                await self._not_found(scope, send, request_id)
                 return
-            encoded = request_id.encode("ascii")
-
-            async def send_with_id(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded)]
-                await send(message)
-
-            await self.app(scope, receive, send_with_id)
+            if self.access_log:
+                await self._serve_logged(scope, receive, send, request_id)
+            else:
+                await self._serve(scope, receive, send, request_id)
         finally:
             request_context.leave(token)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        fast = self._fast_route(scope)
+        if fast is not None:
+            await self._serve_fast(scope, receive, send, fast, request_id)
+            return
+        encoded = request_id.encode("ascii")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+    async def _serve_logged(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """Serve, then write the access-log line (``IDHUB_ACCESS_LOG``): no query string, it carries codes."""
+        start = time.perf_counter()
+        status = 500
+
+        async def send_seen(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, send_seen, request_id)
+        finally:
+            route = route_template(scope)
+            millis = round((time.perf_counter() - start) * 1000, 2)
+            access_log.info(
+                "%s %s %s %sms",
+                scope["method"],
+                scope["path"],
+                status,
+                millis,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": millis,
+                    "client": scope["idhub.request"].address,
+                },
+            )
+
+    def _on_its_port(self, scope: Scope) -> bool:
+        """Tell whether the request's path is served on the port it came in on (management or public)."""
+        server = scope.get("server")
+        path: str = scope["path"]
+        if server is not None and server[1] == self.management_port:
+            return path in MANAGEMENT_PATHS
+        return path != "/metrics"
+
+    async def _not_found(self, scope: Scope, send: Send, request_id: str) -> None:
+        """Answer 404 for a path not served on this port, as the app answers a path it does not know."""
+        start = time.perf_counter()
+        body = b'{"detail":"Not Found"}'
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            NOSNIFF,
+            (REQUEST_ID_HEADER, request_id.encode("ascii")),
+        ]
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        method = scope["method"]
+        self.metrics.observe("unmatched", method if method in METHODS else "other", 404, time.perf_counter() - start)
 
     def _fast_route(self, scope: Scope) -> tuple[str, FastRoute, _MatchedRoute] | None:
         if scope["method"] != "POST" or not self.fast_routes:

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import json
 import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = Path("idhub-data")
+DATA_DIR_NAME = "idhub-data"
+
+
+def find_data_dir(start: Path | None = None) -> Path:
+    """Return the data folder used when ``IDHUB_DATA_DIR`` is unset (README "Configuration").
+
+    The nearest ``idhub-data`` folder in the working directory or one of its parents, as git finds
+    ``.git``: the CLI run from a subfolder of where ``idhub serve`` runs finds the same database and
+    master key. With none found, ``./idhub-data`` (created by ``serve``, ``init`` and ``migrate`` only).
+    """
+    here = (start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        candidate = folder / DATA_DIR_NAME
+        if candidate.is_dir():
+            return candidate
+    return here / DATA_DIR_NAME
 
 
 class TokenSettings(BaseModel):
@@ -80,6 +97,8 @@ class AuditSettings(BaseModel):
     """
 
     retention_days: int | None = Field(default=None, ge=1, le=36500)
+    # Also write each committed entry as a log line on the idhub.audit logger (off: one line per token).
+    log: bool = False
     archive_dir: Path | None = None  # default: <data_dir>/audit-archive
     archive_batch: int = Field(default=10_000, ge=1, le=1_000_000)
     sink: str | None = None
@@ -116,7 +135,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IDHUB_", env_nested_delimiter="__", extra="ignore")
 
     environment: Literal["development", "test", "production"] = "development"
-    data_dir: Path = DEFAULT_DATA_DIR
+    data_dir: Path = Field(default_factory=find_data_dir)
     database_url: str = ""
     public_url: str = "http://127.0.0.1:8000"
     master_key: SecretStr | None = None
@@ -125,9 +144,17 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # The tenant whose tokens with scope ``idhub:system`` administer every tenant (admin API).
     system_tenant: str = "system"
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # text (for people) or json (one object per line, for log shippers); applies to uvicorn's lines too.
+    log_format: Literal["text", "json"] = "text"
+    # One line per request on the idhub.access logger (the query string left out: it carries codes).
+    access_log: bool = False
     auto_migrate: bool | None = None
-    trusted_proxies: list[str] = Field(default_factory=list)
+    # Proxies whose X-Forwarded-For and X-Request-ID are believed: addresses or networks, comma-separated.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A second port (same host as serve's) answering /metrics, /healthz and /readyz; the public port then
+    # no longer answers /metrics. Unset: everything on the public port.
+    management_port: int | None = Field(default=None, ge=1, le=65535)
     revocation_poll_seconds: float = Field(default=1.0, gt=0)
     client_cache_ttl: float = Field(default=5.0, ge=0)
     # Seconds between purges of expired revocation, single-use and interaction rows (0: never).
@@ -137,6 +164,8 @@ class Settings(BaseSettings):
     database_connect_timeout: float = Field(default=3.0, gt=0, le=60)
     database_command_timeout: float = Field(default=10.0, gt=0, le=3600)
     database_pool_timeout: float = Field(default=3.0, gt=0, le=60)
+    # Connections each process keeps open to PostgreSQL; as many again are opened in bursts.
+    database_pool_size: int = Field(default=10, ge=1, le=500)
     redis_timeout: float = Field(default=0.5, gt=0, le=30)
     # How long cached clients, tenants and signing keys are still served after their reload failed.
     stale_if_error_seconds: float = Field(default=60.0, ge=0, le=3600)
@@ -147,6 +176,30 @@ class Settings(BaseSettings):
     passwords: PasswordSettings = Field(default_factory=PasswordSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case(cls, value: object, info: ValidationInfo) -> object:
+        # IDHUB_LOG_LEVEL=debug and IDHUB_LOG_FORMAT=JSON are both fine.
+        if isinstance(value, str):
+            return value.upper() if info.field_name == "log_level" else value.lower()
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> object:
+        # "10.0.0.5, 172.18.0.0/16" (or a JSON list); each entry must be an address or a network.
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [part for part in text.split(",") if part.strip()]
+        if isinstance(value, list):
+            for entry in value:
+                try:
+                    ipaddress.ip_network(str(entry).strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{str(entry).strip()!r} is not an IP address or network") from None
+            return [str(entry).strip() for entry in value]
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -164,6 +217,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "IDHUB_DATABASE_URL must be postgresql+asyncpg://USER@HOST:PORT/DB or sqlite+aiosqlite:///PATH"
             )
+        if self.redis_url:
+            if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("IDHUB_REDIS_URL must be redis://HOST:PORT/DB, rediss://... or unix://PATH")
+            _require_driver("redis", "IDHUB_REDIS_URL", "redis")
+        if self.database_url.startswith("postgresql+asyncpg://"):
+            _require_driver("asyncpg", "IDHUB_DATABASE_URL", "postgres")
         if self.master_key_file is not None:
             if self.master_key is not None:
                 raise ValueError("give IDHUB_MASTER_KEY or IDHUB_MASTER_KEY_FILE, not both")
@@ -175,10 +234,25 @@ class Settings(BaseSettings):
             decode_master_key(self.master_key.get_secret_value())
         if self.environment == "production":
             if self.master_key is None:
-                raise ValueError("IDHUB_MASTER_KEY is required in production")
+                raise ValueError(
+                    "IDHUB_MASTER_KEY (or IDHUB_MASTER_KEY_FILE) is required in production: generate one with"
+                    " python -c 'import base64,secrets;"
+                    "print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())'"
+                    " and keep it safe (IDHUB_ENVIRONMENT=development generates one into the data folder)"
+                )
             if not self.public_url.startswith("https://"):
                 raise ValueError("IDHUB_PUBLIC_URL must be https in production")
         return self
+
+    @property
+    def data_dir_chosen(self) -> bool:
+        """Tell whether the data folder was named (``IDHUB_DATA_DIR``) rather than looked for."""
+        return "data_dir" in self.model_fields_set
+
+    @property
+    def data_dir_needed(self) -> bool:
+        """Tell whether the data folder holds state: the default SQLite database or the generated master key."""
+        return self.database_url == f"sqlite+aiosqlite:///{self.data_dir / 'idhub.db'}" or self.master_key is None
 
     @property
     def is_sqlite(self) -> bool:
@@ -189,6 +263,11 @@ class Settings(BaseSettings):
     def secure_cookies(self) -> bool:
         """Mark cookies Secure when served over https."""
         return self.public_url.startswith("https://")
+
+    @property
+    def master_key_would_be_generated(self) -> bool:
+        """Tell whether :meth:`master_key_bytes` would make a new key (none given, none in the data folder)."""
+        return self.master_key is None and not (self.data_dir / "master.key").exists()
 
     def master_key_bytes(self) -> bytes:
         """Return the 32-byte master key, generating one into the data folder in development."""
@@ -204,6 +283,16 @@ class Settings(BaseSettings):
             handle.write(encoded + "\n")
         log.warning("IDHUB_MASTER_KEY is not set: generated one into %s; back it up", path)
         return decode_master_key(encoded)
+
+
+def _require_driver(module: str, setting: str, extra: str) -> None:
+    """Refuse a setting whose client library is not installed, in one line naming the fix."""
+    try:
+        __import__(module)
+    except ImportError:
+        raise ValueError(
+            f"{setting} needs the {module} package, which is not installed: pip install 'idhub[{extra}]'"
+        ) from None
 
 
 def decode_master_key(value: str) -> bytes:

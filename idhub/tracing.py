@@ -50,6 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from idhub import __version__
 from idhub.broker.fetch import GuardedTransport
+from idhub.metrics import route_template
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -156,37 +157,14 @@ class _NameByRoute:
 
 def _name(span: Span, scope: Scope) -> None:
     """Name ``span`` after the route ``scope`` matched; add the template and the tenant as attributes."""
-    template = _route_template(scope)
-    if not template:
+    template = route_template(scope)
+    if template == "unmatched":
         return
     span.update_name(f"{_method(scope)} {template}")
     span.set_attribute("http.route", template)
     tenant = _tenant_of(scope, template)
     if tenant:
         span.set_attribute("idhub.tenant", tenant)
-
-
-def _route_template(scope: Scope) -> str | None:
-    """Return the template of the route a request matched, its router's prefix included (``None``: none).
-
-    FastAPI 0.12x and later keep an included router's own routes: ``scope["route"]`` lacks the prefix
-    (``/tenants/{tenant}``), and the full template is on the route context FastAPI selected
-    (``scope["fastapi"]``). The front door's own routes carry their full template in ``scope["route"]``.
-    The same rule as the metrics' route label (the metrics helper may replace this one once both exist).
-    """
-    selected = scope.get("fastapi")
-    if selected is not None:
-        template = getattr(selected.get("effective_route_context"), "path_format", None)
-        if template:
-            return str(template)
-    route = scope.get("route")
-    template = getattr(route, "path", None)
-    if not template:
-        return None
-    regex = getattr(route, "path_regex", None)
-    if regex is not None and regex.match(scope["path"]) is None:
-        return None  # a route without its prefix: better no template than the wrong one
-    return str(template)
 
 
 def _tenant_of(scope: Scope, template: str) -> str | None:

@@ -86,6 +86,9 @@ def backend_url(backend: str, tmp_root: Path) -> str:
     return url
 
 
+TEST_PEER = ("127.0.0.1", 50000)  # the address every TestClient request comes from
+
+
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a test app."""
     values: dict[str, Any] = {
@@ -98,6 +101,8 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "revocation_poll_seconds": 0.2,
         # Every TestClient request comes from one address; tests of address throttling set their own.
         "throttle": {"max_failures_per_address": 100_000},
+        # The test client stands in for a trusted proxy, so tests may choose their request ids.
+        "trusted_proxies": [TEST_PEER[0]],
     }
     values.update(overrides)
     return Settings(**values)
@@ -207,5 +212,5 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp(f"idhub-{request.param}")
     url = backend_url(request.param, root)
     app = create_app(make_settings(url, root))
-    with TestClient(app, base_url=PUBLIC_URL) as client:
+    with TestClient(app, base_url=PUBLIC_URL, client=TEST_PEER) as client:
         yield Env(client=client, ctx=app.state.ctx, backend=request.param)

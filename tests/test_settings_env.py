@@ -227,3 +227,63 @@ def test_data_folder_created_owner_only_with_its_key(tmp_path: Path) -> None:
     Settings(data_dir=data).master_key_bytes()
     assert (data.stat().st_mode & 0o777) == 0o700
     assert ((data / "master.key").stat().st_mode & 0o777) == 0o600
+
+
+def test_the_readme_configuration_table_names_every_setting() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Configuration") :]
+    section = section[: section.index("\n## ", 5)]
+    documented = set(re.findall(r"^\| `(IDHUB_[A-Z0-9_]+)`", section, flags=re.MULTILINE))
+    assert documented == set(setting_names()), (set(setting_names()) - documented, documented - set(setting_names()))
+
+
+def test_a_missing_driver_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    cases = {
+        "redis": ("IDHUB_REDIS_URL", "redis://127.0.0.1:6379/0", "pip install 'idhub[redis]'"),
+        "asyncpg": (
+            "IDHUB_DATABASE_URL",
+            "postgresql+asyncpg://postgres@127.0.0.1:5432/x",
+            "pip install 'idhub[postgres]'",
+        ),
+    }
+    for module, (name, value, fix) in cases.items():
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("IDHUB_")}
+        environ.update(IDHUB_DATA_DIR=str(tmp_path), **{name: value})
+        # The package made unimportable, as on a machine without the extra.
+        script = f"import sys; sys.modules[{module!r}] = None; from idhub.cli import main; sys.exit(main())"
+        done = subprocess.run([sys.executable, "-c", script, "migrate"], env=environ, capture_output=True)
+        lines = done.stderr.decode().strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and name in lines[0] and fix in lines[0], lines
+    answer = CliRunner().invoke(
+        main, ["migrate"], env={"IDHUB_DATA_DIR": str(tmp_path), "IDHUB_REDIS_URL": "127.0.0.1"}
+    )
+    assert answer.exit_code == 2 and "IDHUB_REDIS_URL must be redis://" in answer.output
+
+
+def test_no_new_master_key_is_made_for_a_database_whose_tenants_another_key_sealed(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("IDHUB_")}
+    database = tmp_path / "shared.db"
+    environ["IDHUB_DATABASE_URL"] = f"sqlite+aiosqlite:///{database}"
+    first, second = tmp_path / "first", tmp_path / "second"
+    command = [sys.executable, "-c", "import sys; from idhub.cli import main; sys.exit(main())"]
+    made = subprocess.run(
+        [*command, "init", "--tenant", "acme"],
+        cwd=tmp_path,
+        env={**environ, "IDHUB_DATA_DIR": str(first)},
+        capture_output=True,
+    )
+    assert made.returncode == 0, made.stderr
+    for args in (["init", "--tenant", "other"], ["serve", "--port", str(_free_port())]):
+        # The same database from a data folder without the key: refused in one line, no key generated.
+        done = subprocess.run(
+            [*command, *args],
+            cwd=tmp_path,
+            env={**environ, "IDHUB_DATA_DIR": str(second)},
+            capture_output=True,
+            timeout=60,
+        )
+        lines = [line for line in done.stderr.decode().splitlines() if "error:" in line]
+        assert done.returncode == 2 and len(lines) == 1 and "IDHUB_MASTER_KEY" in lines[0], done.stderr
+        assert not (second / "master.key").exists()

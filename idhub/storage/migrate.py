@@ -90,6 +90,27 @@ def current_revision(database_url: str) -> str | None:
     return asyncio.run(read())
 
 
+def holds_tenants(database_url: str) -> bool:
+    """Tell whether the (migrated) database already holds a tenant, whose keys a master key sealed."""
+    import asyncio
+
+    from sqlalchemy import inspect, text
+
+    from idhub.storage.engine import create_engine
+
+    async def read() -> bool:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                if not await connection.run_sync(lambda sync: inspect(sync).has_table("tenant")):
+                    return False  # not migrated yet: nothing sealed
+                return (await connection.execute(text("SELECT 1 FROM tenant LIMIT 1"))).first() is not None
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
 class SchemaBehind(RuntimeError):
     """The database's schema is older than this code (and start-up may not migrate it)."""
 

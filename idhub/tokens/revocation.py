@@ -12,6 +12,10 @@ outage, counted as ``idhub_dependency_faults{dependency="redis"}``), and the bro
 itself. While the database is down, the revocations already in memory stay enforced; the poll catches
 up on what it missed once the database answers again.
 
+Propagation: the first time a process applies a revocation it tells its observer how it arrived
+(``local``: its own commit, ``broadcast``: Redis, ``poll``: the database) and how long after it was
+recorded (``idhub_revocation_propagation_seconds``). Entries loaded at start-up are not propagation.
+
 Kinds: ``jti`` (one access token), ``grant`` (every token of a grant), ``subject`` (every token of a user
 issued up to that moment), ``client`` (every token of a client, likewise) and ``credential`` (a bearer
 credential that is not a JWT, such as a SCIM provisioning token, refused from that moment on).
@@ -27,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,6 +47,13 @@ log = logging.getLogger(__name__)
 KINDS = ("jti", "grant", "subject", "client", "credential")
 CHANNEL = "idhub:revocations"
 REDIS_RETRY_SECONDS = (0.5, 10.0)  # first and longest pause between attempts to subscribe again
+
+
+class PropagationObserver(Protocol):
+    """Told about every revocation a process applies for the first time (:class:`idhub.metrics.Metrics`)."""
+
+    def observe_revocation(self, source: str, lag: float) -> None:
+        """Record that a revocation arrived by ``source``, ``lag`` seconds after it was recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +105,10 @@ class RevocationState:
         redis_url: str | None = None,
         redis_timeout: float = 0.5,
         faults: FaultCounter | None = None,
+        observer: PropagationObserver | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._observer = observer
         self._poll_seconds = poll_seconds
         self._redis_url = redis_url
         self._redis_timeout = redis_timeout
@@ -143,17 +156,25 @@ class RevocationState:
         return False
 
     # --- updates ------------------------------------------------------------------------------
-    def apply(self, entry: RevocationEntry) -> None:
-        """Apply one revocation in this process."""
+    def apply(self, entry: RevocationEntry, source: str | None = None) -> bool:
+        """Apply one revocation in this process; tell whether it was new here.
+
+        ``source`` says how it arrived; a new entry is reported to the observer with its lag. A known
+        one (this process's own broadcast coming back, the poll's overlap) is not.
+        """
         key = (entry.tenant_id, entry.kind, entry.value)
         current = self._entries.get(key)
-        if current is None or entry.created_at > current[0]:
-            self._entries[key] = (entry.created_at, entry.expires_at)
+        if current is not None and entry.created_at <= current[0]:
+            return False
+        self._entries[key] = (entry.created_at, entry.expires_at)
+        if source is not None and self._observer is not None:
+            self._observer.observe_revocation(source, time.time() - entry.created_at)
+        return True
 
     async def on_revocation(self, event: RevocationRecorded) -> None:
         """Apply a committed revocation in this process and broadcast it (the unit of work's consumer)."""
         entry = RevocationEntry(str(event.tenant_id), event.kind, event.value, event.created_at, event.expires_at)
-        self.apply(entry)
+        self.apply(entry, "local")
         if self._redis is not None and not self._broadcast.down:
             try:
                 await self._redis.publish(CHANNEL, entry.to_json())
@@ -178,7 +199,7 @@ class RevocationState:
         await self._fetch(since=None)
         self._last_poll = started
 
-    async def _fetch(self, since: float | None) -> None:
+    async def _fetch(self, since: float | None, source: str | None = None) -> None:
         now = utcnow()
         query = select(Revocation).where(Revocation.expires_at > now)
         if since is not None:
@@ -190,13 +211,14 @@ class RevocationState:
             self.apply(
                 RevocationEntry(
                     str(row.tenant_id), row.kind, row.value, row.created_at.timestamp(), row.expires_at.timestamp()
-                )
+                ),
+                source,
             )
 
     async def poll_once(self) -> None:
         """Fetch revocations recorded since the last poll (by any process)."""
         started = time.time()
-        await self._fetch(since=self._last_poll)
+        await self._fetch(since=self._last_poll, source="poll")
         self._last_poll = started
 
     async def start(self) -> None:
@@ -290,6 +312,6 @@ class RevocationState:
 
     def _on_message(self, data: Any) -> None:
         try:
-            self.apply(RevocationEntry.from_json(data))
+            self.apply(RevocationEntry.from_json(data), "broadcast")
         except (ValueError, TypeError):
             log.warning("ignored a malformed revocation broadcast")

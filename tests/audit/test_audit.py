@@ -27,7 +27,7 @@ from tests.oidc.grants.helpers import REDIRECT_URI, basic, code_setup, exchange_
 from tests.scim.conftest import USER_URN, Scim, provisioning_token
 
 Row = dict[str, Any]
-ADDRESS = "testclient"  # the peer address of every TestClient request
+ADDRESS = "127.0.0.1"  # the peer address of every TestClient request (tests/conftest.py TEST_PEER)
 PASSWORD = "correct horse"
 
 
