@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -177,13 +177,17 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
 
-    @field_validator("log_level", "log_format", mode="before")
+    # IDHUB_LOG_LEVEL=debug and IDHUB_LOG_FORMAT=JSON are both fine. Two validators rather than one that
+    # asks ValidationInfo.field_name, which some pydantic 2.12 releases leave unset for defaults.
+    @field_validator("log_level", mode="before")
     @classmethod
-    def _case(cls, value: object, info: ValidationInfo) -> object:
-        # IDHUB_LOG_LEVEL=debug and IDHUB_LOG_FORMAT=JSON are both fine.
-        if isinstance(value, str):
-            return value.upper() if info.field_name == "log_level" else value.lower()
-        return value
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -90,7 +90,7 @@ def create_engine(database_url: str, *, pool_size: int = 10, timeouts: Timeouts 
     """
     timeouts = timeouts or Timeouts()
     url = make_url(database_url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_timeout": timeouts.pool}
+    kwargs: dict[str, Any] = {"pool_pre_ping": False}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner only
@@ -106,6 +106,8 @@ def create_engine(database_url: str, *, pool_size: int = 10, timeouts: Timeouts 
     dialect = url.get_dialect()
     if issubclass(dialect, DefaultDialect) and issubclass(dialect.get_pool_class(url), AsyncAdaptedQueuePool):
         kwargs["poolclass"] = CountingPool  # the same pool, counting waiters (idhub_db_pool_waiting)
+        # Only a queue pool takes a wait bound (SQLAlchemy before 2.1 gives file SQLite a NullPool).
+        kwargs["pool_timeout"] = timeouts.pool
     engine = create_async_engine(url, **kwargs)
     event.listen(engine.sync_engine, "handle_error", _drop_timed_out_connection)
     if url.get_backend_name() == "sqlite":

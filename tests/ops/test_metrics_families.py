@@ -148,8 +148,11 @@ def test_metrics_families_after_security_events_names_labels_and_logs(
         assert families[name].type == "histogram"
     for name in ("process_cpu_seconds", "process_resident_memory_bytes", "python_info", "python_gc_collections"):
         assert name in families, name
-    for name in ("size", "max", "in_use", "idle", "overflow", "waiting"):
-        assert families[f"idhub_db_pool_{name}"].type == "gauge"
+    from idhub.storage.engine import pool_stats
+
+    if pool_stats(env.ctx.engine) is not None:  # a queue pool (SQLAlchemy before 2.1 gives file SQLite none)
+        for name in ("size", "max", "in_use", "idle", "overflow", "waiting"):
+            assert families[f"idhub_db_pool_{name}"].type == "gauge"
     scim_labels = _labels(families["idhub_scim_operations"])
     for operation, outcome in (("create", "success"), ("patch", "success"), ("delete", "success")):
         assert (("operation", operation), ("outcome", outcome), ("resource", "User")) in scim_labels

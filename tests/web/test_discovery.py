@@ -58,7 +58,7 @@ def latest_interaction(env: Env, tenant: TenantInfo) -> str:
     return env.run(work)
 
 
-def setup(env: Env, *upstreams: tuple[str, tuple[str, ...], bool]) -> tuple[TenantInfo, str]:
+def arrange(env: Env, *upstreams: tuple[str, tuple[str, ...], bool]) -> tuple[TenantInfo, str]:
     tenant = env.tenant()
     client_id, _ = env.oauth_client(tenant, redirect_uris=[REDIRECT])
     for alias, domains, enabled in upstreams:
@@ -96,7 +96,7 @@ CORP = ("corp", ("corp.example",), True)
 
 
 def test_login_page_with_domain_upstream_asks_for_email_first(env: Env) -> None:
-    tenant, client_id = setup(env, CORP, ("social", (), True))
+    tenant, client_id = arrange(env, CORP, ("social", (), True))
     page = open_login(env, tenant, client_id)
     forms = parse_forms(page.text)
     assert len(forms) == 1 and set(forms[0].inputs) == {"email", "csrf_token"}
@@ -107,13 +107,13 @@ def test_login_page_with_domain_upstream_asks_for_email_first(env: Env) -> None:
 
 
 def test_login_page_without_domain_upstreams_shows_password_form(env: Env) -> None:
-    tenant, client_id = setup(env, ("social", (), True))
+    tenant, client_id = arrange(env, ("social", (), True))
     form = parse_forms(open_login(env, tenant, client_id).text)[0]
     assert {"username", "password", "csrf_token"} <= set(form.inputs)
 
 
 def test_discover_owned_domain_303_to_upstream(env: Env) -> None:
-    tenant, client_id = setup(env, CORP, ("other", ("other.example",), True))
+    tenant, client_id = arrange(env, CORP, ("other", ("other.example",), True))
     page = open_login(env, tenant, client_id)
     response = submit_email(env, page, "Alice.Smith@CORP.example")
     assert response.status_code == 303
@@ -122,7 +122,7 @@ def test_discover_owned_domain_303_to_upstream(env: Env) -> None:
 
 
 def test_discover_unknown_domain_shows_password_form_prefilled(env: Env) -> None:
-    tenant, client_id = setup(env, CORP)
+    tenant, client_id = arrange(env, CORP)
     page = open_login(env, tenant, client_id)
     response = submit_email(env, page, "alice@elsewhere.example")
     assert response.status_code == 200
@@ -135,14 +135,14 @@ def test_discover_unknown_domain_shows_password_form_prefilled(env: Env) -> None
 
 @pytest.mark.parametrize("email", ["alice@sub.corp.example", "alice@corp.example.evil", "alice@xcorp.example"])
 def test_discover_domain_match_is_exact(env: Env, email: str) -> None:
-    tenant, client_id = setup(env, CORP)
+    tenant, client_id = arrange(env, CORP)
     response = submit_email(env, open_login(env, tenant, client_id), email)
     assert response.status_code == 200
     assert "password" in parse_forms(response.text)[0].inputs
 
 
 def test_discover_answer_same_whether_local_account_exists(env: Env) -> None:
-    tenant, client_id = setup(env, CORP)
+    tenant, client_id = arrange(env, CORP)
     env.user(tenant, username="known@elsewhere.example", email="known@elsewhere.example")
     answers = []
     for email in ("known@elsewhere.example", "unknown@elsewhere.example"):
@@ -174,7 +174,7 @@ def test_discover_answer_same_whether_local_account_exists(env: Env) -> None:
     ],
 )
 def test_discover_malformed_email_400_email_form_again(env: Env, email: str | None) -> None:
-    tenant, client_id = setup(env, CORP)
+    tenant, client_id = arrange(env, CORP)
     response = submit_email(env, open_login(env, tenant, client_id), email)
     assert response.status_code == 400
     assert "Enter your email address" in response.text
@@ -182,7 +182,7 @@ def test_discover_malformed_email_400_email_form_again(env: Env, email: str | No
 
 
 def test_discover_repeated_email_field_400(env: Env) -> None:
-    tenant, client_id = setup(env, CORP)
+    tenant, client_id = arrange(env, CORP)
     page = open_login(env, tenant, client_id)
     form = parse_forms(page.text)[0]
     body = f"csrf_token={form.inputs['csrf_token']}&email=a%40corp.example&email=b%40corp.example"
@@ -196,7 +196,7 @@ def test_discover_repeated_email_field_400(env: Env) -> None:
 
 @pytest.mark.parametrize("csrf", [None, "forged-token"])
 def test_discover_without_valid_csrf_400_no_redirect(env: Env, csrf: str | None) -> None:
-    tenant, client_id = setup(env, CORP)
+    tenant, client_id = arrange(env, CORP)
     page = open_login(env, tenant, client_id)
     form = parse_forms(page.text)[0]
     data = {"email": "alice@corp.example"} | ({"csrf_token": csrf} if csrf else {})
@@ -207,7 +207,7 @@ def test_discover_without_valid_csrf_400_no_redirect(env: Env, csrf: str | None)
 
 
 def test_discover_disabled_upstream_not_chosen(env: Env) -> None:
-    tenant, client_id = setup(env, ("corp", ("corp.example",), False), ("other", ("other.example",), True))
+    tenant, client_id = arrange(env, ("corp", ("corp.example",), False), ("other", ("other.example",), True))
     page = open_login(env, tenant, client_id)
     assert 'id="upstream-corp"' not in page.text
     response = submit_email(env, page, "alice@corp.example")
@@ -217,20 +217,20 @@ def test_discover_disabled_upstream_not_chosen(env: Env) -> None:
 
 
 def test_login_page_only_disabled_domain_upstream_no_email_step(env: Env) -> None:
-    tenant, client_id = setup(env, ("corp", ("corp.example",), False))
+    tenant, client_id = arrange(env, ("corp", ("corp.example",), False))
     form = parse_forms(open_login(env, tenant, client_id).text)[0]
     assert {"username", "password"} <= set(form.inputs)
 
 
 def test_discover_domain_claimed_twice_picks_none(env: Env) -> None:
-    tenant, client_id = setup(env, CORP, ("corp2", ("corp.example",), True))
+    tenant, client_id = arrange(env, CORP, ("corp2", ("corp.example",), True))
     response = submit_email(env, open_login(env, tenant, client_id), "alice@corp.example")
     assert response.status_code == 200
     assert 'id="upstream-corp"' in response.text and 'id="upstream-corp2"' in response.text
 
 
 def test_login_page_step_password_and_failed_login_show_password_form(env: Env) -> None:
-    tenant, client_id = setup(env, CORP)
+    tenant, client_id = arrange(env, CORP)
     page = open_login(env, tenant, client_id)
     base = str(page.url)
     for url in (f"{base}?step=password", f"{base}?error=login"):
@@ -240,7 +240,7 @@ def test_login_page_step_password_and_failed_login_show_password_form(env: Env) 
 
 
 def test_login_hint_owned_domain_goes_straight_to_upstream(env: Env) -> None:
-    tenant, client_id = setup(env, CORP)
+    tenant, client_id = arrange(env, CORP)
     location = start(env, tenant, client_id, login_hint="alice@Corp.Example").headers["location"]
     assert location.startswith("https://corp.example/authorize?")
     assert query_of(location)["redirect_uri"] == f"{tenant.issuer}/broker/corp/callback"
@@ -251,19 +251,19 @@ def test_login_hint_owned_domain_goes_straight_to_upstream(env: Env) -> None:
 
 
 def test_login_hint_unknown_domain_prefills_email_step(env: Env) -> None:
-    tenant, client_id = setup(env, CORP)
+    tenant, client_id = arrange(env, CORP)
     page = open_login(env, tenant, client_id, login_hint="bob@elsewhere.example")
     assert parse_forms(page.text)[0].inputs["email"] == "bob@elsewhere.example"
 
 
 def test_login_hint_disabled_upstream_shows_login_page(env: Env) -> None:
-    tenant, client_id = setup(env, ("corp", ("corp.example",), False))
+    tenant, client_id = arrange(env, ("corp", ("corp.example",), False))
     page = open_login(env, tenant, client_id, login_hint="alice@corp.example")
     assert parse_forms(page.text)[0].inputs["username"] == "alice@corp.example"
 
 
 def test_idp_hint_wins_over_login_hint(env: Env) -> None:
-    tenant, client_id = setup(env, CORP, ("other", ("other.example",), True))
+    tenant, client_id = arrange(env, CORP, ("other", ("other.example",), True))
     location = start(env, tenant, client_id, login_hint="a@corp.example", idp_hint="other").headers["location"]
     assert location.startswith("https://other.example/authorize?")
 

@@ -20,7 +20,7 @@ CHALLENGE = pkce_pair()[1]
 GENERIC = "Incorrect username or password"
 
 
-def setup(env: Env, **kwargs: Any) -> tuple[Any, str]:
+def arrange(env: Env, **kwargs: Any) -> tuple[Any, str]:
     tenant = env.tenant()
     kwargs.setdefault("redirect_uris", [REDIRECT])
     client_id, _ = env.oauth_client(tenant, **kwargs)
@@ -53,7 +53,7 @@ def sessions_of(env: Env, tenant: Any) -> list[UserSession]:
 
 
 def test_login_page_form_fields_and_headers(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     page = open_login(env, tenant, client_id)
     form = parse_forms(page.text)[0]
     assert {"username", "password", "csrf_token"} <= set(form.inputs)
@@ -67,7 +67,7 @@ def test_login_page_form_fields_and_headers(env: Env) -> None:
 
 
 def test_login_success_303_and_cookie_attributes(env: Env) -> None:
-    tenant, client_id = setup(env, first_party=True)
+    tenant, client_id = arrange(env, first_party=True)
     page = open_login(env, tenant, client_id)
     response = submit_first_form(env.client, page, username="ALICE", password=PASSWORD)
     assert response.status_code == 303
@@ -81,7 +81,7 @@ def test_login_success_303_and_cookie_attributes(env: Env) -> None:
 
 
 def test_login_wrong_password_303_generic_error(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     page = open_login(env, tenant, client_id)
     response = submit_first_form(env.client, page, username="alice", password="wrong password")
     assert response.status_code == 303
@@ -91,7 +91,7 @@ def test_login_wrong_password_303_generic_error(env: Env) -> None:
 
 
 def test_login_unknown_and_wrong_password_same_answer(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     answers = []
     for username in ("alice", "nobody"):
         page = open_login(env, tenant, client_id)
@@ -101,7 +101,7 @@ def test_login_unknown_and_wrong_password_same_answer(env: Env) -> None:
 
 
 def test_login_disabled_user_refused(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     env.user(tenant, username="bob", password=PASSWORD)
 
     async def disable() -> None:
@@ -123,7 +123,7 @@ def test_login_throttled_after_failures_generic_error(env: Env) -> None:
     original = env.ctx.throttle
     env.ctx.throttle = Throttle(ThrottleSettings(max_failures_per_account=3, max_failures_per_address=1000))
     try:
-        tenant, client_id = setup(env, first_party=True)
+        tenant, client_id = arrange(env, first_party=True)
         for username in ("alice", "ghost"):
             for _ in range(3):
                 page = open_login(env, tenant, client_id)
@@ -146,7 +146,7 @@ def test_login_throttled_per_address(env: Env) -> None:
     original = env.ctx.throttle
     env.ctx.throttle = Throttle(ThrottleSettings(max_failures_per_account=100, max_failures_per_address=2))
     try:
-        tenant, client_id = setup(env, first_party=True)
+        tenant, client_id = arrange(env, first_party=True)
         for username in ("x1", "x2"):
             page = open_login(env, tenant, client_id)
             submit_first_form(env.client, page, username=username, password="wrong password")
@@ -158,7 +158,7 @@ def test_login_throttled_per_address(env: Env) -> None:
 
 
 def test_login_missing_csrf_400_nothing_changes(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     page = open_login(env, tenant, client_id)
     form = parse_forms(page.text)[0]
     response = env.client.post(form.action, data={"username": "alice", "password": PASSWORD}, follow_redirects=False)
@@ -168,7 +168,7 @@ def test_login_missing_csrf_400_nothing_changes(env: Env) -> None:
 
 
 def test_login_wrong_csrf_400(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     page = open_login(env, tenant, client_id)
     response = submit_first_form(env.client, page, username="alice", password=PASSWORD, csrf_token="x" * 43)
     assert response.status_code == 400
@@ -176,7 +176,7 @@ def test_login_wrong_csrf_400(env: Env) -> None:
 
 
 def test_login_other_browser_403(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     page = open_login(env, tenant, client_id)
     form = parse_forms(page.text)[0]
     data = {**form.inputs, "username": "alice", "password": PASSWORD}
@@ -189,12 +189,12 @@ def test_login_other_browser_403(env: Env) -> None:
 
 
 def test_interaction_unknown_id_404(env: Env) -> None:
-    tenant, _ = setup(env)
+    tenant, _ = arrange(env)
     assert env.client.get(f"/tenants/{tenant.slug}/interaction/unknown").status_code == 404
 
 
 def test_login_regenerates_session(env: Env) -> None:
-    tenant, client_id = setup(env, first_party=True)
+    tenant, client_id = arrange(env, first_party=True)
     first = submit_first_form(env.client, open_login(env, tenant, client_id), username="alice", password=PASSWORD)
     second = submit_first_form(
         env.client, open_login(env, tenant, client_id, prompt="login"), username="alice", password=PASSWORD
@@ -207,7 +207,7 @@ def test_login_regenerates_session(env: Env) -> None:
 
 
 def test_interaction_single_use(env: Env) -> None:
-    tenant, client_id = setup(env, first_party=True)
+    tenant, client_id = arrange(env, first_party=True)
     page = open_login(env, tenant, client_id)
     assert submit_first_form(env.client, page, username="alice", password=PASSWORD).status_code == 303
     assert env.client.get(page.url, follow_redirects=False).status_code == 400
@@ -226,7 +226,7 @@ def consent_page(env: Env, tenant: Any, client_id: str, **extra: Any) -> Any:
 
 
 def test_consent_third_party_lists_scopes_and_approve_code(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     page = consent_page(env, tenant, client_id, scope="openid email")
     assert "<code>email</code>" in page.text and page.headers["cache-control"] == "no-store"
     response = submit_first_form(env.client, page, action="approve")
@@ -252,7 +252,7 @@ def test_consent_third_party_lists_scopes_and_approve_code(env: Env) -> None:
 
 
 def test_consent_deny_access_denied(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     page = consent_page(env, tenant, client_id)
     response = submit_first_form(env.client, page, action="deny")
     query = query_of(response.headers["location"])
@@ -261,7 +261,7 @@ def test_consent_deny_access_denied(env: Env) -> None:
 
 
 def test_consent_prompt_consent_forces_page(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     submit_first_form(env.client, consent_page(env, tenant, client_id), action="approve")
     params = authorize_params(
         client_id=client_id, redirect_uri=REDIRECT, code_challenge=CHALLENGE, extra_params={"prompt": "consent"}
@@ -272,13 +272,13 @@ def test_consent_prompt_consent_forces_page(env: Env) -> None:
 
 
 def test_consent_wrong_csrf_400(env: Env) -> None:
-    tenant, client_id = setup(env)
+    tenant, client_id = arrange(env)
     page = consent_page(env, tenant, client_id)
     assert submit_first_form(env.client, page, action="approve", csrf_token="nope").status_code == 400
 
 
 def test_consent_first_party_skipped(env: Env) -> None:
-    tenant, client_id = setup(env, first_party=True)
+    tenant, client_id = arrange(env, first_party=True)
     page = open_login(env, tenant, client_id)
     response = submit_first_form(env.client, page, username="alice", password=PASSWORD)
     assert query_of(response.headers["location"])["code"]
