@@ -13,6 +13,7 @@ avoids on the token endpoint's path, and it cannot carry collectors read at scra
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
@@ -73,7 +74,11 @@ def run_server(
             "in production run one process per container (--workers 1) and scale with replicas",
             workers,
         )
-        Multiprocess(config, sockets=sockets).run()
+        if "target" in inspect.signature(Multiprocess.__init__).parameters:
+            # Older uvicorn releases (0.30, the lower bound) take the function each worker runs; newer ones make it.
+            Multiprocess(config, target=uvicorn.Server(config).run, sockets=sockets).run()  # type: ignore[call-arg]
+        else:
+            Multiprocess(config, sockets=sockets).run()
         return
     server = uvicorn.Server(config)
     try:
