@@ -107,7 +107,9 @@ def database_trouble(exc: BaseException) -> str | None:
         return f"IDHUB_DATABASE_URL needs the {exc.name} driver, which is not installed: {hint}"
     if is_fault(exc):
         return f"cannot reach the database at IDHUB_DATABASE_URL ({_first_line(exc)})"
-    if isinstance(exc, sa_exc.DBAPIError | sa_exc.ArgumentError | OSError):
+    if isinstance(exc, sa_exc.DBAPIError | sa_exc.ArgumentError | OSError) or type(exc).__module__.startswith(
+        "asyncpg."
+    ):  # older SQLAlchemy releases let asyncpg's own errors (a missing database) through unwrapped
         return f"the database at IDHUB_DATABASE_URL refused ({_first_line(exc)})"
     cause = exc.__cause__ or exc.__context__
     return database_trouble(cause) if cause is not None and cause is not exc else None
